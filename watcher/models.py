@@ -1,0 +1,169 @@
+"""Plain frozen data shared by every part of the watcher."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from watcher.errors import InvalidJobId
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return the id unchanged, or raise InvalidJobId before it can reach a URL."""
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise InvalidJobId(job_id)
+    return job_id
+
+
+class Outcome(StrEnum):
+    """How a watched job ended."""
+
+    COMPLETED = "completed"
+    ERRORED = "errored"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    NOT_FOUND = "not_found"
+
+
+#: SendGrid statuses that end a job, mapped to our outcome.
+TERMINAL_STATUSES: Mapping[str, Outcome] = {
+    "completed": Outcome.COMPLETED,
+    "errored": Outcome.ERRORED,
+    "failed": Outcome.FAILED,
+}
+
+WATCHING = "watching"
+
+
+class DeliveryState(StrEnum):
+    """Where one notification to one notifier stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A request to watch a job: what a source, the CLI or the API hands in."""
+
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    notify: tuple[str, ...] | None = None  # overrides routes when set
+
+    def __post_init__(self) -> None:
+        validate_job_id(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What SendGrid said about an import at one poll; every field optional."""
+
+    status: str | None = None
+    job_type: str | None = None
+    results: Mapping[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def normalized_status(self) -> str | None:
+        return self.status.strip().lower() if isinstance(self.status, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "job_type": self.job_type,
+            "results": dict(self.results),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        return cls(
+            status=data.get("status"),
+            job_type=data.get("job_type"),
+            results=dict(data.get("results") or {}),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A tracked job as the store keeps it."""
+
+    id: str
+    labels: Mapping[str, str]
+    notify: tuple[str, ...] | None
+    added_at: float
+    next_poll_at: float
+    polls: int = 0
+    transient_errors: int = 0  # consecutive; reset by any real answer
+    snapshot: Snapshot | None = None
+    outcome: Outcome | None = None
+    detected_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        return self.outcome.value if self.outcome else WATCHING
+
+    @property
+    def ref(self) -> JobRef:
+        return JobRef(self.id, self.labels, self.notify)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One notification to one notifier, kept in the outbox until delivered or dead.
+
+    `id` is the idempotency key (Standard Webhooks `webhook-id`): fixed when the
+    delivery is created and reused by every retry, also across restarts.
+    `event` is the complete, already-rendered event body, so retries never change content.
+    """
+
+    id: str
+    notifier: str
+    event: Mapping[str, Any]
+    created_at: float
+    next_attempt_at: float
+    deadline_at: float
+    job_id: str | None = None  # None for watcher.alert events
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def event_type(self) -> str:
+        return str(self.event.get("type", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class PollUpdate:
+    """What the engine writes back after a poll that did not end the job."""
+
+    next_poll_at: float
+    polls: int
+    transient_errors: int
+    snapshot: Snapshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """Totals for status output, metrics and --until-idle."""
+
+    jobs_by_state: Mapping[str, int]
+    deliveries_by_state: Mapping[str, int]
+
+    @property
+    def watching(self) -> int:
+        return self.jobs_by_state.get(WATCHING, 0)
+
+    @property
+    def pending_deliveries(self) -> int:
+        return self.deliveries_by_state.get(DeliveryState.PENDING.value, 0)
