@@ -1,6 +1,5 @@
 """The fake SendGrid answers like the real API, over real HTTP on loopback."""
 
-# The project's style puts the expected value first in asserts, which SIM300 calls Yoda.
 
 from __future__ import annotations
 

@@ -1,0 +1,202 @@
+"""Configuration: every problem reported at once with FILE:LINE, secrets never shown."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from watcher.config import load_config
+from watcher.errors import ConfigError
+from watcher.sources.file import load_job_file
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = "sendgrid:\n  api_key: SG.test-key-123\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env or {})
+    return info.value.problems
+
+
+def test_example_config_is_valid() -> None:
+    """The shipped example uses every key and validates with only the API key set."""
+    config = load_config(ROOT / "config" / "example.yaml", env={"SENDGRID_API_KEY": "SG.example"})
+    assert ("team-slack", "audit-hook", "console", "ops-email") == config.notifier_names
+    assert 300.0 == config.polling.max_interval
+    assert 3 == len(config.routes)
+    assert config.server is not None and config.server.token is None
+
+
+def test_example_job_file_is_valid() -> None:
+    """The shipped job file parses with both a full entry and a bare id."""
+    refs, problems = load_job_file(ROOT / "config" / "jobs.example.yaml", ("team-slack",))
+    assert [] == problems
+    assert ["0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11", "3c2d7f0e-1111-4d2b-8a7e-5f0b2e9c4d22"] == [r.id for r in refs]
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """A minimal config takes the documented defaults."""
+    config = load_config(write(tmp_path, MINIMAL), env={})
+    assert "https://api.sendgrid.com" == config.sendgrid.base_url
+    assert (2.0, 5.0, 300.0, 86400.0, 120.0) == (
+        config.polling.initial_delay, config.polling.min_interval, config.polling.max_interval,
+        config.polling.deadline, config.polling.not_found_grace,
+    )
+    assert 32 == config.sendgrid.max_concurrency
+    assert "sqlite:///import-watcher.db" == config.state.url
+    assert 20.0 == config.shutdown_grace
+
+
+def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
+    """A config with several mistakes gets all of them, in line order, as FILE:LINE: path: message."""
+    path = write(tmp_path, """\
+        sendgrid:
+          api_key: SG.key-1234
+          max_concurrency: lots
+          colour: blue
+        polling:
+          min_interval: 5 parsecs
+          deadline: -3s
+        notifiers:
+          hook:
+            type: webhook
+            url: https://hooks.example.com/x
+            retries: 3
+          pager:
+            type: carrier-pigeon
+        routes:
+          - notify: [nobody]
+        shutdown_grace: soon
+        surprise: true
+        """)
+    problems = problems_of(path)
+    assert [
+        f"{path}:3: sendgrid.max_concurrency: expected a whole number, got str 'lots'",
+        f"{path}:4: sendgrid.colour: unknown key (expected one of api_key, base_url, max_concurrency, max_rate, on_behalf_of, request_timeout)",
+        f"{path}:6: polling.min_interval: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '5 parsecs'",
+        f"{path}:7: polling.deadline: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '-3s'",
+        f"{path}:12: notifiers.hook.retries: unknown key (expected one of allow_insecure, headers, secret, timeout, url)",
+        f"{path}:14: notifiers.pager.type: unknown notifier type 'carrier-pigeon' (known: console, email, slack, webhook)",
+        f"{path}:16: routes[0].notify: unknown notifier 'nobody' (configured: hook)",
+        f"{path}:17: shutdown_grace: expected a duration like 250ms, 5s, 2m, 1h or 1d, got 'soon'",
+        f"{path}:18: surprise: unknown key (expected one of heartbeat_file, logging, notifiers, polling, routes, sendgrid, server, shutdown_grace, sources, state)",
+    ] == problems
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
+    """Broken YAML is one problem with the line of the break, not a traceback."""
+    path = write(tmp_path, "sendgrid:\n  api_key: [unclosed\npolling: {}\n")
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}:3: not valid YAML")
+
+
+def test_missing_file_and_empty_file(tmp_path: Path) -> None:
+    """A missing or empty config file is a clear problem."""
+    assert problems_of(tmp_path / "nope.yaml")[0].startswith(f"{tmp_path / 'nope.yaml'}:1: cannot read")
+    assert [f"{tmp_path / 'config.yaml'}:1: the configuration must be a mapping with at least a `sendgrid:` section"] == problems_of(write(tmp_path, ""))
+
+
+def test_required_section_and_key(tmp_path: Path) -> None:
+    """No sendgrid section, or no api_key, is reported."""
+    assert [f"{tmp_path / 'config.yaml'}:1: sendgrid: this section is required"] == problems_of(write(tmp_path, "polling: {}\n"))
+    path = write(tmp_path, "sendgrid:\n  base_url: https://api.eu.sendgrid.com\n", "b.yaml")
+    assert [f"{path}:1: sendgrid: missing required key `api_key`"] == problems_of(path)
+
+
+def test_environment_expansion(tmp_path: Path) -> None:
+    """${VAR} and ${VAR:-default} are expanded; a missing variable without default is an error."""
+    path = write(tmp_path, """\
+        sendgrid:
+          api_key: ${KEY}
+          base_url: ${BASE:-https://api.eu.sendgrid.com}
+          max_concurrency: ${CONC:-7}
+        """)
+    config = load_config(path, env={"KEY": "SG.from-env"})
+    assert "SG.from-env" == config.sendgrid.api_key.reveal()
+    assert "https://api.eu.sendgrid.com" == config.sendgrid.base_url
+    assert 7 == config.sendgrid.max_concurrency
+    assert [f"{path}:2: sendgrid.api_key: environment variable KEY is not set"] == problems_of(path, {})
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    """`api_key_file` reads the secret from a file (Docker and Kubernetes secrets)."""
+    secret = tmp_path / "key.txt"
+    secret.write_text("SG.from-file\n", encoding="utf-8")
+    config = load_config(write(tmp_path, f"sendgrid:\n  api_key_file: {secret}\n"), env={})
+    assert "SG.from-file" == config.sendgrid.api_key.reveal()
+    path = write(tmp_path, f"sendgrid:\n  api_key_file: {tmp_path}/missing\n", "b.yaml")
+    assert problems_of(path)[0].startswith(f"{path}:2: sendgrid.api_key_file: cannot read secret file")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), ("1d", 86400.0), ("90", 90.0), ("1.5", 1.5)],
+)
+def test_durations(tmp_path: Path, text: str, seconds: float) -> None:
+    """Durations accept ms, s, m, h, d and plain seconds."""
+    config = load_config(write(tmp_path, MINIMAL + f"polling:\n  initial_delay: {text}\n"), env={})
+    assert seconds == config.polling.initial_delay
+
+
+def test_secrets_never_in_repr(tmp_path: Path) -> None:
+    """The API key does not appear in the repr of the loaded config."""
+    config = load_config(write(tmp_path, "sendgrid:\n  api_key: SG.super-secret-value\n"), env={})
+    assert "SG.super-secret-value" not in repr(config)
+
+
+def test_server_token_required_off_loopback(tmp_path: Path) -> None:
+    """Listening beyond loopback without a token is a config error."""
+    path = write(tmp_path, MINIMAL + "server:\n  listen: 0.0.0.0:8080\n")
+    assert [f"{path}:3: server.token: required when server.listen is not a loopback address"] == problems_of(path)
+    ok = load_config(write(tmp_path, MINIMAL + "server:\n  listen: 127.0.0.1:8080\n", "b.yaml"), env={})
+    assert ok.server is not None and ("127.0.0.1", 8080) == (ok.server.host, ok.server.port)
+
+
+def test_routes_conditions(tmp_path: Path) -> None:
+    """Routes parse status, labels and job_type conditions and reject unknown outcomes."""
+    path = write(tmp_path, MINIMAL + textwrap.dedent("""\
+        notifiers:
+          out: {type: console}
+        routes:
+          - when: {status: [errored, exploded], labels: {team: growth}, job_type: delete}
+            notify: out
+        """))
+    assert [f"{path}:6: routes[0].when.status: unknown outcome 'exploded' (expected completed, errored, failed, not_found, timed_out)"] == problems_of(path)
+
+
+def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
+    """A key given twice is reported rather than silently overwritten."""
+    path = write(tmp_path, "sendgrid:\n  api_key: a-key-1\n  api_key: a-key-2\n")
+    assert [f"{path}:3: sendgrid.api_key: duplicate key"] == problems_of(path)
+
+
+def test_job_file_problems(tmp_path: Path) -> None:
+    """Bad job entries are located; good ones are still returned."""
+    path = write(tmp_path, """\
+        jobs:
+          - good-1
+          - id: "bad id!"
+          - {id: good-2, labels: {team: a}, notify: [ghost]}
+          - {id: good-3, colour: red}
+          - good-1
+          - 12345
+        """, "jobs.yaml")
+    refs, problems = load_job_file(path, ("console",))
+    assert ["good-1", "12345"] != [r.id for r in refs]
+    assert ["good-1"] == [r.id for r in refs]
+    assert [
+        f"{path}:3: jobs[1]: invalid job id 'bad id!': expected 1 to 64 characters of A-Z a-z 0-9 - _",
+        f"{path}:4: jobs[2].notify: unknown notifier 'ghost'",
+        f"{path}:5: jobs[3]: unknown key 'colour' (expected id, labels, notify)",
+        f"{path}:6: jobs[4]: job good-1 is listed twice",
+        f"{path}:7: jobs[5]: expected a job id or a mapping with `id`",
+    ] == problems

@@ -1,0 +1,163 @@
+"""The whole loop against the fake SendGrid and a real webhook receiver: outcomes, faults, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import WebhookReceiver, config_text, make_config, write_jobs
+from watcher.daemon import Daemon
+from watcher.models import DeliveryState
+from watcher.notify.outbox import Backoff
+from watcher.store import open_store
+from watcher.testing.fake_sendgrid import FakeSendGrid
+
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/state.db"
+
+
+async def run_until_idle(daemon: Daemon, timeout: float = 20.0) -> int:
+    return await asyncio.wait_for(daemon.run(until_idle=True, install_signals=False), timeout)
+
+
+async def test_every_outcome_is_delivered_once(tmp_path: Path) -> None:
+    """Five jobs end in the five outcomes and each outcome arrives once, signed, at the receiver."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.script_job("ok-1", outcome="completed", pending_for=0.2, requested=100)
+        fake.script_job("err-1", outcome="errored", pending_for=0.3, requested=50, errored=3,
+                        error_rows=[("a@x", "invalid email"), ("b@x", "invalid email"), ("c@x", "bad field")])
+        fake.script_job("fail-1", outcome="failed", pending_for=0.1, job_type="delete")
+        fake.script_job("stuck-1", outcome="pending")
+        jobs = write_jobs(tmp_path / "jobs.yaml", ["ok-1", "err-1", "fail-1", "stuck-1", "ghost-1"])
+        config = make_config(tmp_path, config_text(fake.base_url, sqlite_url(tmp_path), hook_url=hook.url, jobs_file=jobs))
+        assert 0 == await run_until_idle(Daemon(config, delivery_backoff=FAST))
+    assert {"ok-1": "completed", "err-1": "errored", "fail-1": "failed", "stuck-1": "timed_out",
+            "ghost-1": "not_found"} == hook.statuses()
+    assert all(1 == len(items) for items in hook.by_job().values())
+    errored = hook.by_job()["err-1"][0].body
+    assert "contact_import.errored" == errored["type"]
+    assert {"rows": 3, "top_reasons": [{"reason": "invalid email", "count": 2}, {"reason": "bad field", "count": 1}]} == errored["data"]["errors"]
+    assert 50 == errored["data"]["results"]["requested_count"]
+    assert {"type", "timestamp", "data"} == set(errored)
+    assert "delete" == hook.by_job()["fail-1"][0].body["data"]["job_type"]
+
+
+async def test_rate_limit_is_obeyed(tmp_path: Path) -> None:
+    """Against a fake allowing 20 requests per second, 40 jobs finish with almost no 429s."""
+    async with FakeSendGrid(rate_limit=20, rate_window=1.0) as fake, WebhookReceiver() as hook:
+        ids = [f"rl-{i}" for i in range(40)]
+        for job_id in ids:
+            fake.script_job(job_id, outcome="completed", pending_for=0.5)
+        config = make_config(tmp_path, config_text(
+            fake.base_url, sqlite_url(tmp_path), hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+            polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 200ms\n  deadline: 30s",
+        ))
+        assert 0 == await run_until_idle(Daemon(config, delivery_backoff=FAST), timeout=30)
+        assert {job_id: "completed" for job_id in ids} == hook.statuses()
+        # Only the opening burst, before the first X-RateLimit headers are known, may overshoot.
+        assert fake.responses_by_status[429] <= 1
+        assert fake.responses_by_status[200] >= 40
+
+
+async def test_faults_are_retried_until_the_true_outcome(tmp_path: Path) -> None:
+    """With 5xx, malformed bodies and dropped connections, every job still reaches its outcome once."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.set_faults(error_rate=0.3, malformed_rate=0.1, drop_rate=0.05, seed=7)
+        ids = [f"flaky-{i}" for i in range(15)]
+        for i, job_id in enumerate(ids):
+            fake.script_job(job_id, outcome=("completed", "errored", "failed")[i % 3], pending_for=0.2)
+        config = make_config(tmp_path, config_text(
+            fake.base_url, sqlite_url(tmp_path), hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+            polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 200ms\n  deadline: 60s",
+        ))
+        assert 0 == await run_until_idle(Daemon(config, delivery_backoff=FAST), timeout=40)
+        assert fake.responses_by_status[500] > 0
+    expected = {job_id: ("completed", "errored", "failed")[i % 3] for i, job_id in enumerate(ids)}
+    assert expected == hook.statuses()
+    assert all(1 == len(items) for items in hook.by_job().values())
+
+
+async def test_restart_resumes_without_a_second_outcome(tmp_path: Path) -> None:
+    """A daemon stopped mid-run leaves work that the next one finishes, with one delivery per job."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        ids = [f"rs-{i}" for i in range(10)]
+        for i, job_id in enumerate(ids):
+            fake.script_job(job_id, outcome="completed", pending_for=0.1 + 0.15 * i)
+        config = make_config(tmp_path, config_text(
+            fake.base_url, sqlite_url(tmp_path), hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+        ))
+        first = Daemon(config, delivery_backoff=FAST)
+        running = asyncio.create_task(first.run(install_signals=False))
+        while len(hook.received) < 3:
+            await asyncio.sleep(0.02)
+        first.stop()
+        assert 0 == await asyncio.wait_for(running, 10)
+        assert len(hook.received) < len(ids)
+        assert 0 == await run_until_idle(Daemon(config, delivery_backoff=FAST))
+    assert {job_id: "completed" for job_id in ids} == hook.statuses()
+    assert len(ids) == len(hook.received)
+    assert len(ids) == len({r.webhook_id for r in hook.received})
+
+
+async def test_receiver_outage_then_recovery(tmp_path: Path) -> None:
+    """A receiver that fails for a while still gets each notification exactly once, same webhook-id."""
+    async with FakeSendGrid() as fake, WebhookReceiver(fail_with=503, fail_times=6) as hook:
+        ids = ["out-1", "out-2"]
+        for job_id in ids:
+            fake.script_job(job_id, outcome="completed")
+        config = make_config(tmp_path, config_text(
+            fake.base_url, sqlite_url(tmp_path), hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+        ))
+        assert 0 == await run_until_idle(Daemon(config, delivery_backoff=FAST))
+    assert 6 == hook.rejected
+    assert {"out-1": "completed", "out-2": "completed"} == hook.statuses()
+    assert 2 == len(hook.received)
+    store = open_store(sqlite_url(tmp_path))
+    await store.open()
+    try:
+        deliveries = await store.list_deliveries(ids)
+    finally:
+        await store.close()
+    assert {DeliveryState.DELIVERED} == {d.state for d in deliveries}
+    assert 8 == sum(d.attempts for d in deliveries)
+
+
+async def test_refused_key_alerts_once_and_recovers(tmp_path: Path) -> None:
+    """A 401 sends one watcher.alert, jobs keep waiting, and a second alert says the key works again."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.script_job("key-1", outcome="completed")
+        fake.refuse_key(True, status=401)
+        config = make_config(tmp_path, config_text(
+            fake.base_url, sqlite_url(tmp_path), hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ["key-1"]),
+            polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 100ms\n  deadline: 30s",
+        ))
+        daemon = Daemon(config, delivery_backoff=FAST)
+        running = asyncio.create_task(run_until_idle(daemon))
+        while not hook.received:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.4)  # several refused polls, still one alert
+        fake.refuse_key(False)
+        assert 0 == await running
+    alerts = [r.body["data"]["alert"] for r in hook.received if r.body["type"] == "watcher.alert"]
+    assert ["key_refused", "key_accepted"] == alerts
+    assert {"key-1": "completed"} == hook.statuses()
+    assert "SG.fake-key" not in str([r.raw for r in hook.received])
+
+
+@pytest.mark.parametrize("store_url", ["memory://", "sqlite"])
+async def test_until_idle_with_no_jobs_exits_at_once(tmp_path: Path, store_url: str) -> None:
+    """--until-idle with nothing to watch exits 0 straight away."""
+    url = sqlite_url(tmp_path) if store_url == "sqlite" else store_url
+    async with FakeSendGrid() as fake:
+        config = make_config(tmp_path, config_text(fake.base_url, url))
+        assert 0 == await run_until_idle(Daemon(config), timeout=5)

@@ -1,0 +1,146 @@
+"""The poll policy is a pure function: checked with numbers, no clock, no network."""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher.models import JobState, Outcome, Snapshot
+from watcher.policy import (
+    Finish,
+    NotFound,
+    PollPolicy,
+    Refused,
+    Reschedule,
+    Seen,
+    Transient,
+    decide,
+    first_poll_at,
+    running_interval,
+    transient_delay,
+)
+
+POLICY = PollPolicy(initial_delay=2, min_interval=5, max_interval=300, deadline=3600, not_found_grace=120)
+ADDED = 1_000_000.0
+
+
+def job(**changes: object) -> JobState:
+    base: dict[str, object] = {"id": "j1", "labels": {}, "notify": None, "added_at": ADDED, "next_poll_at": ADDED}
+    base.update(changes)
+    return JobState(**base)  # type: ignore[arg-type]
+
+
+def pending() -> Seen:
+    return Seen(Snapshot(status="pending"))
+
+
+def test_first_poll_waits_initial_delay() -> None:
+    """The first poll happens initial_delay after the job was added."""
+    assert ADDED + 2 == first_poll_at(POLICY, ADDED)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [("completed", Outcome.COMPLETED), ("errored", Outcome.ERRORED), ("failed", Outcome.FAILED),
+     ("Completed", Outcome.COMPLETED), (" FAILED ", Outcome.FAILED)],
+)
+def test_terminal_status_finishes(status: str, outcome: Outcome) -> None:
+    """A terminal status ends the job, compared case-insensitively, and counts as a poll."""
+    decision = decide(POLICY, job(polls=3), Seen(Snapshot(status=status)), ADDED + 50, 0.5)
+    assert Finish(outcome, 4, Snapshot(status=status)) == decision
+
+
+def test_intervals_grow_from_min_to_max() -> None:
+    """Without jitter the wait grows with the job's age, clamped to [min_interval, max_interval]."""
+    ages = [1, 10, 25, 50, 100, 500, 1000, 1500, 10_000]
+    waits = [running_interval(POLICY, age, 0.5) for age in ages]
+    assert [5, 5, 5, 10, 20, 100, 200, 300, 300] == pytest.approx(waits)
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.25, 0.5, 0.999])
+def test_jitter_stays_within_bounds(draw: float) -> None:
+    """Jitter moves the wait by at most 10% and never outside the configured bounds."""
+    wait = running_interval(POLICY, 200, draw)
+    assert 36 <= wait <= 44
+    assert 5 <= running_interval(POLICY, 1, draw) <= 5.5
+    assert running_interval(POLICY, 100_000, draw) <= 300
+
+
+def test_unknown_status_keeps_polling() -> None:
+    """An unknown status is not terminal: the job is polled again."""
+    decision = decide(POLICY, job(polls=1), Seen(Snapshot(status="processing")), ADDED + 100, 0.5)
+    assert isinstance(decision, Reschedule)
+    assert 2 == decision.polls
+    assert ADDED + 120 == pytest.approx(decision.next_poll_at)
+
+
+def test_next_poll_never_past_deadline() -> None:
+    """Near the deadline the next poll is scheduled at the deadline itself."""
+    decision = decide(POLICY, job(), pending(), ADDED + 3590, 0.5)
+    assert isinstance(decision, Reschedule)
+    assert ADDED + 3600 == decision.next_poll_at
+
+
+def test_pending_at_deadline_times_out() -> None:
+    """A job still pending at its deadline ends as timed_out."""
+    decision = decide(POLICY, job(polls=9), pending(), ADDED + 3600, 0.5)
+    assert Finish(Outcome.TIMED_OUT, 10, Snapshot(status="pending")) == decision
+
+
+def test_not_found_within_grace_is_not_yet() -> None:
+    """A 404 inside not_found_grace is polled again, at the latest when the grace ends."""
+    decision = decide(POLICY, job(), NotFound(), ADDED + 118, 0.5)
+    assert Reschedule(ADDED + 120, 1, 0, None) == decision
+
+
+def test_not_found_after_grace_is_final() -> None:
+    """A 404 once not_found_grace has passed ends the job as not_found."""
+    assert Finish(Outcome.NOT_FOUND, 3, None) == decide(POLICY, job(polls=2), NotFound(), ADDED + 120, 0.5)
+
+
+def test_not_found_after_being_seen_is_transient() -> None:
+    """A 404 for a job SendGrid has shown before is retried, not declared missing."""
+    seen_before = job(polls=4, snapshot=Snapshot(status="pending"))
+    decision = decide(POLICY, seen_before, NotFound(), ADDED + 500, 0.0)
+    assert isinstance(decision, Reschedule)
+    assert (4, 1) == (decision.polls, decision.transient_errors)
+
+
+def test_transient_errors_back_off_without_counting_polls() -> None:
+    """Transient failures double their delay, do not count as polls and reset on success."""
+    delays = []
+    state = job(polls=2)
+    for _ in range(5):
+        decision = decide(POLICY, state, Transient(), ADDED + 100, 0.999999)
+        assert isinstance(decision, Reschedule)
+        delays.append(decision.next_poll_at - (ADDED + 100))
+        state = job(polls=decision.polls, transient_errors=decision.transient_errors)
+    assert [1, 2, 4, 8, 16] == pytest.approx(delays, rel=1e-3)
+    assert 2 == state.polls
+    ok = decide(POLICY, state, pending(), ADDED + 130, 0.5)
+    assert isinstance(ok, Reschedule)
+    assert 0 == ok.transient_errors
+
+
+def test_retry_after_wins() -> None:
+    """The server's Retry-After is never undercut by our own backoff."""
+    decision = decide(POLICY, job(), Transient(retry_after=42.0), ADDED + 10, 0.0)
+    assert isinstance(decision, Reschedule)
+    assert ADDED + 52 == decision.next_poll_at
+
+
+def test_transient_delay_is_capped() -> None:
+    """The transient backoff never exceeds max_interval, even after many failures."""
+    assert 300 >= transient_delay(POLICY, 200, 0.999)
+
+
+def test_refused_key_slows_down() -> None:
+    """A refused key waits about max_interval and does not count polls."""
+    decision = decide(POLICY, job(polls=1), Refused(), ADDED + 10, 0.5)
+    assert Reschedule(ADDED + 310, 1, 0, None) == decision
+
+
+def test_transient_past_deadline_times_out() -> None:
+    """When the deadline passes during an outage the job times out with its last snapshot."""
+    last = Snapshot(status="pending")
+    decision = decide(POLICY, job(polls=5, snapshot=last), Transient(), ADDED + 3601, 0.5)
+    assert Finish(Outcome.TIMED_OUT, 5, last) == decision

@@ -1,0 +1,407 @@
+"""YAML configuration -> validated, frozen settings; every problem reported at once with FILE:LINE."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watcher import schema as s
+from watcher.errors import ConfigError
+from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE
+from watcher.policy import PollPolicy
+from watcher.routing import Route
+from watcher.schema import Field, Secret
+from watcher.sendgrid import SendGridSettings
+from watcher.yamlloc import Path_, Problems, load_located
+
+DEFAULT_STATE_URL = "sqlite:///import-watcher.db"
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    url: str = DEFAULT_STATE_URL
+    retention: float = 7 * 86400.0  # finished jobs are kept this long for `status`
+
+
+@dataclass(frozen=True, slots=True)
+class FileSourceSettings:
+    path: Path
+    type: str = "file"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSourceSettings:
+    url: str
+    stream: str = "import-watcher:jobs"
+    group: str = "import-watcher"
+    consumer: str | None = None
+    block: float = 5.0
+    claim_idle: float = 60.0
+    type: str = "redis"
+
+
+SourceSettings = FileSourceSettings | RedisSourceSettings
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierSettings:
+    name: str
+    type: str
+    settings: Mapping[str, Any]
+    delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE
+    templates: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str
+    port: int
+    token: Secret | None = None
+    max_body: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "info"
+    format: str = "auto"  # auto: readable on a terminal, JSON otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon needs, validated."""
+
+    sendgrid: SendGridSettings
+    polling: PollPolicy = field(default_factory=PollPolicy)
+    state: StateSettings = field(default_factory=StateSettings)
+    sources: tuple[SourceSettings, ...] = ()
+    notifiers: tuple[NotifierSettings, ...] = ()
+    routes: tuple[Route, ...] = ()
+    server: ServerSettings | None = None
+    shutdown_grace: float = 20.0
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    heartbeat_file: Path | None = None
+    path: Path | None = None
+
+    @property
+    def notifier_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.notifiers)
+
+
+SENDGRID_FIELDS = (
+    Field("api_key", s.secret, required=True, secret=True),
+    Field("base_url", s.url("https", "http"), default="https://api.sendgrid.com"),
+    Field("on_behalf_of", s.optional_string),
+    Field("request_timeout", s.duration(0.001), default=10.0),
+    Field("max_concurrency", s.integer(1, 10_000), default=32),
+    Field("max_rate", s.number(0.001, allow_none=True)),
+)
+POLLING_FIELDS = (
+    Field("initial_delay", s.duration(), default=2.0),
+    Field("min_interval", s.duration(0.001), default=5.0),
+    Field("max_interval", s.duration(0.001), default=300.0),
+    Field("deadline", s.duration(0.001), default=86400.0),
+    Field("not_found_grace", s.duration(), default=120.0),
+)
+STATE_FIELDS = (
+    Field("url", s.string, default=DEFAULT_STATE_URL),
+    Field("retention", s.duration(), default=7 * 86400.0),
+)
+FILE_SOURCE_FIELDS = (Field("type", s.string), Field("path", s.string, required=True))
+REDIS_SOURCE_FIELDS = (
+    Field("type", s.string),
+    Field("url", s.url("redis", "rediss", "unix"), required=True),
+    Field("stream", s.string, default="import-watcher:jobs"),
+    Field("group", s.string, default="import-watcher"),
+    Field("consumer", s.optional_string),
+    Field("block", s.duration(0.001), default=5.0),
+    Field("claim_idle", s.duration(0.001), default=60.0),
+)
+SERVER_FIELDS = (
+    Field("listen", s.string, required=True),
+    Field("token", s.secret, secret=True),
+    Field("max_body", s.integer(1024), default=64 * 1024),
+)
+LOGGING_FIELDS = (
+    Field("level", s.choice("debug", "info", "warning", "error"), default="info"),
+    Field("format", s.choice("auto", "json", "console"), default="auto"),
+)
+COMMON_NOTIFIER_KEYS = {"type", "delivery_deadline", "templates"}
+TOP_LEVEL = {
+    "sendgrid", "polling", "state", "sources", "notifiers", "routes", "server",
+    "shutdown_grace", "logging", "heartbeat_file",
+}
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    file = Path(path)
+    problems = Problems(str(path))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}:1: cannot read the config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}:1: the config file is not UTF-8 text"]) from None
+    data = load_located(text, problems, env=env)
+    config = build_config(data, problems, base_dir=file.parent.resolve()) if not problems else None
+    if problems or config is None:
+        raise ConfigError(problems.sorted() or [f"{path}:1: empty configuration"])
+    return _replace_path(config, file.resolve())
+
+
+def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | None:
+    """Validate parsed YAML; problems are collected, None is returned when there are any."""
+    from watcher.notify.registry import load_notifier_types
+
+    if not isinstance(data, dict):
+        problems.add((), "the configuration must be a mapping with at least a `sendgrid:` section")
+        return None
+    for key in data:
+        if key not in TOP_LEVEL:
+            problems.add((key,), f"unknown key (expected one of {', '.join(sorted(TOP_LEVEL))})")
+    ctx = _Ctx(problems, base_dir)
+    sendgrid = ctx.section(data, ("sendgrid",), SENDGRID_FIELDS, required=True)
+    polling = ctx.section(data, ("polling",), POLLING_FIELDS)
+    state = ctx.section(data, ("state",), STATE_FIELDS)
+    logging = ctx.section(data, ("logging",), LOGGING_FIELDS)
+    grace = ctx.value(data, ("shutdown_grace",), s.duration(), 20.0)
+    heartbeat = ctx.value(data, ("heartbeat_file",), s.optional_string, None)
+    try:
+        types = load_notifier_types()
+    except ConfigError as exc:
+        for message in exc.problems:
+            problems.add(("notifiers",), message)
+        types = {}
+    notifiers = _notifiers(ctx, data.get("notifiers"), types)
+    names = {n.name for n in notifiers}
+    routes = _routes(ctx, data.get("routes"), names)
+    sources = _sources(ctx, data.get("sources"))
+    server = _server(ctx, data.get("server"))
+    if polling and polling["min_interval"] > polling["max_interval"]:
+        problems.add(("polling", "min_interval"), "must not be larger than polling.max_interval")
+    _check_state_url(ctx, state)
+    if problems or sendgrid is None:
+        return None
+    return Config(
+        sendgrid=SendGridSettings(**sendgrid),
+        polling=PollPolicy(**(polling or {})),
+        state=StateSettings(**(state or {})),
+        sources=tuple(sources),
+        notifiers=tuple(notifiers),
+        routes=tuple(routes),
+        server=server,
+        shutdown_grace=grace,
+        logging=LoggingSettings(**(logging or {})),
+        heartbeat_file=ctx.resolve(heartbeat) if heartbeat else None,
+    )
+
+
+class _Ctx:
+    """Validation helpers bound to one file's problems and directory."""
+
+    def __init__(self, problems: Problems, base_dir: Path) -> None:
+        self.problems = problems
+        self.base_dir = base_dir
+
+    def resolve(self, path: str) -> Path:
+        # Relative paths are relative to the working directory, as in the state URL
+        # (SQLAlchemy style) and DESIGN.md's `path: config/jobs.yaml`.
+        return Path(path).expanduser().absolute()
+
+    def value(self, data: Mapping[str, Any], path: Path_, parse: s.Parser, default: Any) -> Any:
+        key = str(path[-1])
+        if key not in data or data[key] is None:
+            return default
+        try:
+            return parse(data[key])
+        except ValueError as exc:
+            self.problems.add(path, str(exc))
+            return default
+
+    def section(
+        self,
+        data: Mapping[str, Any],
+        path: Path_,
+        fields: tuple[Field, ...],
+        *,
+        required: bool = False,
+        extra_ok: frozenset[str] = frozenset(),
+    ) -> dict[str, Any] | None:
+        raw = data.get(str(path[-1]))
+        if raw is None:
+            if required:
+                self.problems.add(path, "this section is required")
+                return None
+            raw = {}
+        return self.fields(raw, path, fields, extra_ok=extra_ok)
+
+    def fields(
+        self,
+        raw: Any,
+        path: Path_,
+        fields: tuple[Field, ...],
+        *,
+        extra_ok: frozenset[str] = frozenset(),
+    ) -> dict[str, Any] | None:
+        """Parse a mapping against its fields: unknown keys, required keys, `*_file` secrets."""
+        if not isinstance(raw, dict):
+            self.problems.add(path, "expected a mapping")
+            return None
+        known = {f.name for f in fields}
+        secrets = {f.name for f in fields if f.secret}
+        raw = dict(raw)
+        unreadable: set[str] = set()
+        for key in list(raw):
+            if key.endswith("_file") and key[:-5] in secrets:
+                if not self._read_secret_file(raw, key, path):
+                    unreadable.add(key[:-5])
+            elif key not in known and key not in extra_ok:
+                self.problems.add((*path, key), f"unknown key (expected one of {', '.join(sorted(known))})")
+        out: dict[str, Any] = {}
+        for f in fields:
+            value = raw.get(f.name)
+            if value is None or (value == "" and not f.required):  # `${VAR:-}` means "not set"
+                if f.required and f.name not in unreadable:
+                    self.problems.add(path, f"missing required key `{f.name}`")
+                out[f.name] = f.default
+                continue
+            try:
+                out[f.name] = f.parse(value)
+            except ValueError as exc:
+                self.problems.add((*path, f.name), str(exc))
+                out[f.name] = f.default
+        return out
+
+    def _read_secret_file(self, raw: dict[str, Any], key: str, path: Path_) -> bool:
+        """Put the content of `NAME_file` into `NAME`; False when that was not possible."""
+        name = key[:-5]
+        file_path = raw.pop(key)
+        if raw.get(name) is not None:
+            self.problems.add((*path, key), f"give either `{name}` or `{key}`, not both")
+            return False
+        if not isinstance(file_path, str) or not file_path:
+            self.problems.add((*path, key), "expected a file path")
+            return False
+        try:
+            raw[name] = self.resolve(file_path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable text"
+            self.problems.add((*path, key), f"cannot read secret file {file_path}: {reason}")
+            return False
+        return True
+
+
+def _notifiers(ctx: _Ctx, raw: Any, types: Mapping[str, Any]) -> list[NotifierSettings]:
+    from watcher.notify.render import validate_templates
+
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        ctx.problems.add(("notifiers",), "expected a mapping of notifier name -> settings")
+        return []
+    out: list[NotifierSettings] = []
+    for name, settings in raw.items():
+        path: Path_ = ("notifiers", name)
+        if not isinstance(settings, dict):
+            ctx.problems.add(path, "expected a mapping with at least `type`")
+            continue
+        kind = settings.get("type")
+        cls = types.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            ctx.problems.add((*path, "type"), f"unknown notifier type {kind!r} (known: {', '.join(sorted(types))})")
+            continue
+        parsed = ctx.fields(settings, path, tuple(cls.fields), extra_ok=frozenset(COMMON_NOTIFIER_KEYS))
+        deadline = ctx.value(settings, (*path, "delivery_deadline"), s.duration(1.0), DEFAULT_DELIVERY_DEADLINE)
+        templates = ctx.value(settings, (*path, "templates"), s.string_map, {})
+        for key, message in validate_templates(templates):
+            ctx.problems.add((*path, "templates", key), message)
+        if parsed is None:
+            continue
+        for key, message in cls.check(parsed):
+            ctx.problems.add((*path, key), message)
+        out.append(NotifierSettings(str(name), kind, parsed, deadline, templates))
+    return out
+
+
+def _routes(ctx: _Ctx, raw: Any, names: set[str]) -> list[Route]:
+    from watcher.routing import parse_route
+
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        ctx.problems.add(("routes",), "expected a list of routes")
+        return []
+    routes = []
+    for i, item in enumerate(raw):
+        route = parse_route(item, ("routes", i), ctx.problems, names)
+        if route is not None:
+            routes.append(route)
+    return routes
+
+
+def _sources(ctx: _Ctx, raw: Any) -> list[SourceSettings]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        ctx.problems.add(("sources",), "expected a list of sources")
+        return []
+    out: list[SourceSettings] = []
+    for i, item in enumerate(raw):
+        path: Path_ = ("sources", i)
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "file":
+            parsed = ctx.fields(item, path, FILE_SOURCE_FIELDS)
+            if parsed:
+                out.append(FileSourceSettings(path=ctx.resolve(parsed["path"])))
+        elif kind == "redis":
+            parsed = ctx.fields(item, path, REDIS_SOURCE_FIELDS)
+            if parsed:
+                parsed.pop("type")
+                out.append(RedisSourceSettings(**parsed))
+        else:
+            ctx.problems.add((*path, "type"), f"unknown source type {kind!r} (expected file or redis)")
+    return out
+
+
+def _server(ctx: _Ctx, raw: Any) -> ServerSettings | None:
+    if raw is None:
+        return None
+    parsed = ctx.fields(raw, ("server",), SERVER_FIELDS)
+    if not parsed or not parsed["listen"]:
+        return None
+    host, _, port_text = str(parsed["listen"]).rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":8080" means every interface, as in most servers
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        ctx.problems.add(("server", "listen"), "expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return None
+    if parsed["token"] is None and not _is_loopback(host):
+        ctx.problems.add(("server", "token"), "required when server.listen is not a loopback address")
+    return ServerSettings(host, int(port_text), parsed["token"], parsed["max_body"])
+
+
+def _check_state_url(ctx: _Ctx, state: Mapping[str, Any] | None) -> None:
+    url = str((state or {}).get("url") or "")
+    if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://", "memory://")):
+        ctx.problems.add(
+            ("state", "url"),
+            "expected sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db or memory://",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _replace_path(config: Config, path: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, path=path)

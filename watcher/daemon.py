@@ -1,0 +1,311 @@
+"""Wires every part together, owns the tasks, signals and an orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from watcher.clock import Clock, SystemClock
+from watcher.config import Config, FileSourceSettings, NotifierSettings, RedisSourceSettings
+from watcher.engine import Engine, ErrorsInfo, Recipient
+from watcher.errors import ConfigError, StoreUnavailable
+from watcher.notify.base import Notifier
+from watcher.notify.outbox import Backoff, Outbox
+from watcher.notify.registry import load_notifier_types
+from watcher.ratelimit import LocalRateBudget, RateBudget
+from watcher.sendgrid import SendGridClient
+from watcher.sources.base import Intake, JobSource
+from watcher.sources.file import FileSource
+from watcher.store import open_store
+from watcher.store.base import StateStore
+
+log = structlog.get_logger("watcher.daemon")
+
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_STALE = 30.0
+
+
+def heartbeat_path(config: Config) -> Path:
+    """Where this config's daemon writes its heartbeat (per container, for `healthcheck`)."""
+    if config.heartbeat_file is not None:
+        return config.heartbeat_file
+    key = hashlib.sha256(str(config.path or "default").encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"import-watcher-{key}.heartbeat"
+
+
+def build_notifiers(config: Config) -> dict[str, Notifier]:
+    """Instantiate the configured notifiers from the registry."""
+    types = load_notifier_types()
+    built: dict[str, Notifier] = {}
+    for spec in config.notifiers:
+        settings = dict(spec.settings)
+        if spec.type == "email" and settings.get("transport") == "sendgrid" and not settings.get("api_key"):
+            settings["api_key"] = config.sendgrid.api_key
+        built[spec.name] = _instantiate(types[spec.type], replace(spec, settings=settings))
+    return built
+
+
+def _instantiate(cls: Any, spec: NotifierSettings) -> Notifier:
+    notifier: Notifier = cls(
+        spec.name, spec.settings, delivery_deadline=spec.delivery_deadline, templates=spec.templates
+    )
+    return notifier
+
+
+class Daemon:
+    """One watcher process. `run()` returns the exit code."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        owner: str | None = None,
+        store: StateStore | None = None,
+        delivery_backoff: Backoff | None = None,
+        lease: float | None = None,
+        refresh_interval: float = 2.0,
+        idle_check_interval: float = 0.1,
+        extra_notifiers: Mapping[str, Notifier] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.store = store or open_store(config.state.url)
+        self.delivery_backoff = delivery_backoff
+        self.lease = lease or max(60.0, config.sendgrid.request_timeout * 3 + 30.0)
+        self.refresh_interval = refresh_interval
+        self.idle_check_interval = idle_check_interval
+        self.notifiers: dict[str, Notifier] = build_notifiers(config)
+        self.notifiers.update(extra_notifiers or {})
+        self.stop_event = asyncio.Event()
+        self.sources: list[JobSource] = []
+        self.engine: Engine | None = None
+        self.outbox: Outbox | None = None
+        self.intake: Intake | None = None
+        self.budget: RateBudget | None = None
+        self.client: SendGridClient | None = None
+        self.ready = False
+        self.on_started: list[Callable[[Daemon], Any]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def run(self, *, until_idle: bool = False, install_signals: bool = True) -> int:
+        """Run until stopped (SIGTERM/SIGINT) or, with until_idle, until nothing is left to do."""
+        started = time.monotonic()
+        async with contextlib.AsyncExitStack() as stack:
+            await self._open_store(stack)
+            await self._start_components(stack)
+            if install_signals:
+                self._install_signals(stack)
+            tasks = [
+                asyncio.create_task(self.engine.run(self.stop_event), name="engine"),  # type: ignore[union-attr]
+                asyncio.create_task(self.outbox.run(self.stop_event), name="outbox"),  # type: ignore[union-attr]
+            ]
+            if until_idle:
+                tasks.append(asyncio.create_task(self._stop_when_idle(), name="until-idle"))
+            for callback in self.on_started:
+                await _maybe_await(callback(self))
+            log.info("daemon.started", owner=self.owner, notifiers=list(self.notifiers), until_idle=until_idle)
+            await self.stop_event.wait()
+            await self._shutdown(tasks, started)
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def _open_store(self, stack: contextlib.AsyncExitStack) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.store.open()
+                break
+            except StoreUnavailable as exc:
+                attempt += 1
+                delay = min(30.0, 0.5 * 2**attempt)
+                log.warning("daemon.store_unavailable", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+        stack.push_async_callback(self.store.close)
+
+    async def _start_components(self, stack: contextlib.AsyncExitStack) -> None:
+        config = self.config
+        self._session = aiohttp.ClientSession()
+        stack.push_async_callback(self._session.close)
+        self.budget = self._make_budget()
+        self.client = SendGridClient(config.sendgrid, session=self._session, budget=self.budget, clock=self.clock)
+        for notifier in self.notifiers.values():
+            await notifier.start(self._session)
+            stack.push_async_callback(notifier.close)
+        self.outbox = Outbox(
+            store=self.store, notifiers=self.notifiers, clock=self.clock, owner=self.owner,
+            lease=self.lease, backoff=self.delivery_backoff,
+        )
+        self.engine = Engine(
+            store=self.store, client=self.client, policy=config.polling, clock=self.clock,
+            owner=self.owner,
+            recipients=[Recipient(n.name, n.delivery_deadline) for n in self.notifiers.values()],
+            routes=config.routes, errors_fetcher=self._fetch_errors,
+            max_concurrency=config.sendgrid.max_concurrency, lease=self.lease,
+            on_deliveries=self.outbox.wake,
+        )
+        self.intake = Intake(self.store, config.polling, self.clock, tuple(self.notifiers))
+        self.intake.on_added.append(self.engine.wake)
+        spread = await self.store.spread_overdue(now=self.clock.now(), window=min(config.polling.max_interval, 60.0))
+        if spread:
+            log.info("daemon.resumed", overdue_jobs=spread)
+        await self._start_sources(stack)
+        self._start_scheduler(stack)
+        self.ready = True
+
+    def _make_budget(self) -> RateBudget:
+        url = self.config.state.url
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            from watcher.ratelimit import RedisRateBudget
+
+            return RedisRateBudget(
+                url, key="import-watcher:ratelimit", max_rate=self.config.sendgrid.max_rate, clock=self.clock
+            )
+        return LocalRateBudget(max_rate=self.config.sendgrid.max_rate, clock=self.clock)
+
+    async def _start_sources(self, stack: contextlib.AsyncExitStack) -> None:
+        assert self.intake is not None
+        for spec in self.config.sources:
+            source: JobSource
+            if isinstance(spec, FileSourceSettings):
+                source = FileSource(spec.path, self.intake)
+            elif isinstance(spec, RedisSourceSettings):
+                from watcher.sources.redis import RedisStreamSource
+
+                source = RedisStreamSource(spec, self.intake)
+            else:  # pragma: no cover - config only builds the two
+                raise ConfigError([f"unknown source {spec!r}"])
+            await source.start()
+            stack.push_async_callback(source.close)
+            self.sources.append(source)
+
+    def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(self.refresh_sources, "interval", seconds=self.refresh_interval, id="refresh", max_instances=1, coalesce=True)
+        scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL, id="heartbeat", max_instances=1, coalesce=True)
+        scheduler.add_job(self.housekeeping, "interval", hours=1, id="housekeeping", max_instances=1, coalesce=True)
+        scheduler.start()
+        self._scheduler = scheduler
+        stack.callback(scheduler.shutdown, wait=False)
+        self.heartbeat_sync()
+
+    def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+            stack.callback(loop.remove_signal_handler, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.refresh_sources(force=True)))
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        log.info("daemon.stopping", signal=sig.name)
+        self.stop_event.set()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], started: float) -> None:
+        self.ready = False
+        grace = self.config.shutdown_grace
+        await asyncio.wait(tasks, timeout=grace)
+        assert self.engine is not None and self.outbox is not None
+        polls_cut, deliveries_cut = await asyncio.gather(self.engine.drain(grace), self.outbox.drain(grace))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        counts = await _safe_counts(self.store)
+        log.info(
+            "daemon.stopped",
+            uptime_s=round(time.monotonic() - started, 1),
+            polls=sum(self.engine.stats.polls.values()),
+            outcomes=self.engine.stats.outcomes,
+            deliveries={f"{n}:{r}": c for (n, r), c in self.outbox.stats.results.items()},
+            cancelled_polls=polls_cut,
+            cancelled_deliveries=deliveries_cut,
+            **counts,
+        )
+
+    # --- periodic work ---------------------------------------------------------------
+
+    async def refresh_sources(self, force: bool = False) -> None:
+        for source in self.sources:
+            try:
+                if isinstance(source, FileSource):
+                    await source.refresh(force=force)
+                else:
+                    await source.refresh()
+            except Exception as exc:  # noqa: BLE001 - one source failing must not stop the others
+                log.error("source.refresh_failed", source=source.name, error=repr(exc))
+
+    async def heartbeat(self) -> None:
+        self.heartbeat_sync()
+
+    def heartbeat_sync(self) -> None:
+        path = heartbeat_path(self.config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(f"{time.time():.3f} {self.owner}\n", encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("daemon.heartbeat_failed", error=str(exc))
+
+    async def housekeeping(self) -> None:
+        try:
+            purged = await self.store.purge_finished(before=self.clock.now() - self.config.state.retention)
+        except StoreUnavailable:
+            return
+        if purged:
+            log.info("daemon.purged", jobs=purged)
+
+    async def _stop_when_idle(self) -> None:
+        """--until-idle: stop once every job is final and every delivery settled."""
+        while not self.stop_event.is_set():
+            await asyncio.sleep(self.idle_check_interval)
+            try:
+                counts = await self.store.counts()
+            except StoreUnavailable:
+                continue
+            busy = self.engine is not None and self.engine.in_flight
+            busy = busy or (self.outbox is not None and self.outbox.in_flight)
+            if counts.watching == 0 and counts.pending_deliveries == 0 and not busy:
+                log.info("daemon.idle")
+                self.stop_event.set()
+
+    async def _fetch_errors(self, url: str) -> ErrorsInfo:
+        from watcher.notify.errors_file import summarize_errors_file
+
+        assert self._session is not None
+        summary = await summarize_errors_file(self._session, url)
+        return ErrorsInfo(summary.summary, summary.sample_csv)
+
+
+async def _maybe_await(value: Any) -> None:
+    if asyncio.iscoroutine(value):
+        await value
+
+
+async def _safe_counts(store: StateStore) -> dict[str, Any]:
+    try:
+        counts = await store.counts()
+    except StoreUnavailable:
+        return {}
+    return {"jobs": dict(counts.jobs_by_state), "deliveries_left": counts.pending_deliveries}

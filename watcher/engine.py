@@ -1,0 +1,367 @@
+"""The polling engine: a due-time queue kept by the store, bounded concurrency, leases.
+
+Per-job polls are not APScheduler jobs: the store orders unfinished jobs by
+``next_poll_at`` and the engine claims the due ones in batches, so 100,000
+tracked jobs cost one index, not 100,000 timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from watcher.clock import Clock
+from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
+from watcher.events import alert_event, delivery_id, outcome_event
+from watcher.models import TERMINAL_STATUSES, Delivery, JobState, Outcome, PollUpdate, Snapshot
+from watcher.policy import (
+    Decision,
+    Finish,
+    NotFound,
+    Observation,
+    PollPolicy,
+    Refused,
+    Reschedule,
+    Seen,
+    Transient,
+    decide,
+)
+from watcher.routing import Route, targets
+from watcher.store.base import StateStore
+
+log = structlog.get_logger("watcher.engine")
+
+KEY_STATE = "sendgrid.key_state"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorsInfo:
+    """What the errors file told us: the summary for every message, a sample for e-mail."""
+
+    summary: Mapping[str, Any]
+    sample_csv: str | None = None
+
+
+class ImportSource:
+    """What the engine needs of the SendGrid client."""
+
+    async def get_import(self, job_id: str) -> Snapshot:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+ErrorsFetcher = Callable[[str], Awaitable[ErrorsInfo]]
+
+
+@dataclass
+class EngineStats:
+    """Counters read by metrics and the shutdown summary."""
+
+    polls: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    poll_seconds: list[float] = field(default_factory=list)
+
+    def count_poll(self, result: str) -> None:
+        self.polls[result] = self.polls.get(result, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A configured notifier as routing and the outbox see it."""
+
+    name: str
+    delivery_deadline: float
+
+
+class Engine:
+    """Claims due jobs, polls them, records what happened; one per process."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        client: Any,
+        policy: PollPolicy,
+        clock: Clock,
+        owner: str,
+        recipients: Sequence[Recipient],
+        routes: Sequence[Route] = (),
+        errors_fetcher: ErrorsFetcher | None = None,
+        max_concurrency: int = 32,
+        lease: float = 120.0,
+        rng: random.Random | None = None,
+        on_deliveries: Callable[[], None] | None = None,
+        on_poll: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.policy = policy
+        self.clock = clock
+        self.owner = owner
+        self.recipients = {r.name: r for r in recipients}
+        self.routes = tuple(routes)
+        self.errors_fetcher = errors_fetcher
+        self.max_concurrency = max_concurrency
+        self.lease = lease
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.on_deliveries = on_deliveries or (lambda: None)
+        self.on_poll = on_poll
+        self.stats = EngineStats()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._unknown_logged: set[tuple[str, str]] = set()
+        self._key_state: str | None = None
+
+    # --- the loop -------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for due work now (a job was added, a poll finished)."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll due jobs until `stop` is set; in-flight polls are left to `drain`."""
+        failures = 0
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                claimed = await self._claim()
+                failures = 0
+            except StoreUnavailable as exc:
+                failures += 1
+                log.warning("engine.store_unavailable", error=str(exc), attempt=failures)
+                await self._wait(stop, min(30.0, 0.5 * 2**failures))
+                continue
+            if claimed and self.in_flight < self.max_concurrency:
+                await asyncio.sleep(0)  # let the new polls start before claiming more
+                continue
+            await self._wait(stop, await self._idle_timeout())
+
+    async def _claim(self) -> int:
+        free = self.max_concurrency - self.in_flight
+        if free <= 0:
+            return 0
+        jobs = await self.store.claim_due_jobs(
+            now=self.clock.now(), limit=free, owner=self.owner, lease=self.lease
+        )
+        for job in jobs:
+            task = asyncio.create_task(self.poll(job), name=f"poll:{job.id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._poll_done)
+        return len(jobs)
+
+    def _poll_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("engine.poll_crashed", error=repr(exc))
+        self._wake.set()
+
+    async def _idle_timeout(self) -> float:
+        if self.in_flight >= self.max_concurrency:
+            return 1.0
+        try:
+            due = await self.store.next_job_due_at()
+        except StoreUnavailable:
+            return 1.0
+        # Re-check at least every second: other processes (`add`, replicas) write to the store too.
+        return 1.0 if due is None else min(1.0, max(0.0, due - self.clock.now()))
+
+    async def _wait(self, stop: asyncio.Event, timeout: float) -> None:
+        if timeout <= 0 or stop.is_set():
+            await asyncio.sleep(0)
+            return
+        waiters = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.clock.sleep(timeout)),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` for in-flight polls, cancel the rest and release their leases."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
+        left = list(self._inflight)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+        return len(left)
+
+    # --- one poll ---------------------------------------------------------------
+
+    async def poll(self, job: JobState) -> None:
+        """Poll one claimed job and record the result."""
+        bound = log.bind(job_id=job.id)
+        started = self.clock.now()
+        try:
+            seen = await self._observe(job, bound)
+            now = self.clock.now()
+            if self.on_poll is not None:
+                self.on_poll(type(seen).__name__.lower(), now - started)
+            decision = decide(self.policy, job, seen, now, self.rng.random())
+            await self._record(job, decision, now, bound)
+        except asyncio.CancelledError:
+            await self._release(job)
+            raise
+        except StoreUnavailable as exc:
+            bound.warning("engine.record_failed", error=str(exc))
+
+    async def _observe(self, job: JobState, bound: Any) -> Observation:
+        try:
+            snapshot = await self.client.get_import(job.id)
+        except ImportNotFound:
+            self.stats.count_poll("not_found")
+            await self._key_works()
+            return NotFound()
+        except KeyRefused as exc:
+            self.stats.count_poll("key_refused")
+            await self._key_refused(exc)
+            return Refused()
+        except TryLater as exc:
+            self.stats.count_poll("transient")
+            bound.info("engine.poll_deferred", reason=exc.reason, retry_after=exc.retry_after)
+            return Transient(exc.retry_after)
+        self.stats.count_poll("ok")
+        await self._key_works()
+        self._note_unknown_status(job.id, snapshot, bound)
+        return Seen(snapshot)
+
+    def _note_unknown_status(self, job_id: str, snapshot: Snapshot, bound: Any) -> None:
+        status = snapshot.normalized_status or ""
+        if status in TERMINAL_STATUSES or status == "pending":
+            return
+        if (job_id, status) not in self._unknown_logged:
+            if len(self._unknown_logged) > 10_000:
+                self._unknown_logged.clear()
+            self._unknown_logged.add((job_id, status))
+            bound.warning("engine.unknown_status", status=snapshot.status)
+
+    async def _record(self, job: JobState, decision: Decision, now: float, bound: Any) -> None:
+        if isinstance(decision, Reschedule):
+            update = PollUpdate(
+                decision.next_poll_at, decision.polls, decision.transient_errors, decision.snapshot
+            )
+            if not await self.store.record_poll(job.id, update, owner=self.owner):
+                bound.warning("engine.lease_lost")
+            return
+        await self._finish(job, decision, now, bound)
+
+    async def _finish(self, job: JobState, decision: Finish, now: float, bound: Any) -> None:
+        errors = await self._errors_info(decision)
+        event = outcome_event(
+            job,
+            outcome=decision.outcome,
+            snapshot=decision.snapshot,
+            polls=decision.polls,
+            detected_at=now,
+            errors=errors.summary if errors else None,
+        )
+        if errors and errors.sample_csv:
+            event["errors_sample_csv"] = errors.sample_csv
+        job_type = decision.snapshot.job_type if decision.snapshot else None
+        names = targets(
+            self.routes,
+            self.recipients,
+            outcome=decision.outcome.value,
+            labels=job.labels,
+            job_type=job_type,
+            override=job.notify,
+        )
+        deliveries = [
+            self._delivery(name, event, now, job.id, job.id, repr(job.added_at), decision.outcome.value)
+            for name in names
+        ]
+        written = await self.store.record_outcome(
+            job.id,
+            outcome=decision.outcome,
+            snapshot=decision.snapshot,
+            polls=decision.polls,
+            detected_at=now,
+            deliveries=deliveries,
+            owner=self.owner,
+        )
+        if not written:
+            bound.warning("engine.outcome_not_written", outcome=decision.outcome.value)
+            return
+        self.stats.outcomes[decision.outcome.value] = self.stats.outcomes.get(decision.outcome.value, 0) + 1
+        self._unknown_logged.discard((job.id, (decision.snapshot.normalized_status or "") if decision.snapshot else ""))
+        bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=list(names))
+        if deliveries:
+            self.on_deliveries()
+
+    async def _errors_info(self, decision: Finish) -> ErrorsInfo | None:
+        if decision.outcome not in (Outcome.ERRORED, Outcome.FAILED):
+            return None
+        results = decision.snapshot.results if decision.snapshot else {}
+        url = results.get("errors_url")
+        if not isinstance(url, str) or not url:
+            return ErrorsInfo({"unavailable": "SendGrid gave no errors_url"})
+        if self.errors_fetcher is None:
+            return ErrorsInfo({"unavailable": "errors file download is disabled"})
+        try:
+            return await self.errors_fetcher(url)
+        except Exception as exc:  # noqa: BLE001 - a broken download never holds a notification back
+            return ErrorsInfo({"unavailable": f"{type(exc).__name__}"})
+
+    def _delivery(self, name: str, event: dict[str, Any], now: float, job_id: str | None, *key: str) -> Delivery:
+        deadline = self.recipients[name].delivery_deadline
+        return Delivery(
+            id=delivery_id(*key, name),
+            notifier=name,
+            event=event,
+            created_at=now,
+            next_attempt_at=now,
+            deadline_at=now + deadline,
+            job_id=job_id,
+        )
+
+    async def _release(self, job: JobState) -> None:
+        try:
+            await asyncio.shield(self.store.release_job(job.id, owner=self.owner))
+        except (StoreUnavailable, asyncio.CancelledError):
+            pass
+
+    # --- the key alert: once when refused, once when it works again ---------------
+
+    async def _key_refused(self, exc: KeyRefused) -> None:
+        await self._key_transition("refused", f"SendGrid refused the API key (HTTP {exc.status}): {exc.message}")
+
+    async def _key_works(self) -> None:
+        if self._key_state in (None, "refused"):
+            await self._key_transition("ok", "SendGrid accepts the API key again")
+
+    async def _key_transition(self, new: str, message: str) -> None:
+        if self._key_state == new:
+            return
+        previous = await self.store.get_meta(KEY_STATE)
+        previous_state = previous.split(":", 1)[0] if previous else None
+        self._key_state = new
+        if previous_state == new or (previous_state is None and new == "ok"):
+            if previous is None:
+                await self.store.set_meta(KEY_STATE, f"{new}:{self.clock.now()}")
+            return
+        now = self.clock.now()
+        await self.store.set_meta(KEY_STATE, f"{new}:{now}")
+        kind = "key_refused" if new == "refused" else "key_accepted"
+        log.warning("watcher.alert", alert=kind, message=message)
+        event = alert_event(kind, message, at=now)
+        # Replicas racing on the same transition read the same `previous`, so they
+        # build the same delivery ids and the store keeps one of each.
+        deliveries = [
+            self._delivery(name, event, now, None, kind, previous or "initial")
+            for name in self.recipients
+        ]
+        if deliveries and await self.store.add_deliveries(deliveries):
+            self.on_deliveries()

@@ -1,0 +1,147 @@
+"""When to poll next: a pure function of the job, what SendGrid said, the time and a random draw.
+
+The formula (also in the README):
+
+* first poll at ``added_at + initial_delay``;
+* after a poll that shows the job still running, wait
+  ``clamp(growth * age, min_interval, max_interval)`` scaled by a jitter factor
+  in ``[1 - jitter, 1 + jitter]``, where ``age = now - added_at``. Waiting in
+  proportion to the job's age keeps the detection delay a bounded share of the
+  job's run time (about ``growth``), so short jobs are seen quickly and long
+  ones cost few polls;
+* never past ``added_at + deadline``: the poll at the deadline that still sees
+  the job pending ends it as ``timed_out``;
+* a 404 within ``not_found_grace`` of the job being added is "not yet" (polled
+  again, at the latest when the grace ends); after it, ``not_found``;
+* transient failures (429, 5xx, timeouts, malformed answers) retry on their own
+  schedule, ``min(max_interval, transient_base * 2**(k-1))`` with full jitter
+  over its upper half, never sooner than the server's ``Retry-After``; they are
+  not counted as polls;
+* a refused key (401/403) waits ``max_interval`` between attempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from watcher.models import TERMINAL_STATUSES, JobState, Outcome, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class PollPolicy:
+    """The `polling:` settings plus the shape constants of the backoff."""
+
+    initial_delay: float = 2.0
+    min_interval: float = 5.0
+    max_interval: float = 300.0
+    deadline: float = 86400.0
+    not_found_grace: float = 120.0
+    growth: float = 0.2
+    jitter: float = 0.1
+    transient_base: float = 1.0
+
+
+# --- what a poll observed ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """SendGrid answered with a snapshot."""
+
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """SendGrid answered 404."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """SendGrid refused the API key (401/403)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    """No usable answer; try again, not before `retry_after` seconds if given."""
+
+    retry_after: float | None = None
+
+
+Observation = Seen | NotFound | Refused | Transient
+
+
+# --- what to do about it ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    next_poll_at: float
+    polls: int
+    transient_errors: int
+    snapshot: Snapshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    outcome: Outcome
+    polls: int
+    snapshot: Snapshot | None
+
+
+Decision = Reschedule | Finish
+
+
+def first_poll_at(policy: PollPolicy, added_at: float) -> float:
+    return added_at + policy.initial_delay
+
+
+def decide(policy: PollPolicy, job: JobState, seen: Observation, now: float, draw: float) -> Decision:
+    """The next step for `job` after observing `seen` at `now`; `draw` is uniform in [0, 1)."""
+    deadline_at = job.added_at + policy.deadline
+    age = now - job.added_at
+    if isinstance(seen, Seen):
+        polls = job.polls + 1
+        status = seen.snapshot.normalized_status
+        if status in TERMINAL_STATUSES:
+            return Finish(TERMINAL_STATUSES[status], polls, seen.snapshot)
+        if now >= deadline_at:
+            return Finish(Outcome.TIMED_OUT, polls, seen.snapshot)
+        at = min(now + running_interval(policy, age, draw), deadline_at)
+        return Reschedule(at, polls, 0, seen.snapshot)
+    if isinstance(seen, NotFound) and job.snapshot is None:
+        polls = job.polls + 1
+        grace_end = job.added_at + policy.not_found_grace
+        if now >= grace_end:
+            return Finish(Outcome.NOT_FOUND, polls, None)
+        at = min(now + running_interval(policy, age, draw), grace_end)
+        return Reschedule(at, polls, 0, None)
+    if now >= deadline_at:
+        return Finish(Outcome.TIMED_OUT, job.polls, job.snapshot)
+    if isinstance(seen, Refused):
+        at = now + policy.max_interval * _jitter(policy, draw)
+        return Reschedule(min(at, deadline_at), job.polls, job.transient_errors, job.snapshot)
+    # Transient, or a 404 for a job SendGrid has shown us before (a lagging replica on their side).
+    streak = job.transient_errors + 1
+    retry_after = seen.retry_after if isinstance(seen, Transient) else None
+    delay = transient_delay(policy, streak, draw)
+    if retry_after is not None:
+        # The server's word wins over both our backoff and our deadline.
+        return Reschedule(now + max(delay, retry_after), job.polls, streak, job.snapshot)
+    return Reschedule(min(now + delay, deadline_at), job.polls, streak, job.snapshot)
+
+
+def running_interval(policy: PollPolicy, age: float, draw: float) -> float:
+    """Wait after a poll that saw the job still running, `age` seconds after it was added."""
+    base = min(max(policy.growth * age, policy.min_interval), policy.max_interval)
+    return min(max(base * _jitter(policy, draw), policy.min_interval), policy.max_interval)
+
+
+def transient_delay(policy: PollPolicy, streak: int, draw: float) -> float:
+    """Backoff after `streak` consecutive failures, jittered over the upper half."""
+    cap = min(policy.max_interval, policy.transient_base * 2 ** min(streak - 1, 30))
+    return cap * (0.5 + draw / 2)
+
+
+def _jitter(policy: PollPolicy, draw: float) -> float:
+    return 1.0 - policy.jitter + 2 * policy.jitter * draw

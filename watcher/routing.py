@@ -1,0 +1,116 @@
+"""Who hears about what: pure routing from outcome, labels and job type to notifier names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from watcher.models import Outcome
+from watcher.yamlloc import Path_, Problems
+
+_OUTCOMES = {o.value for o in Outcome}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Send to `notify` when every given condition holds; no condition matches everything."""
+
+    notify: tuple[str, ...]
+    statuses: frozenset[str] | None = None
+    labels: Mapping[str, frozenset[str]] | None = None
+    job_types: frozenset[str] | None = None
+
+    def matches(self, outcome: str, labels: Mapping[str, str], job_type: str | None) -> bool:
+        if self.statuses is not None and outcome not in self.statuses:
+            return False
+        if self.job_types is not None and (job_type or "") not in self.job_types:
+            return False
+        if self.labels:
+            return all(labels.get(key) in allowed for key, allowed in self.labels.items())
+        return True
+
+
+def targets(
+    routes: Sequence[Route],
+    notifiers: Iterable[str],
+    *,
+    outcome: str,
+    labels: Mapping[str, str],
+    job_type: str | None,
+    override: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """Notifier names for one outcome, in configuration order, without duplicates."""
+    names = tuple(notifiers)
+    if override is not None:
+        chosen = set(override)
+    elif not routes:
+        chosen = set(names)
+    else:
+        chosen = {n for r in routes if r.matches(outcome, labels, job_type) for n in r.notify}
+    return tuple(n for n in names if n in chosen)
+
+
+def parse_route(raw: Any, path: Path_, problems: Problems, names: set[str]) -> Route | None:
+    """Validate one `routes:` entry; problems are reported, None returned when it is unusable."""
+    if not isinstance(raw, dict):
+        problems.add(path, "expected a mapping with `notify` and optionally `when`")
+        return None
+    for key in raw:
+        if key not in {"when", "notify"}:
+            problems.add((*path, key), "unknown key (expected when, notify)")
+    notify = _names(raw.get("notify"), (*path, "notify"), problems, names)
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        problems.add((*path, "when"), "expected a mapping of status, labels, job_type")
+        return None
+    for key in when:
+        if key not in {"status", "labels", "job_type"}:
+            problems.add((*path, "when", key), "unknown condition (expected status, labels, job_type)")
+    statuses = _strings(when.get("status"), (*path, "when", "status"), problems)
+    for status in statuses or ():
+        if status not in _OUTCOMES:
+            problems.add((*path, "when", "status"), f"unknown outcome {status!r} (expected {', '.join(sorted(_OUTCOMES))})")
+    job_types = _strings(when.get("job_type"), (*path, "when", "job_type"), problems)
+    labels = _labels(when.get("labels"), (*path, "when", "labels"), problems)
+    if notify is None:
+        return None
+    return Route(notify, statuses, labels, job_types)
+
+
+def _names(raw: Any, path: Path_, problems: Problems, names: set[str]) -> tuple[str, ...] | None:
+    items = _strings(raw, path, problems)
+    if not items:
+        if raw is None:
+            problems.add(path, "missing required key `notify`")
+        return None
+    unknown = [n for n in items if n not in names]
+    for name in unknown:
+        problems.add(path, f"unknown notifier {name!r} (configured: {', '.join(sorted(names)) or 'none'})")
+    return None if unknown else tuple(sorted(items))
+
+
+def _strings(raw: Any, path: Path_, problems: Problems) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        problems.add(path, "expected a string or a list of strings")
+        return None
+    return frozenset(items)
+
+
+def _labels(raw: Any, path: Path_, problems: Problems) -> dict[str, frozenset[str]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.add(path, "expected a mapping of label -> value (or list of values)")
+        return None
+    out: dict[str, frozenset[str]] = {}
+    for key, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
+            problems.add((*path, key), "expected a string or a list of strings")
+            continue
+        out[key] = frozenset(str(v) for v in values)
+    return out

@@ -1,0 +1,112 @@
+"""The job file source: re-read when it changes; removed entries keep being watched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+
+from watcher.errors import ConfigError, StoreUnavailable
+from watcher.models import JobRef
+from watcher.sources.base import Intake, parse_job
+from watcher.yamlloc import Problems, load_located
+
+log = structlog.get_logger("watcher.sources.file")
+
+
+def load_job_file(path: Path, notifiers: tuple[str, ...] | None = None) -> tuple[list[JobRef], list[str]]:
+    """Parse a job file: the valid jobs, and every problem as FILE:LINE: jobs[i]: message."""
+    problems = Problems(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], [f"{path}:1: job file not found"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"{path}:1: cannot read the job file: {exc}"]
+    data = load_located(text, problems)
+    if problems:
+        return [], problems.sorted()
+    if data is None:
+        return [], []
+    if not isinstance(data, dict) or set(data) - {"jobs"}:
+        problems.add((), "expected a mapping with one key `jobs:` holding a list")
+        return [], problems.sorted()
+    items = data.get("jobs") or []
+    if not isinstance(items, list):
+        problems.add(("jobs",), "expected a list of job ids or {id, labels, notify} mappings")
+        return [], problems.sorted()
+    refs: list[JobRef] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        try:
+            ref = parse_job(item)
+        except ValueError as exc:
+            problems.add(("jobs", i), str(exc))
+            continue
+        if notifiers is not None and ref.notify:
+            unknown = [n for n in ref.notify if n not in notifiers]
+            if unknown:
+                problems.add(("jobs", i, "notify"), f"unknown notifier {unknown[0]!r}")
+                continue
+        if ref.id in seen:
+            problems.add(("jobs", i), f"job {ref.id} is listed twice")
+            continue
+        seen.add(ref.id)
+        refs.append(ref)
+    return refs, problems.sorted()
+
+
+class FileSource:
+    """Adds the jobs of a YAML job file; a change (mtime, size) triggers a re-read."""
+
+    def __init__(self, path: Path, intake: Intake) -> None:
+        self.path = path
+        self.intake = intake
+        self.name = f"file:{path}"
+        self.started = False
+        self._signature: tuple[float, int] | None = None
+        self._known: set[str] = set()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self.started = True
+
+    async def close(self) -> None:
+        self.started = False
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Re-read the file if it changed; new ids are stored, known ones are left alone."""
+        try:
+            st = os.stat(self.path)
+            signature: tuple[float, int] | None = (st.st_mtime, st.st_size)
+        except OSError:
+            signature = None
+        if signature == self._signature and not force:
+            return
+        refs, problems = load_job_file(self.path, self.intake.notifiers)
+        for problem in problems:
+            log.error("source.job_file_problem", problem=problem)
+        added = 0
+        try:
+            for ref in refs:
+                if ref.id in self._known:
+                    continue
+                if await self.intake.add(ref):
+                    added += 1
+                self._known.add(ref.id)
+        except StoreUnavailable as exc:
+            log.warning("source.store_unavailable", error=str(exc))
+            return  # keep the old signature: the next refresh tries again
+        self._signature = signature
+        if added:
+            log.info("source.jobs_added", source=self.name, added=added, listed=len(refs))
+
+
+def check_job_file(path: Path, notifiers: tuple[str, ...]) -> list[str]:
+    """Problems of a job file, for `import-watcher check`."""
+    _, problems = load_job_file(path, notifiers)
+    return problems
+
+
+__all__ = ["ConfigError", "FileSource", "check_job_file", "load_job_file"]

@@ -1,0 +1,122 @@
+"""YAML with positions: every value keeps the line it came from, so errors say FILE:LINE."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+@dataclass
+class Problems:
+    """Collects every problem of one file, each located as FILE:LINE: path: message."""
+
+    file: str
+    lines: dict[Path_, int] = field(default_factory=dict)
+    messages: list[tuple[int, str]] = field(default_factory=list)
+
+    def line_of(self, path: Path_) -> int:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+    def add(self, path: Path_, message: str, *, line: int | None = None) -> None:
+        where = line if line is not None else self.line_of(path)
+        dotted = dotted_path(path)
+        prefix = f"{dotted}: " if dotted else ""
+        self.messages.append((where, f"{self.file}:{where}: {prefix}{message}"))
+
+    def sorted(self) -> list[str]:
+        return [text for _, text in sorted(self.messages, key=lambda item: item[0])]
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+
+def dotted_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_located(text: str, problems: Problems, *, env: Mapping[str, str] | None = None) -> Any:
+    """Parse YAML safely, expanding ${VAR} and ${VAR:-default} in strings; None on a syntax error."""
+    environ = os.environ if env is None else env
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problems.add((), f"not valid YAML: {exc.problem or exc}", line=line)
+        return None
+    except yaml.YAMLError as exc:
+        problems.add((), f"not valid YAML: {exc}", line=1)
+        return None
+    if node is None:
+        return None
+    problems.lines[()] = node.start_mark.line + 1
+    return _build(node, (), problems, environ)
+
+
+def _build(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str]) -> Any:
+    problems.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node, path, problems, env)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                problems.add(path, "mapping keys must be plain strings", line=key_node.start_mark.line + 1)
+                continue
+            key = str(key)
+            child = (*path, key)
+            if key in out:
+                problems.add(child, "duplicate key", line=key_node.start_mark.line + 1)
+                continue
+            problems.lines[child] = key_node.start_mark.line + 1
+            out[key] = _build(value_node, child, problems, env)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), problems, env) for i, item in enumerate(node.value)]
+    return _scalar(node, path, problems, env)
+
+
+def _scalar(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str]) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        problems.add(path, "expected a plain value here", line=node.start_mark.line + 1)
+        return None
+    constructor = yaml.SafeLoader("")
+    try:
+        value = constructor.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        problems.add(path, f"bad value: {exc}", line=node.start_mark.line + 1)
+        return None
+    if isinstance(value, str) and "$" in value:
+        value = _expand(value, path, problems, env, node.start_mark.line + 1)
+    return value
+
+
+def _expand(text: str, path: Path_, problems: Problems, env: Mapping[str, str], line: int) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is not None:
+                return default
+            problems.add(path, f"environment variable {name} is not set", line=line)
+            return ""
+        return value
+
+    return _ENV.sub(replace, text)
