@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from watcher.config import Config, FileSourceSettings, load_config
 from watcher.errors import ConfigError, InvalidJobId, StoreUnavailable, WatcherError
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     run = with_config("run", "run the daemon")
-    run.add_argument("--until-idle", action="store_true", help="exit 0 once every job is final and every notification settled")
+    run.add_argument(
+        "--until-idle", action="store_true", help="exit 0 once every job is final and every notification settled"
+    )
     with_config("check", "validate the configuration; exit 2 listing every problem")
     add = with_config("add", "start watching a job (idempotent)")
     add.add_argument("job_id")
@@ -197,7 +200,7 @@ async def _notify_test(config: Config, name: str | None) -> int:
             try:
                 await notifier.send(delivery)
                 print(f"{notifier.name}: sent")
-            except Exception as exc:  # noqa: BLE001 - report the exact error for every notifier
+            except Exception as exc:
                 failures += 1
                 print(f"{notifier.name}: FAILED: {type(exc).__name__}: {exc}")
             finally:
@@ -228,10 +231,8 @@ def _fake_sendgrid(host: str, port: int) -> int:
     def ready(url: str) -> None:
         print(f"fake SendGrid listening on {url} (API key: SG.fake-key)", flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(host, port, on_ready=ready))
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ DEFAULT_STATE_URL = "sqlite:///import-watcher.db"
 class StateSettings:
     url: str = DEFAULT_STATE_URL
     retention: float = 7 * 86400.0  # finished jobs are kept this long for `status`
+    lease: float = 60.0  # a claimed poll or delivery is another replica's to take after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ POLLING_FIELDS = (
 STATE_FIELDS = (
     Field("url", s.string, default=DEFAULT_STATE_URL),
     Field("retention", s.duration(), default=7 * 86400.0),
+    Field("lease", s.duration(1.0), default=60.0),
 )
 FILE_SOURCE_FIELDS = (Field("type", s.string), Field("path", s.string, required=True))
 REDIS_SOURCE_FIELDS = (
@@ -184,6 +186,8 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     if polling and polling["min_interval"] > polling["max_interval"]:
         problems.add(("polling", "min_interval"), "must not be larger than polling.max_interval")
     _check_state_url(ctx, state)
+    if sendgrid and state and state["lease"] <= sendgrid["request_timeout"]:
+        problems.add(("state", "lease"), "must be longer than sendgrid.request_timeout")
     if problems or sendgrid is None:
         return None
     return Config(
@@ -323,7 +327,7 @@ def _notifiers(ctx: _Ctx, raw: Any, types: Mapping[str, Any]) -> list[NotifierSe
             continue
         for key, message in cls.check(parsed):
             ctx.problems.add((*path, key), message)
-        out.append(NotifierSettings(str(name), kind, parsed, deadline, templates))
+        out.append(NotifierSettings(str(name), str(kind), parsed, deadline, templates))
     return out
 
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -35,6 +35,7 @@ from watcher.store import open_store
 from watcher.store.base import StateStore
 
 log = structlog.get_logger("watcher.daemon")
+T = TypeVar("T")
 
 HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_STALE = 30.0
@@ -88,7 +89,7 @@ class Daemon:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.store = store or open_store(config.state.url)
         self.delivery_backoff = delivery_backoff
-        self.lease = lease or max(60.0, config.sendgrid.request_timeout * 3 + 30.0)
+        self.lease = lease or config.state.lease
         self.refresh_interval = refresh_interval
         self.idle_check_interval = idle_check_interval
         self.notifiers: dict[str, Notifier] = build_notifiers(config)
@@ -116,8 +117,8 @@ class Daemon:
             if install_signals:
                 self._install_signals(stack)
             tasks = [
-                asyncio.create_task(self.engine.run(self.stop_event), name="engine"),  # type: ignore[union-attr]
-                asyncio.create_task(self.outbox.run(self.stop_event), name="outbox"),  # type: ignore[union-attr]
+                asyncio.create_task(self._require(self.engine).run(self.stop_event), name="engine"),
+                asyncio.create_task(self._require(self.outbox).run(self.stop_event), name="outbox"),
             ]
             if until_idle:
                 tasks.append(asyncio.create_task(self._stop_when_idle(), name="until-idle"))
@@ -127,6 +128,12 @@ class Daemon:
             await self.stop_event.wait()
             await self._shutdown(tasks, started)
         return 0
+
+    @staticmethod
+    def _require(part: T | None) -> T:
+        if part is None:
+            raise RuntimeError("daemon component used before start")
+        return part
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -185,15 +192,15 @@ class Daemon:
         return LocalRateBudget(max_rate=self.config.sendgrid.max_rate, clock=self.clock)
 
     async def _start_sources(self, stack: contextlib.AsyncExitStack) -> None:
-        assert self.intake is not None
+        intake = self._require(self.intake)
         for spec in self.config.sources:
             source: JobSource
             if isinstance(spec, FileSourceSettings):
-                source = FileSource(spec.path, self.intake)
+                source = FileSource(spec.path, intake)
             elif isinstance(spec, RedisSourceSettings):
                 from watcher.sources.redis import RedisStreamSource
 
-                source = RedisStreamSource(spec, self.intake)
+                source = RedisStreamSource(spec, intake)
             else:  # pragma: no cover - config only builds the two
                 raise ConfigError([f"unknown source {spec!r}"])
             await source.start()
@@ -202,9 +209,10 @@ class Daemon:
 
     def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
         scheduler = AsyncIOScheduler()
-        scheduler.add_job(self.refresh_sources, "interval", seconds=self.refresh_interval, id="refresh", max_instances=1, coalesce=True)
-        scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL, id="heartbeat", max_instances=1, coalesce=True)
-        scheduler.add_job(self.housekeeping, "interval", hours=1, id="housekeeping", max_instances=1, coalesce=True)
+        periodic = {"max_instances": 1, "coalesce": True, "trigger": "interval"}
+        scheduler.add_job(self.refresh_sources, seconds=self.refresh_interval, id="refresh", **periodic)
+        scheduler.add_job(self.heartbeat, seconds=HEARTBEAT_INTERVAL, id="heartbeat", **periodic)
+        scheduler.add_job(self.housekeeping, hours=1, id="housekeeping", **periodic)
         scheduler.start()
         self._scheduler = scheduler
         stack.callback(scheduler.shutdown, wait=False)
@@ -226,8 +234,8 @@ class Daemon:
         self.ready = False
         grace = self.config.shutdown_grace
         await asyncio.wait(tasks, timeout=grace)
-        assert self.engine is not None and self.outbox is not None
-        polls_cut, deliveries_cut = await asyncio.gather(self.engine.drain(grace), self.outbox.drain(grace))
+        engine, outbox = self._require(self.engine), self._require(self.outbox)
+        polls_cut, deliveries_cut = await asyncio.gather(engine.drain(grace), outbox.drain(grace))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -235,9 +243,9 @@ class Daemon:
         log.info(
             "daemon.stopped",
             uptime_s=round(time.monotonic() - started, 1),
-            polls=sum(self.engine.stats.polls.values()),
-            outcomes=self.engine.stats.outcomes,
-            deliveries={f"{n}:{r}": c for (n, r), c in self.outbox.stats.results.items()},
+            polls=sum(engine.stats.polls.values()),
+            outcomes=engine.stats.outcomes,
+            deliveries={f"{n}:{r}": c for (n, r), c in outbox.stats.results.items()},
             cancelled_polls=polls_cut,
             cancelled_deliveries=deliveries_cut,
             **counts,
@@ -252,7 +260,7 @@ class Daemon:
                     await source.refresh(force=force)
                 else:
                     await source.refresh()
-            except Exception as exc:  # noqa: BLE001 - one source failing must not stop the others
+            except Exception as exc:
                 log.error("source.refresh_failed", source=source.name, error=repr(exc))
 
     async def heartbeat(self) -> None:
@@ -293,8 +301,7 @@ class Daemon:
     async def _fetch_errors(self, url: str) -> ErrorsInfo:
         from watcher.notify.errors_file import summarize_errors_file
 
-        assert self._session is not None
-        summary = await summarize_errors_file(self._session, url)
+        summary = await summarize_errors_file(self._require(self._session), url)
         return ErrorsInfo(summary.summary, summary.sample_csv)
 
 

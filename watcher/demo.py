@@ -7,7 +7,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from watcher.config import Config, load_config
 from watcher.daemon import Daemon
 from watcher.logs import configure_logging

@@ -8,6 +8,7 @@ tracked jobs cost one index, not 100,000 timers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,14 +174,14 @@ class Engine:
         # Re-check at least every second: other processes (`add`, replicas) write to the store too.
         return 1.0 if due is None else min(1.0, max(0.0, due - self.clock.now()))
 
-    async def _wait(self, stop: asyncio.Event, timeout: float) -> None:
-        if timeout <= 0 or stop.is_set():
+    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        if seconds <= 0 or stop.is_set():
             await asyncio.sleep(0)
             return
         waiters = [
             asyncio.ensure_future(self._wake.wait()),
             asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.clock.sleep(timeout)),
+            asyncio.ensure_future(self.clock.sleep(seconds)),
         ]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -188,10 +189,10 @@ class Engine:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` for in-flight polls, cancel the rest and release their leases."""
+    async def drain(self, grace: float) -> int:
+        """Wait up to `grace` seconds for in-flight polls, cancel the rest and release their leases."""
         if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=timeout)
+            await asyncio.wait(set(self._inflight), timeout=grace)
         left = list(self._inflight)
         for task in left:
             task.cancel()
@@ -312,7 +313,7 @@ class Engine:
             return ErrorsInfo({"unavailable": "errors file download is disabled"})
         try:
             return await self.errors_fetcher(url)
-        except Exception as exc:  # noqa: BLE001 - a broken download never holds a notification back
+        except Exception as exc:
             return ErrorsInfo({"unavailable": f"{type(exc).__name__}"})
 
     def _delivery(self, name: str, event: dict[str, Any], now: float, job_id: str | None, *key: str) -> Delivery:
@@ -328,10 +329,8 @@ class Engine:
         )
 
     async def _release(self, job: JobState) -> None:
-        try:
+        with contextlib.suppress(StoreUnavailable, asyncio.CancelledError):
             await asyncio.shield(self.store.release_job(job.id, owner=self.owner))
-        except (StoreUnavailable, asyncio.CancelledError):
-            pass
 
     # --- the key alert: once when refused, once when it works again ---------------
 

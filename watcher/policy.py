@@ -103,7 +103,7 @@ def decide(policy: PollPolicy, job: JobState, seen: Observation, now: float, dra
     if isinstance(seen, Seen):
         polls = job.polls + 1
         status = seen.snapshot.normalized_status
-        if status in TERMINAL_STATUSES:
+        if status is not None and status in TERMINAL_STATUSES:
             return Finish(TERMINAL_STATUSES[status], polls, seen.snapshot)
         if now >= deadline_at:
             return Finish(Outcome.TIMED_OUT, polls, seen.snapshot)
@@ -140,7 +140,7 @@ def running_interval(policy: PollPolicy, age: float, draw: float) -> float:
 def transient_delay(policy: PollPolicy, streak: int, draw: float) -> float:
     """Backoff after `streak` consecutive failures, jittered over the upper half."""
     cap = min(policy.max_interval, policy.transient_base * 2 ** min(streak - 1, 30))
-    return cap * (0.5 + draw / 2)
+    return float(cap * (0.5 + draw / 2))
 
 
 def _jitter(policy: PollPolicy, draw: float) -> float:

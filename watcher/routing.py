@@ -70,7 +70,8 @@ def parse_route(raw: Any, path: Path_, problems: Problems, names: set[str]) -> R
     statuses = _strings(when.get("status"), (*path, "when", "status"), problems)
     for status in statuses or ():
         if status not in _OUTCOMES:
-            problems.add((*path, "when", "status"), f"unknown outcome {status!r} (expected {', '.join(sorted(_OUTCOMES))})")
+            expected = ", ".join(sorted(_OUTCOMES))
+            problems.add((*path, "when", "status"), f"unknown outcome {status!r} (expected {expected})")
     job_types = _strings(when.get("job_type"), (*path, "when", "job_type"), problems)
     labels = _labels(when.get("labels"), (*path, "when", "labels"), problems)
     if notify is None:

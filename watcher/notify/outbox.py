@@ -29,7 +29,7 @@ class Backoff:
 
     def delay(self, attempts: int, draw: float) -> float:
         cap = min(self.maximum, self.initial * 2 ** min(attempts - 1, 30))
-        return cap * (0.5 + draw / 2)
+        return float(cap * (0.5 + draw / 2))
 
 
 @dataclass
@@ -123,14 +123,14 @@ class Outbox:
             return 1.0
         return 1.0 if due is None else min(1.0, max(0.0, due - self.clock.now()))
 
-    async def _wait(self, stop: asyncio.Event, timeout: float) -> None:
-        if timeout <= 0 or stop.is_set():
+    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        if seconds <= 0 or stop.is_set():
             await asyncio.sleep(0)
             return
         waiters = [
             asyncio.ensure_future(self._wake.wait()),
             asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.clock.sleep(timeout)),
+            asyncio.ensure_future(self.clock.sleep(seconds)),
         ]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -138,10 +138,10 @@ class Outbox:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` for in-flight deliveries; cancel the rest (their leases expire)."""
+    async def drain(self, grace: float) -> int:
+        """Wait up to `grace` seconds for in-flight deliveries; cancel the rest (their leases expire)."""
         if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=timeout)
+            await asyncio.wait(set(self._inflight), timeout=grace)
         left = list(self._inflight)
         for task in left:
             task.cancel()
@@ -172,7 +172,7 @@ class Outbox:
         except PermanentDeliveryError as exc:
             await self._settle(delivery, DeliveryState.DEAD, attempts, redact(str(exc)), bound)
             result = "dead"
-        except Exception as exc:  # noqa: BLE001 - a buggy plugin must not stop the outbox
+        except Exception as exc:
             error = RetryableDeliveryError(f"{type(exc).__name__}: {exc}")
             await self._retry(delivery, attempts, error, bound)
             result = "retry"
@@ -183,12 +183,16 @@ class Outbox:
         if self.on_result is not None:
             self.on_result(delivery, result, self.clock.now() - started)
 
-    async def _retry(self, delivery: Delivery, attempts: int, exc: RetryableDeliveryError, bound: structlog.typing.FilteringBoundLogger) -> None:
+    async def _retry(
+        self, delivery: Delivery, attempts: int, exc: RetryableDeliveryError,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         now = self.clock.now()
         delay = exc.retry_after if exc.retry_after is not None else self.backoff.delay(attempts, self.rng.random())
         error = redact(str(exc))
         if now + delay > delivery.deadline_at:
-            await self._settle(delivery, DeliveryState.DEAD, attempts, f"delivery deadline passed; last error: {error}", bound)
+            reason = f"delivery deadline passed; last error: {error}"
+            await self._settle(delivery, DeliveryState.DEAD, attempts, reason, bound)
             return
         bound.info("delivery.retry_scheduled", error=error, retry_in=round(delay, 3))
         updated = replace(delivery, attempts=attempts, next_attempt_at=now + delay, last_error=error)

@@ -1,0 +1,78 @@
+"""kill -9 in the middle of a run, then a restart: every job ends once and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+from tests.helpers import WebhookReceiver, config_text, write_jobs
+from watcher.testing.fake_sendgrid import FakeSendGrid
+
+OUTCOMES = ("completed", "errored", "failed")
+
+
+async def start_daemon(config: Path, *extra: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watcher", "run", "-c", str(config), *extra,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
+    )
+
+
+async def test_kill_9_then_restart_loses_nothing(tmp_path: Path) -> None:
+    """Two SIGKILLs at random moments, then a restart: each job's outcome arrives, never two different ids."""
+    rng = random.Random(1234)
+    ids = [f"crash-{i:02d}" for i in range(30)]
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        for i, job_id in enumerate(ids):
+            fake.script_job(job_id, outcome=OUTCOMES[i % 3], pending_for=0.2 + 0.1 * i)
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text(
+            fake.base_url, f"sqlite:///{tmp_path}/state.db", hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+            polling="initial_delay: 0s\n  min_interval: 100ms\n  max_interval: 300ms\n  deadline: 60s",
+            extra=f"heartbeat_file: {tmp_path}/hb\nlogging:\n  level: warning\n",
+        ).replace("state:\n", "state:\n  lease: 3s\n"), encoding="utf-8")
+        for kill_after in (rng.randint(3, 8), rng.randint(12, 18)):
+            proc = await start_daemon(config)
+            while len(hook.received) < kill_after:
+                await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            assert -signal.SIGKILL == await proc.wait()
+        assert len(hook.received) < len(ids)
+        final = await start_daemon(config, "--until-idle")
+        assert 0 == await asyncio.wait_for(final.wait(), 60)
+    expected = {job_id: OUTCOMES[i % 3] for i, job_id in enumerate(ids)}
+    assert expected == hook.statuses()
+    for job_id, items in hook.by_job().items():
+        # At least once: a resend after a crash reuses the same webhook-id and the same body.
+        assert 1 == len({item.webhook_id for item in items}), job_id
+        assert 1 == len({item.raw for item in items}), job_id
+
+
+async def test_sigterm_finishes_in_flight_work_and_exits_0(tmp_path: Path) -> None:
+    """SIGTERM stops the daemon with exit 0 and the next run picks up what was left."""
+    ids = [f"term-{i}" for i in range(6)]
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.set_faults(latency=0.3)
+        for job_id in ids:
+            fake.script_job(job_id, outcome="completed", pending_for=1.0)
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text(
+            fake.base_url, f"sqlite:///{tmp_path}/state.db", hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+            extra=f"heartbeat_file: {tmp_path}/hb\n",
+        ).replace("deadline: 3s", "deadline: 60s"), encoding="utf-8")
+        proc = await start_daemon(config)
+        while fake.requests_total < 3:
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.wait_for(proc.wait(), 10)
+        final = await start_daemon(config, "--until-idle")
+        assert 0 == await asyncio.wait_for(final.wait(), 30)
+    assert {job_id: "completed" for job_id in ids} == hook.statuses()
+    assert len(ids) == len(hook.received)
