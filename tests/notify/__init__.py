@@ -1,0 +1,1 @@
+"""Notifier tests against real local peers: aiohttp receivers and an aiosmtpd server."""

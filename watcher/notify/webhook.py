@@ -1,0 +1,253 @@
+"""Signed JSON webhooks (Standard Webhooks), plus the HTTP answer rules shared by HTTP notifiers.
+
+The body is exactly `{"type", "timestamp", "data"}` of the stored event, so
+what a receiver verifies is what DESIGN.md promises; other top-level keys of
+the event (the errors CSV sample for e-mail) stay home. `webhook-id` is the
+Delivery id, so a receiver can drop the duplicates that at-least-once delivery
+allows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import json
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from watcher.models import Delivery
+from watcher.notify.base import BaseNotifier
+from watcher.schema import Field, Secret, boolean, duration, secret, string_map, url
+
+BODY_KEYS = ("type", "timestamp", "data")
+USER_AGENT = "import-watcher/0.1"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format prefix, not a secret
+_RESPONSE_SHOWN = 300
+# Extra headers whose values are credentials: masked in describe(), never logged.
+_SENSITIVE_HEADER_WORDS = (
+    "authorization",
+    "token",
+    "key",
+    "secret",
+    "cookie",
+    "signature",
+    "password",
+)
+
+_log = structlog.get_logger("watcher.notify")
+
+
+# --- shared helpers for HTTP notifiers ------------------------------------
+
+
+def reveal(value: Any) -> str | None:
+    """A setting that may be a Secret, a plain string (tests, notify-test) or absent."""
+    if value is None:
+        return None
+    text = value.reveal() if isinstance(value, Secret) else str(value)
+    return text or None
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: plain http cannot leak off the machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def shown_url(target: str, *, path: bool = False) -> str:
+    """A URL fit for logs and errors: scheme and host (and path if asked), never the query."""
+    parts = urlsplit(target)
+    return f"{parts.scheme}://{parts.netloc}{parts.path if path else '/…'}"
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds (a number, or an HTTP date); None when absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def raise_for_answer(what: str, status: int, body: str, headers: Mapping[str, str]) -> None:
+    """Map a non-2xx HTTP answer to the delivery error the outbox understands."""
+    shown = " ".join(body[:_RESPONSE_SHOWN].split())
+    message = f"{what} answered HTTP {status}" + (f": {shown}" if shown else "")
+    if status == 429 or status == 408 or status >= 500:
+        raise RetryableDeliveryError(message, retry_after_seconds(headers.get("Retry-After")))
+    if 300 <= status < 400:
+        # Redirects are not followed: a signed POST should not wander to another host.
+        location = headers.get("Location")
+        where = f" to {shown_url(location, path=True)}" if location else ""
+        raise PermanentDeliveryError(f"{what} redirected (HTTP {status}){where}; update the URL")
+    raise PermanentDeliveryError(message)
+
+
+async def read_some(response: aiohttp.ClientResponse, limit: int = 4096) -> str:
+    """The start of a response body as text: enough for an error message, never a huge read."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks).decode(response.charset or "utf-8", errors="replace")
+
+
+def network_error(what: str, exc: BaseException) -> RetryableDeliveryError:
+    """A connection problem or timeout, described without the URL (it may hold a token)."""
+    if isinstance(exc, TimeoutError):
+        return RetryableDeliveryError(f"{what}: timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return RetryableDeliveryError(f"{what}: cannot connect ({exc.os_error.strerror or exc.os_error})")
+    return RetryableDeliveryError(f"{what}: {type(exc).__name__}")
+
+
+# --- Standard Webhooks ----------------------------------------------------
+
+
+def secret_key(whsec: str) -> bytes:
+    """The HMAC key: the base64 part after `whsec_`, decoded; ValueError when malformed."""
+    encoded = whsec.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("expected whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("expected whsec_ followed by base64, got an empty key")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def webhook_body(event: Mapping[str, Any]) -> bytes:
+    """Exactly the DESIGN.md body: the three public keys of the stored event."""
+    body = {key: event.get(key) for key in BODY_KEYS}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class WebhookNotifier(BaseNotifier):
+    """POSTs the event as JSON, signed per Standard Webhooks when a secret is set."""
+
+    type_name: ClassVar[str] = "webhook"
+    fields: ClassVar[tuple[Field, ...]] = (
+        Field("url", url("http", "https"), required=True, doc="where to POST"),
+        Field("secret", secret, secret=True, doc="whsec_<base64>; unsigned when absent"),
+        Field("headers", string_map, doc="extra request headers"),
+        Field("timeout", duration(0.001), default=10.0, doc="per request"),
+        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
+    )
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """https unless loopback or allow_insecure; a well-formed whsec_ secret."""
+        problems: list[tuple[str, str]] = []
+        target = settings.get("url")
+        if isinstance(target, str) and not settings.get("allow_insecure"):
+            parts = urlsplit(target)
+            if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+                problems.append(
+                    (
+                        "url",
+                        "must use https (http only for loopback hosts, or allow_insecure: true)",
+                    )
+                )
+        whsec = reveal(settings.get("secret"))
+        if whsec is not None:
+            if not whsec.startswith(SECRET_PREFIX):
+                problems.append(("secret", "expected a Standard Webhooks secret: whsec_<base64>"))
+            else:
+                try:
+                    secret_key(whsec)
+                except ValueError as exc:
+                    problems.append(("secret", str(exc)))
+        return problems
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for logs; extra headers that carry credentials are masked too."""
+        shown = super().describe()
+        headers = shown.get("headers")
+        if isinstance(headers, Mapping):
+            shown["headers"] = {
+                k: "********" if any(w in k.lower() for w in _SENSITIVE_HEADER_WORDS) else v for k, v in headers.items()
+            }
+        return shown
+
+    async def send(self, delivery: Delivery) -> None:
+        """POST once; return on 2xx, raise a retryable or permanent error otherwise."""
+        target = str(self.settings["url"])
+        body = webhook_body(delivery.event)
+        headers = self._headers(delivery.id, body)
+        log = _log.bind(notifier=self.name, delivery=delivery.id, url=shown_url(target))
+        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
+        try:
+            async with self.session.post(
+                target, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                status = response.status
+                text = "" if status < 300 else await read_some(response)
+                answer_headers = dict(response.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = network_error("webhook", exc)
+            log.info("notify.webhook_failed", error=str(error))
+            raise error from None
+        if status < 300:
+            log.debug("notify.webhook_delivered", status=status)
+            return
+        try:
+            raise_for_answer("webhook receiver", status, text, answer_headers)
+        except PermanentDeliveryError as exc:
+            log.warning("notify.webhook_rejected", status=status, error=str(exc))
+            raise
+        except RetryableDeliveryError as exc:
+            log.info("notify.webhook_failed", status=status, error=str(exc), retry_after=exc.retry_after)
+            raise
+
+    def _headers(self, msg_id: str, body: bytes) -> dict[str, str]:
+        timestamp = int(time.time())
+        ours = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        whsec = reveal(self.settings.get("secret"))
+        if whsec is not None:
+            try:
+                ours["webhook-signature"] = sign(secret_key(whsec), msg_id, timestamp, body)
+            except ValueError as exc:
+                raise PermanentDeliveryError(f"webhook secret: {exc}") from None
+        # User headers cannot replace the signature or the idempotency key.
+        taken = {k.lower() for k in ours}
+        extra = self.settings.get("headers") or {}
+        headers = {str(k): str(v) for k, v in extra.items() if str(k).lower() not in taken}
+        return {**headers, **ours}
