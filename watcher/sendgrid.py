@@ -1,0 +1,291 @@
+"""The SendGrid API client: one call, `get_import`, and the mapping of every answer.
+
+An answer is a Snapshot or one of three exceptions: ImportNotFound (404),
+KeyRefused (401/403) and TryLater (everything transient or malformed). Nothing
+from aiohttp or json escapes, and the API key never reaches a message, a log
+line or a repr: it is revealed only into the request headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from watcher.clock import Clock
+from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
+from watcher.models import Snapshot, validate_job_id
+from watcher.ratelimit import RateBudget, reset_seconds, retry_after_seconds
+from watcher.schema import Secret, redact
+
+
+def _package_version() -> str:
+    try:
+        return version("import-watcher")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+USER_AGENT = f"import-watcher/{_package_version()} (+https://github.com/import-watcher)"
+
+#: A 200 body above this is refused: an import status is a few hundred bytes.
+MAX_BODY_BYTES = 1 << 20
+#: Error bodies are read only this far, for their message.
+MAX_ERROR_BODY_BYTES = 64 << 10
+#: Messages taken from a body are cut to this length.
+MAX_MESSAGE_CHARS = 200
+
+_COUNT_FIELDS = (
+    "requested_count",
+    "created_count",
+    "updated_count",
+    "deleted_count",
+    "errored_count",
+)
+_TEXT_FIELDS = ("status", "job_type", "started_at", "finished_at")
+_SCALARS = (str, int, float, bool, type(None))
+
+log = structlog.get_logger("watcher.sendgrid")
+
+
+@dataclass(frozen=True)
+class SendGridSettings:
+    """The `sendgrid:` section of the configuration."""
+
+    api_key: Secret
+    base_url: str = "https://api.sendgrid.com"
+    on_behalf_of: str | None = None
+    request_timeout: float = 10.0
+    max_concurrency: int = 32
+    max_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+
+
+class _TooLarge(Exception):
+    """The body went past the cap."""
+
+
+class SendGridClient:
+    """Reads import jobs from SendGrid within the concurrency limit and the rate budget."""
+
+    def __init__(
+        self,
+        settings: SendGridSettings,
+        *,
+        session: aiohttp.ClientSession,
+        budget: RateBudget,
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._budget = budget
+        self._clock = clock
+        self._base_url = settings.base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._static_headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if settings.on_behalf_of:
+            self._static_headers["On-Behalf-Of"] = settings.on_behalf_of
+        self.requests = 0
+        #: answers by HTTP status ("200", "429", ...) and failures by kind ("timeout", ...)
+        self.responses: Counter[str] = Counter()
+        self.rate_limited = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"SendGridClient(base_url={self._base_url!r}, "
+            f"on_behalf_of={self._settings.on_behalf_of!r}, api_key=Secret('********'))"
+        )
+
+    async def get_import(self, job_id: str) -> Snapshot:
+        """One poll of an import job; raises ImportNotFound, KeyRefused or TryLater."""
+        validate_job_id(job_id)
+        url = f"{self._base_url}/v3/marketing/contacts/imports/{quote(job_id, safe='')}"
+        bound = log.bind(job_id=job_id)
+        async with self._semaphore:
+            try:
+                await self._budget.acquire()
+            except StoreUnavailable as exc:
+                raise TryLater("rate budget unavailable") from exc
+            try:
+                status, headers, body = await self._fetch(url, bound)
+            finally:
+                self._budget.release()
+        return self._interpret(job_id, status, headers, body, bound)
+
+    async def _fetch(
+        self, url: str, bound: structlog.typing.FilteringBoundLogger
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Send the request; (status, headers, body read up to its cap)."""
+        headers = {
+            **self._static_headers,
+            "Authorization": f"Bearer {self._settings.api_key.reveal()}",
+        }
+        self.requests += 1
+        started = self._clock.now()
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                self._budget.observe(response.headers, response.status)
+                cap = MAX_BODY_BYTES if response.status == 200 else MAX_ERROR_BODY_BYTES
+                body = await _read_capped(response, cap, strict=response.status == 200)
+                status, answer_headers = response.status, response.headers
+        except _TooLarge:
+            self.responses["200"] += 1
+            bound.debug("sendgrid.body_too_large", limit=MAX_BODY_BYTES)
+            raise TryLater("malformed answer: body over 1 MiB", status=200) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            kind = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
+            self.responses[kind] += 1
+            summary = _summary(exc)
+            bound.debug("sendgrid.request_failed", kind=kind, error=summary)
+            # `from None`: aiohttp errors carry the request headers, key included.
+            raise TryLater(f"{kind.replace('_', ' ')}: {summary}") from None
+        self.responses[str(status)] += 1
+        bound.debug("sendgrid.response", status=status, seconds=self._clock.now() - started)
+        return status, answer_headers, body
+
+    def _interpret(
+        self,
+        job_id: str,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Snapshot:
+        """The answer as a Snapshot, or the exception it stands for."""
+        if status == 200:
+            try:
+                return parse_snapshot(body)
+            except ValueError as exc:
+                self.responses["malformed"] += 1
+                bound.debug("sendgrid.malformed_body", error=str(exc))
+                raise TryLater(f"malformed answer: {exc}", status=200) from None
+        if status == 404:
+            raise ImportNotFound(job_id)
+        message = error_message(body)
+        if status in (401, 403):
+            raise KeyRefused(status, message or "no message")
+        retry_after = self._retry_after(headers, status)
+        if status == 429:
+            self.rate_limited += 1
+            raise TryLater("rate limited (HTTP 429)", retry_after=retry_after, status=429)
+        detail = f": {message}" if message else ""
+        raise TryLater(f"HTTP {status}{detail}", retry_after=retry_after, status=status)
+
+    def _retry_after(self, headers: Mapping[str, str], status: int) -> float | None:
+        """Retry-After wins; a 429 without it waits for X-RateLimit-Reset."""
+        now = self._clock.now()
+        lowered = {name.lower(): value for name, value in headers.items()}
+        seconds = retry_after_seconds(lowered.get("retry-after"), now)
+        if seconds is None and status == 429:
+            seconds = reset_seconds(lowered.get("x-ratelimit-reset"), now)
+        return seconds
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, strict: bool) -> bytes:
+    """Read at most `cap` bytes; past it raise _TooLarge when strict, else cut."""
+    if response.content_length is not None and response.content_length > cap and strict:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > cap and strict:
+        raise _TooLarge
+    return b"".join(chunks)[:cap]
+
+
+def _summary(exc: BaseException) -> str:
+    text = redact(str(exc)).strip()
+    name = type(exc).__name__
+    return f"{name}: {text[:MAX_MESSAGE_CHARS]}" if text else name
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"not JSON ({name})")
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise ValueError("not JSON") from exc
+
+
+def parse_snapshot(body: bytes) -> Snapshot:
+    """A 200 body as a Snapshot; ValueError names what is malformed."""
+    data = _load_json(body)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    for name in _TEXT_FIELDS:
+        if not isinstance(data.get(name), str | None):
+            raise ValueError(f"{name} is {type(data[name]).__name__}, expected a string")
+    results = data.get("results")
+    if results is None:
+        results = {}
+    if not isinstance(results, dict):
+        raise ValueError(f"results is {type(results).__name__}, expected an object")
+    return Snapshot(
+        status=data.get("status"),
+        job_type=data.get("job_type"),
+        results=_parse_results(results),
+        started_at=data.get("started_at"),
+        finished_at=data.get("finished_at"),
+    )
+
+
+def _parse_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Known counts as int (float when fractional); unknown keys kept when plain values."""
+    parsed: dict[str, Any] = {}
+    for name, value in results.items():
+        if name in _COUNT_FIELDS:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"results.{name} is {type(value).__name__}, expected a number")
+            parsed[name] = int(value) if float(value).is_integer() else value
+        elif name == "errors_url":
+            if not isinstance(value, str | None):
+                raise ValueError(f"results.errors_url is {type(value).__name__}, expected a string")
+            if value is not None:
+                parsed[name] = value
+        elif isinstance(value, _SCALARS):
+            parsed[name] = value  # unknown keys occur; nested ones are dropped
+    return parsed
+
+
+def error_message(body: bytes) -> str | None:
+    """The first error message of `{"errors": [...]}` or `{"errors": {...}}`, if any."""
+    try:
+        data = _load_json(body)
+    except ValueError:
+        return None
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if isinstance(errors, list):
+        errors = errors[0] if errors else None
+    if isinstance(errors, dict):
+        message = errors.get("message")
+        if isinstance(message, str) and message.strip():
+            return redact(message.strip())[:MAX_MESSAGE_CHARS]
+    return None
