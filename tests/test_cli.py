@@ -137,3 +137,37 @@ def test_demo_shows_all_five_outcomes() -> None:
     for outcome in ("completed", "errored", "failed", "not_found", "timed_out"):
         assert outcome in proc.stdout
     assert "All 5 outcomes seen" in proc.stdout
+
+
+async def test_notify_test_reports_success_and_exact_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """notify-test sends a signed sample to a live receiver and names the error of a dead one."""
+    from tests.helpers import SECRET, WebhookReceiver
+    from watcher.cli import _notify_test
+    from watcher.config import load_config
+
+    async with WebhookReceiver() as hook:
+        config = tmp_path / "notify.yaml"
+        config.write_text(
+            "sendgrid:\n  api_key: SG.cli-secret-key\nnotifiers:\n"
+            f"  live:\n    type: webhook\n    url: {hook.url}\n    secret: {SECRET}\n"
+            "  dead:\n    type: webhook\n    url: http://127.0.0.1:9/hook\n",
+            encoding="utf-8",
+        )
+        loaded = load_config(config, env={})
+        assert 0 == await _notify_test(loaded, "live")
+        assert 1 == await _notify_test(loaded, None)
+    out = capsys.readouterr().out
+    assert "live: sent" in out
+    assert "dead: FAILED: RetryableDeliveryError" in out
+    assert "contact_import.errored" == hook.received[0].body["type"]
+
+
+def test_check_catches_template_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken notifier template is a `check` error, not a 3 a.m. surprise."""
+    config = write_config(tmp_path).read_text().replace(
+        "  out: {type: console}\n", "  out:\n    type: console\n    templates:\n      text: '{{ data.job_id '\n")
+    path = tmp_path / "t.yaml"
+    path.write_text(config)
+    assert 2 == main(["check", "-c", str(path)])
+    err = capsys.readouterr().err
+    assert f"{path}:9: notifiers.out.templates.text: template syntax error" in err
