@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -89,12 +90,14 @@ class FileSource:
             log.error("source.job_file_problem", problem=problem)
         added = 0
         try:
-            for ref in refs:
+            for count, ref in enumerate(refs, 1):
                 if ref.id in self._known:
                     continue
                 if await self.intake.add(ref):
                     added += 1
                 self._known.add(ref.id)
+                if count % 200 == 0:
+                    await asyncio.sleep(0)  # a 100k-job file must not starve polls and the heartbeat
         except StoreUnavailable as exc:
             log.warning("source.store_unavailable", error=str(exc))
             return  # keep the old signature: the next refresh tries again
