@@ -238,8 +238,9 @@ def console_line(event: Mapping[str, Any]) -> str:
         parts.append(f"polls={watch['polls']}")
     if shown_labels := labels(event):
         parts.append("labels=" + ",".join(f"{k}={v}" for k, v in shown_labels.items()))
-    if (errs := errors_lines(event)) and "unavailable" in errs[0]:
-        parts.append(f"({errs[0]})")
+    if errs := errors_lines(event):
+        # "errors: 10 rows rejected; 8 × invalid email; 1 × duplicate contact"
+        parts.append(f"errors: {'; '.join(errs[:4])}")
     return _one_line(" ".join(parts))
 
 
