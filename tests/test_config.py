@@ -200,3 +200,20 @@ def test_job_file_problems(tmp_path: Path) -> None:
         f"{path}:6: jobs[4]: job good-1 is listed twice",
         f"{path}:7: jobs[5]: expected a job id or a mapping with `id`",
     ] == problems
+
+
+def test_hostile_yaml_is_refused_quickly(tmp_path: Path) -> None:
+    """A self-referencing alias and an alias bomb are located problems, not a crash or a hang."""
+    path = write(tmp_path, "a: &x [*x]\n")
+    assert [f"{path}:1: a YAML alias refers to itself"] == problems_of(path)
+    rows = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    rows += [f"{chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9) + "]" for i in range(1, 9)]
+    bomb = write(tmp_path, "\n".join(rows) + "\n", "bomb.yaml")
+    [problem] = problems_of(bomb)
+    assert "too large" in problem
+
+
+def test_python_tags_construct_nothing(tmp_path: Path) -> None:
+    """YAML tags that would build Python objects are never executed."""
+    path = write(tmp_path, "sendgrid: !!python/object/apply:os.system ['echo pwned']\n")
+    assert problems_of(path)[0].startswith(f"{path}:1: ")

@@ -66,15 +66,59 @@ def load_located(text: str, problems: Problems, *, env: Mapping[str, str] | None
     if node is None:
         return None
     problems.lines[()] = node.start_mark.line + 1
-    return _build(node, (), problems, environ)
+    try:
+        return _build(node, (), problems, environ, _Budget())
+    except _TooBig as exc:
+        problems.add((), str(exc), line=exc.line)
+        return None
 
 
-def _build(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str]) -> Any:
+class _TooBig(Exception):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _Budget:
+    """Guards against recursive aliases and alias bombs ("billion laughs")."""
+
+    MAX_NODES = 100_000
+    MAX_DEPTH = 64
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.active: set[int] = set()
+        self.constructor = yaml.SafeLoader("")
+
+    def enter(self, node: yaml.Node, depth: int) -> None:
+        self.nodes += 1
+        line = node.start_mark.line + 1
+        if id(node) in self.active:
+            raise _TooBig("a YAML alias refers to itself", line)
+        if self.nodes > self.MAX_NODES or depth > self.MAX_DEPTH:
+            raise _TooBig("the document is too large or too deeply nested", line)
+
+
+def _build(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str], budget: _Budget) -> Any:
+    budget.enter(node, len(path))
+    if not isinstance(node, yaml.ScalarNode):
+        budget.active.add(id(node))
+        try:
+            return _build_collection(node, path, problems, env, budget)
+        finally:
+            budget.active.discard(id(node))
+    problems.lines.setdefault(path, node.start_mark.line + 1)
+    return _scalar(node, path, problems, env, budget.constructor)
+
+
+def _build_collection(
+    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str], budget: _Budget
+) -> Any:
     problems.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node, path, problems, env)
+            key = _scalar(key_node, path, problems, env, budget.constructor)
             if not isinstance(key, str | int | float | bool) or key is None:
                 problems.add(path, "mapping keys must be plain strings", line=key_node.start_mark.line + 1)
                 continue
@@ -84,18 +128,19 @@ def _build(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, s
                 problems.add(child, "duplicate key", line=key_node.start_mark.line + 1)
                 continue
             problems.lines[child] = key_node.start_mark.line + 1
-            out[key] = _build(value_node, child, problems, env)
+            out[key] = _build(value_node, child, problems, env, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), problems, env) for i, item in enumerate(node.value)]
-    return _scalar(node, path, problems, env)
+        return [_build(item, (*path, i), problems, env, budget) for i, item in enumerate(node.value)]
+    return _scalar(node, path, problems, env, budget.constructor)
 
 
-def _scalar(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str]) -> Any:
+def _scalar(
+    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str], constructor: yaml.SafeLoader
+) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         problems.add(path, "expected a plain value here", line=node.start_mark.line + 1)
         return None
-    constructor = yaml.SafeLoader("")
     try:
         value = constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
