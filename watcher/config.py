@@ -389,7 +389,7 @@ def _server(ctx: _Ctx, raw: Any) -> ServerSettings | None:
 
 def _check_state_url(ctx: _Ctx, state: Mapping[str, Any] | None) -> None:
     url = str((state or {}).get("url") or "")
-    if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://", "memory://")):
+    if not url.startswith(("sqlite:///", "redis://", "rediss://", "memory://")):
         ctx.problems.add(
             ("state", "url"),
             "expected sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db or memory://",

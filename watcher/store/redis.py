@@ -39,6 +39,8 @@ from watcher.models import (
 )
 
 SCHEMA_VERSION = 1
+# Server replies that mean "not now" (failover, full memory, loading), not a bug.
+_TRANSIENT_REPLIES = frozenset({"READONLY", "OOM", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN"})
 _CHUNK = 500  # records per pipeline or script call: bounded latency for other clients
 
 # Shared by every script. ARGV[1] is always the prefix; KEYS[1] (P:jobs:due) only routes.
@@ -282,6 +284,12 @@ class RedisStore:
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis store unreachable: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            # A failover (READONLY), a full server (OOM), a loading or masterless replica
+            # are passing states of the store, not bugs: callers back off and retry.
+            if str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES:
+                raise StoreUnavailable(f"Redis store not accepting writes: {exc}") from exc
+            raise
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
