@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import structlog
@@ -27,12 +27,15 @@ from watcher.errors import ConfigError, StoreUnavailable
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
 from watcher.notify.registry import load_notifier_types
-from watcher.ratelimit import LocalRateBudget, RateBudget
+from watcher.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
 from watcher.sendgrid import SendGridClient
 from watcher.sources.base import Intake, JobSource
 from watcher.sources.file import FileSource
-from watcher.store import open_store
+from watcher.store import RedisStore, open_store
 from watcher.store.base import StateStore
+
+if TYPE_CHECKING:
+    from watcher.server import WatcherServer
 
 log = structlog.get_logger("watcher.daemon")
 T = TypeVar("T")
@@ -105,6 +108,7 @@ class Daemon:
         self.on_started: list[Callable[[Daemon], Any]] = []
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self.server: WatcherServer | None = None  # the HTTP API, when `server:` is configured
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -156,6 +160,8 @@ class Daemon:
         self._session = aiohttp.ClientSession()
         stack.push_async_callback(self._session.close)
         self.budget = self._make_budget()
+        if isinstance(self.budget, RedisRateBudget):
+            stack.push_async_callback(self.budget.aclose)
         self.client = SendGridClient(config.sendgrid, session=self._session, budget=self.budget, clock=self.clock)
         for notifier in self.notifiers.values():
             await notifier.start(self._session)
@@ -180,15 +186,19 @@ class Daemon:
         await self._start_sources(stack)
         self._start_scheduler(stack)
         self.ready = True
+        await self._start_server(stack)
 
     def _make_budget(self) -> RateBudget:
-        url = self.config.state.url
-        if url.startswith(("redis://", "rediss://", "unix://")):
-            from watcher.ratelimit import RedisRateBudget
-
+        # --- shared budget follows the Redis store (fix from the queue-source work) ---
+        # The state URL may carry `?prefix=`, which redis-py rejects on connect (every poll
+        # crashed): use the URL and prefix the store parsed, so the budget also lives in the
+        # store's namespace ("import-watcher:ratelimit" with the default prefix, as before).
+        if isinstance(self.store, RedisStore):
             return RedisRateBudget(
-                url, key="import-watcher:ratelimit", max_rate=self.config.sendgrid.max_rate, clock=self.clock
+                self.store.url, key=f"{self.store.prefix}:ratelimit", max_rate=self.config.sendgrid.max_rate,
+                clock=self.clock,
             )
+        # --- end of shared budget fix ---
         return LocalRateBudget(max_rate=self.config.sendgrid.max_rate, clock=self.clock)
 
     async def _start_sources(self, stack: contextlib.AsyncExitStack) -> None:
@@ -217,6 +227,19 @@ class Daemon:
         self._scheduler = scheduler
         stack.callback(scheduler.shutdown, wait=False)
         self.heartbeat_sync()
+
+    # --- HTTP server (watcher/server.py) -------------------------------------------------
+
+    async def _start_server(self, stack: contextlib.AsyncExitStack) -> None:
+        """Serve the HTTP API when `server:` is set; it closes when `stack` unwinds, after the drain."""
+        if self.config.server is None:
+            return
+        from watcher.server import WatcherServer
+
+        self.server = WatcherServer(self, self.config.server)
+        await self.server.start(stack)
+
+    # --- end of HTTP server ---------------------------------------------------------------
 
     def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
@@ -288,6 +311,12 @@ class Daemon:
         """--until-idle: stop once every job is final and every delivery settled."""
         while not self.stop_event.is_set():
             await asyncio.sleep(self.idle_check_interval)
+            # --- queue sources (watcher/sources/redis.py): unread or pending entries are jobs
+            # still to come. Asked before the store counts, so an entry stored in between is seen.
+            idle_checks = [getattr(source, "idle", None) for source in self.sources]
+            if not all([await check() for check in idle_checks if check is not None]):
+                continue
+            # --- end of queue sources ---
             try:
                 counts = await self.store.counts()
             except StoreUnavailable:

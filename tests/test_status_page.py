@@ -1,0 +1,136 @@
+"""The status page: the token-for-cookie exchange, and what a person sees in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers import WebhookReceiver, write_jobs
+from tests.serving import TOKEN, all_settled, bearer, eventually, running_daemon, server_config_text
+from watcher.server import COOKIE
+from watcher.testing.fake_sendgrid import FakeSendGrid
+
+CHROMIUM = Path("/usr/bin/chromium")
+HOSTILE_LABEL = '<img src=x onerror="document.title=1">'
+
+
+async def test_token_query_is_swapped_for_a_read_only_cookie(tmp_path: Path) -> None:
+    """`/?token=` answers the page with an HttpOnly SameSite=Strict cookie that can read jobs but not change them."""
+    async with FakeSendGrid() as fake, running_daemon(tmp_path, server_config_text(fake.base_url, tmp_path)) as daemon:
+        assert daemon.server is not None
+        url = daemon.server.url
+        # unsafe=True: keep cookies for an IP-address host such as 127.0.0.1.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(f"{url}/?token=wrong") as response:
+                assert 401 == response.status
+            async with browser.get(f"{url}/") as response:
+                assert 401 == response.status
+            async with browser.get(f"{url}/?token={TOKEN}&state=failed") as response:
+                assert 200 == response.status
+                assert ("no-store", "no-referrer") == (response.headers["Cache-Control"], response.headers["Referrer-Policy"])
+                set_cookie = response.headers["Set-Cookie"]
+            async with browser.get(f"{url}/") as response:
+                assert 200 == response.status
+                assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+                assert "<title>import-watcher</title>" in await response.text()
+            async with browser.get(f"{url}/jobs") as response:
+                assert 200 == response.status
+            async with browser.post(f"{url}/jobs", json={"id": "cookie-1"}) as response:
+                assert 401 == response.status
+            async with browser.delete(f"{url}/jobs/cookie-1") as response:
+                assert 401 == response.status
+            for asset, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+                async with browser.get(f"{url}/static/{asset}") as response:
+                    assert (200, kind) == (response.status, response.content_type)
+    assert f"{COOKIE}=" in set_cookie
+    assert TOKEN not in set_cookie
+    assert {"httponly", "samesite=strict", "path=/"} <= {part.strip().lower() for part in set_cookie.split(";")}
+
+
+class _Table(HTMLParser):
+    """Collects the text of each row of the page's job table, cell by cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.in_body = False
+        self.cell: list[str] | None = None
+        self.images = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images += 1
+        elif tag == "tbody":
+            self.in_body = True
+        elif tag == "tr" and self.in_body:
+            self.rows.append([])
+        elif tag == "td" and self.in_body:
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self.in_body = False
+        elif tag == "td" and self.cell is not None:
+            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data + " ")
+
+
+async def dump_dom(url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran, as headless Chromium serialises it."""
+    process = await asyncio.create_subprocess_exec(
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert 0 == process.returncode, err.decode(errors="replace")[-2000:]
+    return out.decode()
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="needs Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install chromium; .ci/services installs it in CI)")
+async def test_status_page_shows_jobs_in_chromium(tmp_path: Path) -> None:
+    """Opened with ?token=, the page lists each job with its state, polls and deliveries; labels stay text."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.script_job("page-done-1", outcome="completed", requested=12)
+        fake.script_job("page-wait-1", outcome="pending")
+        jobs = tmp_path / "jobs.yaml"
+        write_jobs(jobs, ["page-done-1"])
+        text = server_config_text(fake.base_url, tmp_path, hook_url=hook.url, jobs_file=jobs,
+                                  polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 200ms\n  deadline: 1h")
+        async with running_daemon(tmp_path, text) as daemon, aiohttp.ClientSession(headers=bearer()) as http:
+            assert daemon.server is not None
+            url = daemon.server.url
+            await eventually(lambda: all_settled(http, url, 1))
+            job = {"id": "page-wait-1", "labels": {"team": HOSTILE_LABEL}, "notify": ["hook"]}
+            async with http.post(f"{url}/jobs", json=job) as response:
+                assert 202 == response.status
+            dom = await dump_dom(f"{url}/?token={TOKEN}", tmp_path / "chromium-profile")
+    table = _Table()
+    table.feed(dom)
+    rows = {row[0]: row for row in table.rows}
+    assert {"page-done-1", "page-wait-1"} == set(rows)
+    done, waiting = rows["page-done-1"], rows["page-wait-1"]
+    assert "completed" == done[1]
+    assert "hook: delivered (1 attempt)" == done[5]
+    assert "requested 12" in done[4]
+    assert "watching" == waiting[1]
+    assert "due now" == waiting[3] or waiting[3].startswith("in ")
+    assert f"team={HOSTILE_LABEL}" == waiting[6]
+    assert 0 == table.images  # the label was shown as text, not parsed as markup
+    assert "2 jobs: 1 completed, 1 watching" in dom
