@@ -31,7 +31,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check watcher tests benchmarks
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed-test services
+# The benchmarks need the `bench` extra (matplotlib) and no services; full mode rewrites
+# benchmarks/results.json, RESULTS.md and policy.png (quick mode: .ci/bench-quick).
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks
 
 clean:

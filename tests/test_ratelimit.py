@@ -444,3 +444,46 @@ async def test_redis_down_is_store_unavailable(clock: ManualClock) -> None:
     with pytest.raises(StoreUnavailable):
         await budget.flush()  # what it observed is kept for the next attempt
     await budget.aclose()
+
+
+async def test_redis_unanswered_requests_do_not_starve_later_windows() -> None:
+    """Requests that never get an answer (timeouts, a killed replica) shrink at most one window, not all."""
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from watcher.clock import ManualClock
+    from watcher.ratelimit import RedisRateBudget
+
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/15")
+    try:
+        await client.ping()
+    except Exception:
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    key = f"test-ratelimit-{uuid.uuid4().hex}"
+    clock = ManualClock(start=1_800_000_000.0)
+    budget = RedisRateBudget(client, key=key, max_rate=None, clock=clock)
+    try:
+        await budget.acquire()
+        budget.observe({"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "4", "X-RateLimit-Reset": "1"}, 200)
+        budget.release()
+        for _ in range(4):  # the rest of the window: requests whose answers never come
+            await budget.acquire()
+            budget.release()
+        granted = 0
+        for _ in range(3):
+            clock.advance(1.0)
+            for _ in range(5):
+                task = asyncio.ensure_future(budget.acquire())
+                await asyncio.sleep(0.02)
+                if task.done():
+                    granted += 1
+                    budget.release()
+                else:
+                    task.cancel()
+                    break
+        # Unfixed, the four lost answers (and these unanswered grants) pin every window near zero.
+        assert granted >= 5
+    finally:
+        await client.delete(key)
+        await client.aclose()

@@ -160,6 +160,7 @@ class LocalRateBudget:
         # at a time finds out: a blind burst of max_concurrency would earn 429s.
         self._probing = True
         self._answered = asyncio.Event()
+        self._queued = 0  # callers holding or waiting for the gate
 
     def __repr__(self) -> str:
         return f"LocalRateBudget(remaining={self._remaining}, in_flight={self._in_flight})"
@@ -174,17 +175,45 @@ class LocalRateBudget:
         return self._in_flight
 
     async def acquire(self) -> None:
-        async with self._gate:
-            while True:
-                if self._probing and self._in_flight:
-                    self._answered.clear()  # only the gate holder waits on it
-                    await self._answered.wait()
-                    continue
-                delay = self._delay(self._clock.now())
-                if delay <= 0:
-                    break
-                await self._clock.sleep(min(delay, WAIT_SLICE))
-            self._take(self._clock.now())
+        now = self._clock.now()
+        if self._may_skip_gate(now):
+            self._take(now)
+            return
+        self._queued += 1
+        try:
+            async with self._gate:
+                while True:
+                    if self._probing and self._in_flight:
+                        self._answered.clear()  # only the gate holder waits on it
+                        await self._answered.wait()
+                        continue
+                    delay = self._delay(self._clock.now())
+                    if delay <= 0:
+                        break
+                    await self._clock.sleep(min(delay, WAIT_SLICE))
+                self._take(self._clock.now())
+        finally:
+            self._queued -= 1
+
+    def _may_skip_gate(self, now: float) -> bool:
+        """Whether a caller may leave at once, without queueing on the gate.
+
+        The gate (asyncio.Lock) hands itself on to one waiter per event-loop iteration,
+        so once callers had queued (behind the first probe, say), every later caller
+        joined the queue and requests left one per iteration for as long as the load
+        lasted. A caller that may leave now, and leaves enough budget for every queued
+        caller, goes straight out: it never takes a slot a queued caller could use, so
+        callers waiting for budget still leave in the order they arrived.
+        """
+        if self._probing:
+            return not self._queued and not self._in_flight and self._delay(now) <= 0
+        if self._delay(now) > 0:
+            return False
+        if not self._queued:
+            return True
+        if self._interval:
+            return False  # max_rate spaces every request: a queued caller is owed the next slot
+        return self._remaining is None or self._remaining - self._queued >= 1
 
     def release(self) -> None:
         self._in_flight = max(0, self._in_flight - 1)
@@ -282,8 +311,9 @@ local function fmt(x) return string.format('%.6f', x) end
 local now, interval, early = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, default_window = tonumber(ARGV[4]), tonumber(ARGV[5])
 local s = redis.call('HMGET', key, 'tat', 'blocked_until', 'limit', 'remaining', 'reset_at',
-                     'window', 'issued', 'seen', 'known', 'probe_until')
+                     'window', 'issued', 'seen', 'known', 'probe_until', 'rolled')
 local tat, blocked, limit = num(s[1]) or 0, num(s[2]) or 0, num(s[3])
+local rolled = num(s[11]) or 0
 local remaining, reset_at, window = num(s[4]), num(s[5]), num(s[6]) or default_window
 local issued, seen, known, probe_until = num(s[7]) or 0, num(s[8]) or 0, num(s[9]), num(s[10]) or 0
 local answered = num(ARGV[13])
@@ -315,8 +345,11 @@ if answered and answered > seen then seen = answered end
 
 if reset_at and now >= reset_at then
   if limit then
-    -- requests sent after the freshest answer may land in the new window
-    remaining = math.max(0, limit - (issued - seen))
+    -- Requests sent after the freshest answer may land in the new window, but only
+    -- those sent during the window that just ended: an older request that never got
+    -- an answer (a timeout, a killed replica) must not shrink every later window.
+    remaining = math.max(0, limit - (issued - math.max(seen, rolled)))
+    rolled = issued
     reset_at = reset_at + window
     if reset_at <= now then reset_at = now + window end
   else
@@ -345,7 +378,8 @@ if ARGV[12] == '1' then
 end
 
 redis.call('HSET', key, 'tat', fmt(tat), 'blocked_until', fmt(blocked), 'window', fmt(window),
-           'issued', tostring(issued), 'seen', tostring(seen), 'probe_until', fmt(probe_until))
+           'issued', tostring(issued), 'seen', tostring(seen), 'probe_until', fmt(probe_until),
+           'rolled', tostring(rolled))
 if limit then redis.call('HSET', key, 'limit', fmt(limit)) end
 if known then redis.call('HSET', key, 'known', '1') else redis.call('HDEL', key, 'known') end
 if remaining and reset_at then

@@ -237,6 +237,21 @@ async def test_record_poll_without_a_claim_is_refused(store: StateStore) -> None
     assert False is await store.record_poll("job-1", update, owner="w1")
 
 
+async def test_concurrent_record_polls_each_get_their_own_answer(store: StateStore) -> None:
+    """Polls recorded at the same moment (SQLite commits them together) are all written, each answered."""
+    for job_id in ("job-1", "job-2", "job-3"):
+        await add(store, job_id)
+    assert ["job-1", "job-2", "job-3"] == await claim(store)
+    updates = [PollUpdate(next_poll_at=NOW + 5 + i, polls=i, transient_errors=0, snapshot=None) for i in (1, 2, 3)]
+    answers = await asyncio.gather(
+        store.record_poll("job-1", updates[0], owner="w1"),
+        store.record_poll("job-2", updates[1], owner="intruder"),
+        store.record_poll("job-3", updates[2], owner="w1"),
+    )
+    assert [True, False, True] == answers
+    assert [1, 0, 3] == [(await get(store, job_id)).polls for job_id in ("job-1", "job-2", "job-3")]
+
+
 async def test_record_outcome_writes_outcome_and_deliveries_together(store: StateStore) -> None:
     """A final outcome and its deliveries appear together; the job is no longer watched."""
     await add(store, "job-1")
