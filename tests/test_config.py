@@ -54,6 +54,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert 32 == config.sendgrid.max_concurrency
     assert "sqlite:///import-watcher.db" == config.state.url
     assert 20.0 == config.shutdown_grace
+    assert 0.2 == config.polling.growth
 
 
 def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ POLLING_FIELDS = (
     Field("max_interval", s.duration(0.001), default=300.0),
     Field("deadline", s.duration(0.001), default=86400.0),
     Field("not_found_grace", s.duration(), default=120.0),
+    Field("growth", s.number(0.01), default=0.2),
 )
 STATE_FIELDS = (
     Field("url", s.string, default=DEFAULT_STATE_URL),
@@ -183,6 +184,8 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     routes = _routes(ctx, data.get("routes"), names)
     sources = _sources(ctx, data.get("sources"))
     server = _server(ctx, data.get("server"))
+    if polling and polling["growth"] > 10:
+        problems.add(("polling", "growth"), "must be at most 10 (the wait is growth × the job's age)")
     if polling and polling["min_interval"] > polling["max_interval"]:
         problems.add(("polling", "min_interval"), "must not be larger than polling.max_interval")
     _check_state_url(ctx, state)
