@@ -76,3 +76,34 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(tmp_path: Path) -> No
         assert 0 == await asyncio.wait_for(final.wait(), 30)
     assert {job_id: "completed" for job_id in ids} == hook.statuses()
     assert len(ids) == len(hook.received)
+
+
+async def test_sighup_rereads_the_job_file(tmp_path: Path) -> None:
+    """SIGHUP re-reads the job file even when its size and mtime did not change."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.script_job("hup-aaa1", outcome="completed")
+        fake.script_job("hup-bbb2", outcome="completed")
+        jobs = write_jobs(tmp_path / "jobs.yaml", ["hup-aaa1"])
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text(
+            fake.base_url, f"sqlite:///{tmp_path}/state.db", hook_url=hook.url, jobs_file=jobs,
+            extra=f"heartbeat_file: {tmp_path}/hb\n",
+        ).replace("deadline: 3s", "deadline: 60s"), encoding="utf-8")
+        proc = await start_daemon(config)
+        try:
+            while not hook.received:
+                await asyncio.sleep(0.02)
+            stat = jobs.stat()
+            write_jobs(jobs, ["hup-bbb2"])  # same length, same mtime: the periodic check cannot tell
+            os.utime(jobs, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            await asyncio.sleep(2.5)  # longer than the periodic refresh
+            assert ["hup-aaa1"] == list(hook.statuses())
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(500):
+                if "hup-bbb2" in hook.statuses():
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert 0 == await asyncio.wait_for(proc.wait(), 10)
+    assert {"hup-aaa1": "completed", "hup-bbb2": "completed"} == hook.statuses()
