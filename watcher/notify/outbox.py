@@ -188,7 +188,11 @@ class Outbox:
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         now = self.clock.now()
-        delay = exc.retry_after if exc.retry_after is not None else self.backoff.delay(attempts, self.rng.random())
+        delay = self.backoff.delay(attempts, self.rng.random())
+        if exc.retry_after is not None:
+            # A floor, as in the poll policy: `Retry-After: 0` (or a date already past) from a
+            # failing receiver must not turn the retries into a busy loop.
+            delay = max(delay, exc.retry_after)
         error = redact(str(exc))
         if now + delay > delivery.deadline_at:
             reason = f"delivery deadline passed; last error: {error}"

@@ -1,0 +1,136 @@
+"""Schemathesis against the daemon's own /openapi.json: no 500s, and every answer matches the document."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
+
+import watcher
+from tests.helpers import make_config, write_jobs
+from tests.serving import FAST, TOKEN, server_config_text
+from watcher.daemon import Daemon
+from watcher.testing.fake_sendgrid import FakeSendGrid
+
+from .conftest import TROUBLE_EVENTS, counted_log_events
+
+pytestmark = pytest.mark.resilience
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class DaemonThread(threading.Thread):
+    """A Daemon with its HTTP API on a free port, run in its own event loop: schemathesis calls are blocking."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(name="watcher-daemon", daemon=True)
+        self.tmp_path = tmp_path
+        self.url = ""
+        self.failure: BaseException | None = None
+        self._serving = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._daemon: Daemon | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # handed to the test thread
+            self.failure = exc
+        finally:
+            self._serving.set()
+
+    async def _serve(self) -> None:
+        async with FakeSendGrid() as fake:
+            # Jobs in several states, with deliveries, so GET /jobs answers carry every field.
+            fake.script_job("known-1", outcome="errored", errored=2)
+            fake.script_job("known-2", outcome="pending")
+            jobs = write_jobs(self.tmp_path / "jobs.yaml", ["known-1", "known-2", "ghost-1"])
+            text = server_config_text(fake.base_url, self.tmp_path, jobs_file=jobs,
+                                      extra="notifiers:\n  console:\n    type: console\n")
+            daemon = Daemon(make_config(self.tmp_path, text), delivery_backoff=FAST)
+            daemon.on_started.append(self._on_started)
+            self._daemon = daemon
+            await daemon.run(install_signals=False)
+
+    def _on_started(self, daemon: Daemon) -> None:
+        assert daemon.server is not None
+        self.url = daemon.server.url
+        self._loop = asyncio.get_running_loop()
+        self._serving.set()
+
+    def wait_started(self, timeout: float) -> str:
+        """The API's base URL once the daemon serves it."""
+        if not self._serving.wait(timeout) or not self.url:
+            raise RuntimeError(f"the daemon did not start: {self.failure!r}")
+        return self.url
+
+    def stop(self, timeout: float) -> None:
+        if self._loop is not None and self._daemon is not None:
+            self._loop.call_soon_threadsafe(self._daemon.stop)
+        self.join(timeout)
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of one daemon's HTTP API, shared by every operation's test; its log is counted, not printed."""
+    thread = DaemonThread(tmp_path_factory.mktemp("schemathesis"))
+    with counted_log_events() as events:
+        thread.start()
+        try:
+            yield thread.wait_started(15)
+        finally:
+            thread.stop(15)
+    assert not thread.is_alive(), "the daemon did not stop"
+    assert thread.failure is None
+    failed = (*TROUBLE_EVENTS, "http.handler_failed")
+    assert {name: 0 for name in failed} == {name: events[name] for name in failed}
+
+
+# The document the daemon serves, read from the package: parametrize() needs it at collection,
+# before any daemon runs. test_the_daemon_serves_this_document ties the two together.
+DOCUMENT = json.loads((Path(watcher.__file__).parent / "static" / "openapi.json").read_text(encoding="utf-8"))
+schema = schemathesis.openapi.from_dict(DOCUMENT)
+
+
+def test_the_daemon_serves_this_document(api_url: str) -> None:
+    """GET /openapi.json is the packaged document, apart from the version filled in at start."""
+    served = requests.get(f"{api_url}/openapi.json", timeout=10).json()
+    assert _without_version(DOCUMENT) == _without_version(served)
+
+
+def _without_version(document: dict[str, Any]) -> dict[str, Any]:
+    return {**document, "info": {k: v for k, v in document["info"].items() if k != "version"}}
+
+
+# Where the document and the server disagree without either being broken, the check that
+# would flag it is left out for that operation only (reported to the document's owner):
+KNOWN_GAPS: dict[str, list[Any]] = {
+    # `"notify": null` is taken as "no override" (202), the document allows an array or a string;
+    # a well-formed notifier name that is not configured is a documented 400 (unknown_notifier),
+    # which no schema can tell from a configured one.
+    "POST /jobs": [negative_data_rejection, positive_data_acceptance],
+    # An empty `state=` is taken as no filter (200); the document's enum has no "".
+    "GET /jobs": [negative_data_rejection],
+    # `state` is declared as an enum, but the page is served whatever it says (its script reads it).
+    "GET /": [negative_data_rejection],
+}
+
+
+@schema.parametrize()
+# SCHEMATHESIS_EXAMPLES=300 for a deeper run than CI's.
+@settings(max_examples=int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+def test_api_conforms_to_its_openapi_document(case: Any, api_url: str) -> None:
+    """Generated requests, valid and invalid, never get a 5xx and every answer matches /openapi.json."""
+    case.call_and_validate(base_url=api_url, headers=AUTH, timeout=10,
+                           excluded_checks=KNOWN_GAPS.get(case.operation.label, []))
