@@ -24,6 +24,7 @@ from watcher.models import (
     Snapshot,
 )
 from watcher.store import MemoryStore, RedisStore, SqliteStore, StateStore, open_store
+from watcher.store.base import RecordsPolls
 from watcher.store.sqlite import SCHEMA_VERSION
 
 #: The conftest fixture's type: opens another instance over the same data.
@@ -250,6 +251,97 @@ async def test_concurrent_record_polls_each_get_their_own_answer(store: StateSto
     )
     assert [True, False, True] == answers
     assert [1, 0, 3] == [(await get(store, job_id)).polls for job_id in ("job-1", "job-2", "job-3")]
+
+
+def batch_store(store: StateStore) -> RecordsPolls:
+    """The store as the engine uses it for batches: every built-in store records polls in batches."""
+    assert isinstance(store, RecordsPolls)
+    return store
+
+
+async def test_record_polls_answers_each_update_in_order(store: StateStore) -> None:
+    """record_polls writes what record_poll would, for each job it may, and answers each in order."""
+    for job_id in ("job-1", "job-2", "job-3"):
+        await add(store, job_id)
+    await claim_one(store, "job-1", owner="w1")
+    await claim_one(store, "job-3", owner="w1")
+    snapshot = Snapshot("pending", "upsert", {"requested_count": 5, "extra": {"k": [1]}}, "s")
+    updates = [
+        ("job-1", PollUpdate(next_poll_at=NOW + 5, polls=1, transient_errors=2, snapshot=snapshot)),
+        ("job-2", PollUpdate(next_poll_at=NOW + 6, polls=9, transient_errors=0, snapshot=None)),  # not claimed
+        ("unknown", PollUpdate(next_poll_at=NOW + 7, polls=9, transient_errors=0, snapshot=None)),
+        ("job-3", PollUpdate(next_poll_at=NOW + 8, polls=3, transient_errors=0, snapshot=None)),
+    ]
+    assert [True, False, False, True] == await batch_store(store).record_polls(updates, owner="w1")
+    assert [] == await batch_store(store).record_polls([], owner="w1")
+    job1, job2, job3 = [await get(store, job_id) for job_id in ("job-1", "job-2", "job-3")]
+    assert (NOW + 5, 1, 2, snapshot) == (job1.next_poll_at, job1.polls, job1.transient_errors, job1.snapshot)
+    assert (NOW, 0) == (job2.next_poll_at, job2.polls)
+    assert (NOW + 8, 3, None) == (job3.next_poll_at, job3.polls, job3.snapshot)
+    # The leases are released: the jobs are due again at their new times, for anyone.
+    assert ["job-2"] == await claim(store, now=NOW + 4, owner="w2")
+    assert ["job-1", "job-3"] == await claim(store, now=NOW + 8, owner="w2")
+    assert [False] == await batch_store(store).record_polls(updates[:1], owner="w1")
+
+
+async def test_record_polls_equals_record_poll(store: StateStore) -> None:
+    """The same update stored either way reads back the same."""
+    await add(store, "one")
+    await add(store, "many")
+    await claim_one(store, "one")
+    await claim_one(store, "many")
+    snapshot = Snapshot("pending", None, {"requested_count": 7, "note": "naïve ☕"}, None, None)
+    update = PollUpdate(next_poll_at=NOW + 9, polls=4, transient_errors=1, snapshot=snapshot)
+    assert True is await store.record_poll("one", update, owner="w1")
+    assert [True] == await batch_store(store).record_polls([("many", update)], owner="w1")
+    one, many = await get(store, "one"), await get(store, "many")
+    assert replace(one, id="many") == many
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_each_poll_stores_its_own_snapshot_exactly(store: StateStore, batched: bool) -> None:
+    """Snapshots equal to the last one but not alike (1 vs 1.0 vs true, key order, -0.0) are stored
+    as given, and a claim hands out the snapshot last stored, whoever stored it."""
+    await add(store, "job-1")
+    variants = [
+        Snapshot("pending", "upsert", {"requested_count": 1, "x": 1, "y": 0.0}),
+        Snapshot("pending", "upsert", {"requested_count": 1, "x": 1, "y": 0.0}),  # identical
+        Snapshot("pending", "upsert", {"requested_count": 1, "x": 1.0, "y": 0.0}),
+        Snapshot("pending", "upsert", {"requested_count": 1, "x": True, "y": 0.0}),
+        Snapshot("pending", "upsert", {"x": True, "requested_count": 1, "y": 0.0}),
+        Snapshot("pending", "upsert", {"x": True, "requested_count": 1, "y": -0.0}),
+        Snapshot("Pending", "upsert", {"x": True, "requested_count": 1, "y": -0.0}),
+    ]
+    for polls, snapshot in enumerate(variants, start=1):
+        (job,) = await store.claim_due_jobs(now=NOW + polls, limit=5, owner="w1", lease=LEASE)
+        assert (polls - 1, variants[polls - 2] if polls > 1 else None) == (job.polls, job.snapshot)
+        update = PollUpdate(next_poll_at=NOW + polls + 1, polls=polls, transient_errors=0, snapshot=snapshot)
+        if batched:
+            assert [True] == await batch_store(store).record_polls([("job-1", update)], owner="w1")
+        else:
+            assert True is await store.record_poll("job-1", update, owner="w1")
+        stored = (await get(store, "job-1")).snapshot
+        assert stored is not None
+        assert (snapshot, list(snapshot.results.items())) == (stored, list(stored.results.items()))
+        assert [type(v) for v in snapshot.results.values()] == [type(v) for v in stored.results.values()]
+        assert repr(snapshot.results["y"]) == repr(stored.results["y"])
+
+
+async def test_claim_sees_a_snapshot_another_instance_wrote(store_factory: StoreFactory) -> None:
+    """A store instance hands out what another instance (another process) stored since, not what it wrote."""
+    first, second = await store_factory(), await store_factory()
+    await add(first, "job-1")
+    mine = Snapshot("pending", "upsert", {"requested_count": 1})
+    theirs = Snapshot("pending", "upsert", {"requested_count": 2})
+    for store, snapshot, at in ((first, mine, NOW), (second, theirs, NOW + 1), (first, mine, NOW + 2)):
+        (job,) = await store.claim_due_jobs(now=at, limit=5, owner="w1", lease=LEASE)
+        update = PollUpdate(next_poll_at=at + 1, polls=job.polls + 1, transient_errors=0, snapshot=snapshot)
+        assert True is await store.record_poll("job-1", update, owner="w1")
+        (seen,) = await (second if store is first else first).claim_due_jobs(
+            now=at + 1, limit=5, owner="w1", lease=LEASE
+        )
+        assert snapshot == seen.snapshot
+        await (second if store is first else first).release_job("job-1", owner="w1")
 
 
 async def test_record_outcome_writes_outcome_and_deliveries_together(store: StateStore) -> None:

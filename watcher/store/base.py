@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from watcher.models import Delivery, JobRef, JobState, Outcome, PollUpdate, Snapshot, StoreCounts
 
@@ -99,3 +99,19 @@ class StateStore(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
     async def get_meta(self, key: str) -> str | None: ...
+
+
+@runtime_checkable
+class RecordsPolls(Protocol):
+    """Optional for a StateStore: many non-final polls recorded in one go (every built-in store has it).
+
+    The engine records the polls that finish together with one call when the store
+    offers this, and with one `record_poll` each otherwise.
+    """
+
+    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
+        """`record_poll` for each (job id, update), in order; the answers in the same order.
+
+        Atomic as one `record_poll` is: when this raises StoreUnavailable, none was written.
+        """
+        ...

@@ -199,6 +199,10 @@ class MemoryStore:
         self._job_heap.push(update.next_poll_at, job_id)
         return True
 
+    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
+        """`record_poll` for each (job id, update), in order; nothing else runs in between."""
+        return [await self.record_poll(job_id, update, owner=owner) for job_id, update in updates]
+
     async def record_outcome(
         self,
         job_id: str,

@@ -398,6 +398,22 @@ class RedisStore:
         )  # fmt: skip
         return bool(recorded)
 
+    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
+        """`record_poll` for each (job id, update) in one MULTI/EXEC round trip: atomic on the server."""
+        if not updates:
+            return []
+        script, keys = self._scripts["record_poll"], [self._key("jobs:due")]
+        with self._errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                for job_id, update in updates:
+                    args: list[str | int] = [
+                        self.prefix, job_id, owner, _num(update.next_poll_at), update.polls,
+                        update.transient_errors, _snapshot_arg(update.snapshot),
+                    ]  # fmt: skip
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        return [bool(reply) for reply in replies]
+
     async def record_outcome(
         self,
         job_id: str,

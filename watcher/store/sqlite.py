@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -102,19 +102,125 @@ def _snapshot(text: str | None) -> Snapshot | None:
     return None if text is None else Snapshot.from_dict(json.loads(text))
 
 
-def _job(row: sqlite3.Row) -> JobState:
+#: Distinct labels texts kept parsed (labels repeat across jobs: a team, a source).
+LABELS_MEMO = 256
+
+
+class _LabelsMemo:
+    """The labels column parsed once per distinct text; each job still gets a dict of its own."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, dict[str, str]] = {}
+
+    def __call__(self, text: str) -> Any:
+        parsed = self._parsed.get(text)
+        if parsed is not None:
+            return dict(parsed)
+        value = json.loads(text)
+        if type(value) is dict and all(type(v) is str for v in value.values()):
+            if len(self._parsed) >= LABELS_MEMO:
+                self._parsed.clear()
+            self._parsed[text] = dict(value)
+        return value
+
+
+def _job(
+    row: Sequence[Any], labels_of: Callable[[str], Any] = json.loads, snapshot: Snapshot | None = None
+) -> JobState:
+    """A row of _JOB_COLUMNS (by position: a tuple or a sqlite3.Row) as a JobState.
+
+    `snapshot`, when given, is the row's snapshot already parsed (see _SnapshotMemo).
+    """
+    job_id, labels, notify, added_at, next_poll_at, polls, transient_errors, text, outcome, detected_at = row
     return JobState(
-        id=row["id"],
-        labels=json.loads(row["labels"]),
-        notify=None if row["notify"] is None else tuple(json.loads(row["notify"])),
-        added_at=row["added_at"],
-        next_poll_at=row["next_poll_at"],
-        polls=row["polls"],
-        transient_errors=row["transient_errors"],
-        snapshot=_snapshot(row["snapshot"]),
-        outcome=None if row["outcome"] is None else Outcome(row["outcome"]),
-        detected_at=row["detected_at"],
+        job_id,
+        labels_of(labels),
+        None if notify is None else tuple(json.loads(notify)),
+        added_at,
+        next_poll_at,
+        polls,
+        transient_errors,
+        _snapshot(text) if snapshot is None else snapshot,
+        None if outcome is None else Outcome(outcome),
+        detected_at,
     )
+
+
+def _same_json(a: Snapshot, b: Snapshot) -> bool:
+    """Whether `_snapshot_json` gives the same text for both: equal, and alike in every
+    way equality overlooks (results key order, 1 vs 1.0 vs true, 0.0 vs -0.0)."""
+    if a is b:
+        return True
+    if (
+        a.status != b.status or a.job_type != b.job_type
+        or a.started_at != b.started_at or a.finished_at != b.finished_at
+        or type(a.status) is not type(b.status) or type(a.job_type) is not type(b.job_type)
+        or type(a.started_at) is not type(b.started_at) or type(a.finished_at) is not type(b.finished_at)
+    ):  # fmt: skip
+        return False
+    ra, rb = a.results, b.results
+    if type(ra) is not dict or type(rb) is not dict or len(ra) != len(rb):
+        return False
+    for (ka, va), (kb, vb) in zip(ra.items(), rb.items(), strict=True):
+        if ka != kb or type(ka) is not str or type(kb) is not str or type(va) is not type(vb) or va != vb:
+            return False
+        if type(va) is float and repr(va) != repr(vb):
+            return False
+        if type(va) not in _FLAT_JSON:
+            return False
+    return True
+
+
+_FLAT_JSON = (str, int, float, bool, type(None))
+
+#: Jobs whose last written snapshot the store remembers (bounds its memory at 100,000 jobs).
+SNAPSHOT_MEMO = 4096
+
+
+class _SnapshotMemo:
+    """The snapshot text this store last wrote for a job, with the Snapshot it came from.
+
+    A job that is still running mostly shows the same snapshot poll after poll: then
+    record_poll writes the remembered text instead of serialising the Snapshot again,
+    and the next claim reuses the Snapshot instead of parsing the text again. Texts
+    are compared, so a row changed by anyone else is parsed as before.
+    """
+
+    def __init__(self, size: int = SNAPSHOT_MEMO) -> None:
+        self._size = size
+        self._entries: dict[str, tuple[str, Snapshot]] = {}
+
+    def text(self, job_id: str, snapshot: Snapshot | None) -> str | None:
+        """`_snapshot_json(snapshot)`, from the memo when this job last had an identical one."""
+        if snapshot is None:
+            return None
+        entry = self._entries.get(job_id)
+        if entry is not None and _same_json(entry[1], snapshot):
+            return entry[0]
+        return _snapshot_json(snapshot)
+
+    def remember(self, job_id: str, text: str | None, snapshot: Snapshot | None) -> None:
+        """Note that `text` (which is `_snapshot_json(snapshot)`) is now this job's row."""
+        entries = self._entries
+        if text is None or snapshot is None or type(snapshot.results) is not dict:
+            entries.pop(job_id, None)
+            return
+        if job_id not in entries and len(entries) >= self._size:
+            del entries[next(iter(entries))]  # the oldest
+        entries[job_id] = (text, snapshot)
+
+    def snapshot(self, job_id: str, text: str | None) -> Snapshot | None:
+        """The Snapshot of `text` if it is the text last written for this job, else None."""
+        if text is None:
+            return None
+        entry = self._entries.get(job_id)
+        return entry[1] if entry is not None and entry[0] == text else None
+
+    def forget(self, job_id: str) -> None:
+        self._entries.pop(job_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
@@ -179,7 +285,9 @@ class SqliteStore:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         # record_poll group commit: the polls recorded in one event-loop iteration.
-        self._poll_batch: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] = []
+        self._poll_batch: list[tuple[tuple[Any, ...], asyncio.Future[bool], Snapshot | None]] = []
+        self._snapshots = _SnapshotMemo()
+        self._labels = _LabelsMemo()
 
     # --- plumbing -----------------------------------------------------------
 
@@ -218,6 +326,7 @@ class SqliteStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._snapshots.clear()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the file cannot be read."""
@@ -272,7 +381,7 @@ class SqliteStore:
     async def get_job(self, job_id: str) -> JobState | None:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
         rows = self._query(sql, (job_id,))
-        return _job(rows[0]) if rows else None
+        return _job(rows[0], self._labels) if rows else None
 
     async def list_jobs(
         self, *, state: str | None = None, limit: int | None = None
@@ -285,7 +394,7 @@ class SqliteStore:
             where, params = "WHERE outcome = ?", [state]
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY added_at, id LIMIT ?"  # noqa: S608
         rows = self._query(sql, [*params, -1 if limit is None else max(0, limit)])
-        return [_job(row) for row in rows]
+        return [_job(row, self._labels) for row in rows]
 
     async def remove_job(self, job_id: str) -> bool:
         """Delete the job and every delivery of it, so no orphaned outbox rows remain."""
@@ -293,6 +402,7 @@ class SqliteStore:
             if conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 0:
                 return False
             conn.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
+        self._snapshots.forget(job_id)
         return True
 
     async def claim_due_jobs(
@@ -300,16 +410,20 @@ class SqliteStore:
     ) -> list[JobState]:
         """Unfinished jobs with next_poll_at <= now and no live lease, earliest first."""
         with self._write() as conn:
-            rows = conn.execute(
+            cursor = conn.cursor()
+            cursor.row_factory = None  # plain tuples: _job reads by position
+            rows = cursor.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE outcome IS NULL AND due_at <= ?"  # noqa: S608
                 " ORDER BY due_at, id LIMIT ?",
                 (now, max(0, limit)),
             ).fetchall()
+            until = now + lease
             conn.executemany(
                 "UPDATE jobs SET lease_owner = ?, lease_until = ?, due_at = ? WHERE id = ?",
-                [(owner, now + lease, now + lease, row["id"]) for row in rows],
+                [(owner, until, until, row[0]) for row in rows],
             )
-        return [_job(row) for row in rows]
+        snapshots, labels = self._snapshots, self._labels
+        return [_job(row, labels, snapshots.snapshot(row[0], row[7])) for row in rows]
 
     async def record_poll(self, job_id: str, update: PollUpdate, *, owner: str) -> bool:
         """Store a non-final poll and release the lease; False if `owner` lost the lease.
@@ -323,15 +437,36 @@ class SqliteStore:
         """
         params = (
             update.next_poll_at, update.next_poll_at, update.polls, update.transient_errors,
-            _snapshot_json(update.snapshot), job_id, owner,
+            self._snapshots.text(job_id, update.snapshot), job_id, owner,
         )  # fmt: skip
         self._db  # noqa: B018 - raise StoreUnavailable now if the store is closed
         loop = asyncio.get_running_loop()
         written: asyncio.Future[bool] = loop.create_future()
-        self._poll_batch.append((params, written))
+        self._poll_batch.append((params, written, update.snapshot))
         if len(self._poll_batch) == 1:
             loop.call_soon(self._write_polls)
         return await written
+
+    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
+        """`record_poll` for each (job id, update) in one transaction; False where `owner` lost the lease."""
+        snapshots = self._snapshots
+        batch = [
+            (
+                (update.next_poll_at, update.next_poll_at, update.polls, update.transient_errors,
+                 snapshots.text(job_id, update.snapshot), job_id, owner),
+                update.snapshot,
+            )
+            for job_id, update in updates
+        ]  # fmt: skip
+        if not batch:
+            return []
+        with self._write() as conn:
+            execute = conn.cursor().execute  # one cursor for the batch, not one per row
+            changed = [execute(_RECORD_POLL, params).rowcount == 1 for params, _ in batch]
+        for (params, snapshot), ok in zip(batch, changed, strict=True):
+            if ok:
+                snapshots.remember(params[5], params[4], snapshot)
+        return changed
 
     def _write_polls(self) -> None:
         """Write every queued record_poll in one transaction and answer each caller."""
@@ -340,15 +475,19 @@ class SqliteStore:
             return
         try:
             with self._write() as conn:
-                changed = [conn.execute(_RECORD_POLL, params).rowcount == 1 for params, _ in batch]
+                execute = conn.cursor().execute  # one cursor for the batch, not one per row
+                changed = [execute(_RECORD_POLL, params).rowcount == 1 for params, _, _ in batch]
         except BaseException as exc:
-            for _, written in batch:
+            for _, written, _ in batch:
                 if not written.done():
                     written.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, written), ok in zip(batch, changed, strict=True):
+        remember = self._snapshots.remember
+        for (params, written, snapshot), ok in zip(batch, changed, strict=True):
+            if ok:
+                remember(params[5], params[4], snapshot)
             if not written.done():
                 written.set_result(ok)
 
@@ -374,6 +513,8 @@ class SqliteStore:
             ).rowcount  # fmt: skip
             if changed == 1:
                 conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in deliveries])
+        if changed == 1:
+            self._snapshots.forget(job_id)  # final: never claimed again
         return changed == 1
 
     async def release_job(self, job_id: str, *, owner: str) -> None:
