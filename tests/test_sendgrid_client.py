@@ -489,3 +489,90 @@ async def test_key_never_appears_in_errors_logs_or_repr(
     assert [] == [text for text in texts if KEY in text]
     assert all("debug" == entry["log_level"] for entry in logs)
     assert all(entry["event"].startswith("sendgrid.") for entry in logs)
+
+
+# --- what the client remembers between polls ---------------------------------------
+
+
+async def test_an_unchanged_answer_gives_the_same_snapshot_a_changed_one_a_new(
+    client: SendGridClient, mocked: aioresponses
+) -> None:
+    """A job answering the same bytes again gets the snapshot parsed last time; any change is parsed."""
+    running = {**FULL_BODY, "status": "pending", "finished_at": None}
+    mocked.get(URL_, payload=running)
+    mocked.get(URL_, payload=running)
+    mocked.get(URL_, payload={**running, "results": {"requested_count": 1000, "created_count": 5}})
+    mocked.get(URL_, body="not json")
+    mocked.get(URL_, payload=running)
+    first, again, changed = [await client.get_import(JOB) for _ in range(3)]
+    assert first is again
+    assert (first.results["created_count"], changed.results["created_count"]) == (980, 5)
+    assert TryLater is type(await error_from(client))
+    assert first == await client.get_import(JOB)
+    assert 1 == client.responses["malformed"]
+
+
+async def test_an_invalid_job_id_is_refused_every_time(client: SendGridClient, mocked: aioresponses) -> None:
+    """Only valid ids are remembered, so an invalid one never reaches a URL, however often it is asked."""
+    for _ in range(2):
+        with pytest.raises(InvalidJobId):
+            await client.get_import("../v3/user/account")
+    assert not mocked.requests
+
+
+# --- a real server, bodies arriving in pieces --------------------------------------
+
+
+@pytest.fixture
+async def slow_server() -> AsyncIterator[str]:
+    """Serves /v3/marketing/contacts/imports/<id>: the body in pieces, with a pause, chunked;
+    for the id "huge-body", two pieces of 1 MiB."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        size = (1 << 20) if request.match_info["job_id"] == "huge-body" else 0
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if size:
+            await response.write(b'{"status": "' + b"x" * size)
+            await asyncio.sleep(0.02)
+            await response.write(b"x" * size + b'"}')
+        else:
+            await response.write(b'{"status": "pend')
+            await asyncio.sleep(0.02)
+            await response.write(b'ing", "results": {"requested_count": 3}}')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v3/marketing/contacts/imports/{job_id}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_body_arriving_in_pieces_is_read_whole(
+    session: aiohttp.ClientSession, budget: RecordingBudget, clock: ManualClock, slow_server: str
+) -> None:
+    """A body still on its way when the headers arrive is waited for, then parsed whole."""
+    settings = SendGridSettings(api_key=Secret(KEY), base_url=slow_server)
+    client = SendGridClient(settings, session=session, budget=budget, clock=clock)
+    snapshot = await client.get_import(JOB)
+    assert ("pending", {"requested_count": 3}) == (snapshot.status, snapshot.results)
+
+
+async def test_a_huge_body_arriving_in_pieces_is_try_later(
+    session: aiohttp.ClientSession, budget: RecordingBudget, clock: ManualClock, slow_server: str
+) -> None:
+    """A chunked 200 body that grows past 1 MiB while it is read is refused."""
+    settings = SendGridSettings(api_key=Secret(KEY), base_url=f"{slow_server}/")
+    client = SendGridClient(settings, session=session, budget=budget, clock=clock)
+    with pytest.raises(TryLater) as info:
+        await client.get_import("huge-body")
+    assert "malformed answer: body over 1 MiB" == str(info.value)

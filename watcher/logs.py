@@ -87,3 +87,72 @@ def _route_stdlib_logging(out: TextIO, shared: list[Any], renderer: Any, level: 
     root.setLevel(_LEVELS.get(level, logging.INFO))
     # APScheduler logs every periodic run at INFO: only its warnings are news.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+
+
+class CachedLogger:
+    """A structlog proxy's logger, assembled once per logging configuration instead of per call.
+
+    ``structlog.get_logger(...)`` returns a lazy proxy that, with
+    ``cache_logger_on_first_use=False``, assembles a new bound logger (and output logger)
+    on every ``bind`` and every logging call, so that a later ``configure`` still applies.
+    This keeps that guarantee at the cost of one ``get_config`` per use: the assembled
+    logger is reused while the configuration (processors, context class, wrapper class,
+    logger factory) is the same objects, and assembled afresh when any of them changes.
+    """
+
+    __slots__ = ("_debug", "_key", "_logger", "_proxy")
+
+    def __init__(self, proxy: Any) -> None:
+        self._proxy = proxy
+        self._key: tuple[Any, Any, Any, Any] | None = None
+        self._logger: Any = None
+        self._debug = True
+
+    def get(self) -> Any:
+        config = structlog.get_config()
+        key = self._key
+        if (
+            key is None
+            or key[0] is not config["processors"]
+            or key[1] is not config["context_class"]
+            or key[2] is not config["wrapper_class"]
+            or key[3] is not config["logger_factory"]
+        ):
+            self._logger = self._proxy.bind()
+            self._key = (
+                config["processors"], config["context_class"], config["wrapper_class"], config["logger_factory"]
+            )  # fmt: skip
+            enabled = getattr(self._logger, "is_enabled_for", None)
+            self._debug = True if enabled is None else bool(enabled(logging.DEBUG))
+        return self._logger
+
+    def debug_enabled(self) -> bool:
+        """Whether a debug event would get past the level filter (so its fields are worth computing)."""
+        self.get()
+        return self._debug
+
+
+class JobLog:
+    """What ``log.bind(job_id=...)`` gives, without a bind per job: the same events, fields in the same order.
+
+    Hot paths (one per poll) make one of these instead of binding, which assembled a
+    logger (and its context) per poll even when nothing was logged.
+    """
+
+    __slots__ = ("_logger", "job_id")
+
+    def __init__(self, logger: CachedLogger, job_id: str) -> None:
+        self._logger = logger
+        self.job_id = job_id
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        return self._logger.get().debug(event, job_id=self.job_id, **fields)
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return self._logger.get().info(event, job_id=self.job_id, **fields)
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        return self._logger.get().warning(event, job_id=self.job_id, **fields)
+
+    def error(self, event: str, **fields: Any) -> Any:
+        return self._logger.get().error(event, job_id=self.job_id, **fields)

@@ -29,6 +29,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from watcher.clock import Clock
 from watcher.errors import StoreUnavailable
@@ -114,15 +115,39 @@ class RateSignal:
     blocked_until: float | None = None
 
 
+#: What an answer without rate-limit headers says (most answers of a server that sends none).
+_NO_SIGNAL = RateSignal()
+_CASE_INSENSITIVE = (CIMultiDictProxy, CIMultiDict)
+
+
+def _last(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str) -> str | None:
+    """The last value of a header, as a {lower-cased name: value} dict of the headers keeps it."""
+    values = headers.getall(name, None)
+    return values[-1] if values else None
+
+
 def read_signal(headers: Mapping[str, str], status: int, now: float) -> RateSignal:
     """Turn rate-limit headers (any case) into a RateSignal."""
-    lowered = {name.lower(): value for name, value in headers.items()}
-    limit = _number(lowered.get("x-ratelimit-limit"))
-    remaining = _number(lowered.get("x-ratelimit-remaining"))
-    reset = reset_seconds(lowered.get("x-ratelimit-reset"), now)
+    if isinstance(headers, _CASE_INSENSITIVE):
+        # aiohttp's headers: case-insensitive lookups, no lower-cased copy of every header.
+        limit_text = _last(headers, "x-ratelimit-limit")
+        remaining_text = _last(headers, "x-ratelimit-remaining")
+        reset_text = _last(headers, "x-ratelimit-reset")
+        if limit_text is None and remaining_text is None and reset_text is None and status not in (429, 503):
+            return _NO_SIGNAL
+        retry_text = _last(headers, "retry-after") if status in (429, 503) else None
+    else:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        limit_text = lowered.get("x-ratelimit-limit")
+        remaining_text = lowered.get("x-ratelimit-remaining")
+        reset_text = lowered.get("x-ratelimit-reset")
+        retry_text = lowered.get("retry-after")
+    limit = _number(limit_text)
+    remaining = _number(remaining_text)
+    reset = reset_seconds(reset_text, now)
     reset_at = None if reset is None else now + reset
     if status in (429, 503):
-        retry_after = retry_after_seconds(lowered.get("retry-after"), now)
+        retry_after = retry_after_seconds(retry_text, now)
         if retry_after is not None:
             # Retry-After wins: the window headers of this answer are not used.
             return RateSignal(limit=limit, blocked_until=now + retry_after)
@@ -161,6 +186,7 @@ class LocalRateBudget:
         self._probing = True
         self._answered = asyncio.Event()
         self._queued = 0  # callers holding or waiting for the gate
+        self._id = id(self)
 
     def __repr__(self) -> str:
         return f"LocalRateBudget(remaining={self._remaining}, in_flight={self._in_flight})"
@@ -290,7 +316,7 @@ class LocalRateBudget:
     def _take(self, now: float) -> None:
         self._issued += 1
         self._in_flight += 1
-        _TICKET.set((id(self), self._issued))
+        _TICKET.set((self._id, self._issued))
         if self._interval:
             self._next_at = max(self._next_at, now) + self._interval
         if self._remaining is not None:

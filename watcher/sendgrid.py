@@ -19,9 +19,12 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
+from multidict import CIMultiDict
+from yarl import URL
 
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
+from watcher.logs import CachedLogger, JobLog
 from watcher.models import Snapshot, validate_job_id
 from watcher.ratelimit import RateBudget, reset_seconds, retry_after_seconds
 from watcher.schema import Secret, redact
@@ -42,6 +45,8 @@ MAX_BODY_BYTES = 1 << 20
 MAX_ERROR_BODY_BYTES = 64 << 10
 #: Messages taken from a body are cut to this length.
 MAX_MESSAGE_CHARS = 200
+#: Jobs the client remembers (URL, last answer): bounds its memory with 100,000 jobs.
+REMEMBERED_JOBS = 4096
 
 _COUNT_FIELDS = (
     "requested_count",
@@ -54,6 +59,9 @@ _TEXT_FIELDS = ("status", "job_type", "started_at", "finished_at")
 _SCALARS = (str, int, float, bool, type(None))
 
 log = structlog.get_logger("watcher.sendgrid")
+_log = CachedLogger(log)
+
+_IMPORTS_PATH = "/v3/marketing/contacts/imports/"
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,31 @@ class _TooLarge(Exception):
     """The body went past the cap."""
 
 
+class _Known:
+    """What the client remembers of a job polled lately: its (valid) id's URL, and its last
+    200 body with the Snapshot parsed from it. A running job mostly answers the same bytes
+    poll after poll, and parse_snapshot is a pure function of them; a URL is parsed once."""
+
+    __slots__ = ("body", "snapshot", "url")
+
+    def __init__(self, url: URL | str) -> None:
+        self.url = url
+        self.body: bytes | None = None
+        self.snapshot: Snapshot | None = None
+
+
+class _Headers:
+    """The request headers, built once; they hold the API key, so repr never shows them."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: CIMultiDict[str]) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "_Headers(********)"
+
+
 class SendGridClient:
     """Reads import jobs from SendGrid within the concurrency limit and the rate budget."""
 
@@ -99,6 +132,11 @@ class SendGridClient:
         self._static_headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if settings.on_behalf_of:
             self._static_headers["On-Behalf-Of"] = settings.on_behalf_of
+        # One headers object for every request (aiohttp copies it into each request).
+        self._headers = _Headers(
+            CIMultiDict({**self._static_headers, "Authorization": f"Bearer {settings.api_key.reveal()}"})
+        )
+        self._known: dict[str, _Known] = {}
         self.requests = 0
         #: answers by HTTP status ("200", "429", ...) and failures by kind ("timeout", ...)
         self.responses: Counter[str] = Counter()
@@ -112,10 +150,19 @@ class SendGridClient:
 
     async def get_import(self, job_id: str) -> Snapshot:
         """One poll of an import job; raises ImportNotFound, KeyRefused or TryLater."""
-        validate_job_id(job_id)
-        url = f"{self._base_url}/v3/marketing/contacts/imports/{quote(job_id, safe='')}"
-        bound = log.bind(job_id=job_id)
-        async with self._semaphore:
+        known = self._known.get(job_id)
+        if known is None:
+            validate_job_id(job_id)  # only valid ids are ever remembered
+            known = _Known(self._url(job_id))
+            remembered = self._known
+            if len(remembered) >= REMEMBERED_JOBS:
+                del remembered[next(iter(remembered))]  # the oldest
+            remembered[job_id] = known
+        url = known.url
+        bound = JobLog(_log, job_id)
+        semaphore = self._semaphore
+        await semaphore.acquire()  # `async with`, without its two extra coroutines per request
+        try:
             try:
                 await self._budget.acquire()
             except StoreUnavailable as exc:
@@ -124,25 +171,24 @@ class SendGridClient:
                 status, headers, body = await self._fetch(url, bound)
             finally:
                 self._budget.release()
-        return self._interpret(job_id, status, headers, body, bound)
+        finally:
+            semaphore.release()
+        return self._interpret(job_id, status, headers, body, bound, known)
 
-    async def _fetch(
-        self, url: str, bound: structlog.typing.FilteringBoundLogger
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    async def _fetch(self, url: URL | str, bound: JobLog) -> tuple[int, Mapping[str, str], bytes]:
         """Send the request; (status, headers, body read up to its cap)."""
-        headers = {
-            **self._static_headers,
-            "Authorization": f"Bearer {self._settings.api_key.reveal()}",
-        }
         self.requests += 1
-        started = self._clock.now()
+        debug = _log.debug_enabled()
+        started = self._clock.now() if debug else 0.0
         try:
             async with self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
+                url, headers=self._headers.value, timeout=self._timeout, allow_redirects=False
             ) as response:
                 self._budget.observe(response.headers, response.status)
                 cap = MAX_BODY_BYTES if response.status == 200 else MAX_ERROR_BODY_BYTES
-                body = await _read_capped(response, cap, strict=response.status == 200)
+                body = _read_arrived(response, cap, strict=response.status == 200)
+                if body is None:
+                    body = await _read_capped(response, cap, strict=response.status == 200)
                 status, answer_headers = response.status, response.headers
         except _TooLarge:
             self.responses["200"] += 1
@@ -156,8 +202,18 @@ class SendGridClient:
             # `from None`: aiohttp errors carry the request headers, key included.
             raise TryLater(f"{kind.replace('_', ' ')}: {summary}") from None
         self.responses[str(status)] += 1
-        bound.debug("sendgrid.response", status=status, seconds=self._clock.now() - started)
+        if debug:
+            bound.debug("sendgrid.response", status=status, seconds=self._clock.now() - started)
         return status, answer_headers, body
+
+    def _url(self, job_id: str) -> URL | str:
+        """The URL of a (valid) job id, parsed once: the URL aiohttp makes of the string, or
+        the string itself when it does not parse (aiohttp then fails the request, as ever)."""
+        text = f"{self._base_url}{_IMPORTS_PATH}{quote(job_id, safe='')}"
+        try:
+            return URL(text)
+        except ValueError:
+            return text
 
     def _interpret(
         self,
@@ -165,16 +221,22 @@ class SendGridClient:
         status: int,
         headers: Mapping[str, str],
         body: bytes,
-        bound: structlog.typing.FilteringBoundLogger,
+        bound: JobLog,
+        known: _Known | None = None,
     ) -> Snapshot:
         """The answer as a Snapshot, or the exception it stands for."""
         if status == 200:
+            if known is not None and known.body == body and known.snapshot is not None:
+                return known.snapshot  # the answer this job gave last time, parsed then
             try:
-                return parse_snapshot(body)
+                snapshot = parse_snapshot(body)
             except ValueError as exc:
                 self.responses["malformed"] += 1
                 bound.debug("sendgrid.malformed_body", error=str(exc))
                 raise TryLater(f"malformed answer: {exc}", status=200) from None
+            if known is not None:
+                known.body, known.snapshot = body, snapshot
+            return snapshot
         if status == 404:
             raise ImportNotFound(job_id)
         message = error_message(body)
@@ -195,6 +257,20 @@ class SendGridClient:
         if seconds is None and status == 429:
             seconds = reset_seconds(lowered.get("x-ratelimit-reset"), now)
         return seconds
+
+
+def _read_arrived(response: aiohttp.ClientResponse, cap: int, *, strict: bool) -> bytes | None:
+    """What `_read_capped` returns, without waiting, when the whole body has already arrived; else None."""
+    content = response.content
+    if not content.is_eof():
+        return None
+    length = response.content_length
+    if length is not None and length > cap and strict:
+        raise _TooLarge
+    body = content.read_nowait(cap + 1)  # as much as _read_capped reads before it stops
+    if len(body) > cap and strict:
+        raise _TooLarge
+    return body[:cap]
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, strict: bool) -> bytes:
@@ -224,9 +300,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"not JSON ({name})")
 
 
+#: ``json.loads(body, parse_constant=_reject_constant)`` built a decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        # What json.loads does with bytes, then the one decoder.
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except ValueError as exc:  # also UnicodeDecodeError
