@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ import structlog
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.events import alert_event, delivery_id, outcome_event
+from watcher.logs import CachedLogger, JobLog
 from watcher.models import TERMINAL_STATUSES, Delivery, JobState, Outcome, PollUpdate, Snapshot
 from watcher.policy import (
     Decision,
@@ -33,9 +35,10 @@ from watcher.policy import (
     decide,
 )
 from watcher.routing import Route, targets
-from watcher.store.base import StateStore
+from watcher.store.base import RecordsPolls, StateStore
 
 log = structlog.get_logger("watcher.engine")
+_log = CachedLogger(log)
 
 KEY_STATE = "sendgrid.key_state"
 
@@ -112,12 +115,34 @@ class Engine:
         self.on_deliveries = on_deliveries or (lambda: None)
         self.on_poll = on_poll
         self.stats = EngineStats()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()  # runners, one poll in flight each
+        self._ready: deque[tuple[JobState, float]] = deque()  # claimed (job, when), not started
+        self._reserve = 2 * max_concurrency  # ready jobs to keep besides those in flight
+        self._stopping = False
+        self._batch_store: RecordsPolls | None = store if isinstance(store, RecordsPolls) else None
+        self._records: list[tuple[str, PollUpdate, JobLog]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._claiming = False
         self._wake = asyncio.Event()
         self._unknown_logged: set[tuple[str, str]] = set()
         self._key_state: str | None = None
 
     # --- the loop -------------------------------------------------------------
+    #
+    # Due jobs are claimed into a ready queue; runner tasks (at most max_concurrency, so
+    # at most that many polls in flight) take them one after another. A runner goes
+    # straight from one poll to the next: no task per poll, and the next request leaves
+    # in the same event-loop turn the previous answer arrived. A reserve of up to twice
+    # max_concurrency jobs waits ready besides those in flight, so runners do not run dry
+    # while the next claim is on its way. A ready job whose lease has half run out is
+    # given back, not polled, and halves the reserve (polls held back by the rate budget
+    # must not wait out their leases in the queue); jobs taken while fresh grow it again.
+    #
+    # The polls that finish in one event-loop turn queue their (non-final) records; the
+    # next turn, one "flush" task writes them with one `record_polls` (one transaction)
+    # and, when half the reserve is gone, claims the next round. A store without
+    # `record_polls` gets a `record_poll` per poll, awaited by the runner, as before.
+    # The loop itself claims when runners end, on `wake`, and at least every second.
 
     def wake(self) -> None:
         """Look for due work now (a job was added, a poll finished)."""
@@ -130,39 +155,106 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll due jobs until `stop` is set; in-flight polls are left to `drain`."""
         failures = 0
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                claimed = await self._claim()
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("engine.store_unavailable", error=str(exc), attempt=failures)
-                await self._wait(stop, min(30.0, 0.5 * 2**failures))
-                continue
-            if claimed and self.in_flight < self.max_concurrency:
-                await asyncio.sleep(0)  # let the new polls start before claiming more
-                continue
-            await self._wait(stop, await self._idle_timeout())
+        self._stopping = False
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    claimed = await self._claim()
+                    failures = 0
+                except StoreUnavailable as exc:
+                    failures += 1
+                    log.warning("engine.store_unavailable", error=str(exc), attempt=failures)
+                    await self._wait(stop, min(30.0, 0.5 * 2**failures))
+                    continue
+                if claimed and self._room() > 0:
+                    await asyncio.sleep(0)  # let the new polls start before claiming more
+                    continue
+                await self._wait(stop, await self._idle_timeout())
+        finally:
+            # Runners finish the poll in hand; jobs claimed but not started go back.
+            self._stopping = True
+            await self._release_ready()
+
+    def _room(self) -> int:
+        """How many more jobs this engine may hold: max_concurrency in flight, plus the reserve."""
+        return self.max_concurrency + self._reserve - len(self._inflight) - len(self._ready)
 
     async def _claim(self) -> int:
-        free = self.max_concurrency - self.in_flight
-        if free <= 0:
+        """Claim due jobs into the ready queue (up to the room left) and start runners for them."""
+        room = self._room()
+        if room <= 0 or self._claiming:
+            self._start_runners()
             return 0
-        jobs = await self.store.claim_due_jobs(
-            now=self.clock.now(), limit=free, owner=self.owner, lease=self.lease
-        )
-        for job in jobs:
-            task = asyncio.create_task(self.poll(job), name=f"poll:{job.id}")
+        self._claiming = True
+        try:
+            now = self.clock.now()
+            jobs = await self.store.claim_due_jobs(now=now, limit=room, owner=self.owner, lease=self.lease)
+        finally:
+            self._claiming = False
+        self._ready.extend((job, now) for job in jobs)
+        if self._stopping:
+            await self._release_ready()  # stopped while claiming
+        self._start_runners()
+        return len(jobs)
+
+    def _start_runners(self) -> None:
+        while self._ready and len(self._inflight) < self.max_concurrency and not self._stopping:
+            first = self._ready.popleft()
+            task = asyncio.create_task(self._run_polls(first), name=f"poll:{first[0].id}")
             self._inflight.add(task)
             task.add_done_callback(self._poll_done)
-        return len(jobs)
+
+    async def _run_polls(self, entry: tuple[JobState, float]) -> None:
+        """One runner: poll `entry`'s job, then ready jobs one after another while there are any."""
+        batch = self._batch_store is not None
+        while True:
+            job, claimed_at = entry
+            waited = self.clock.now() - claimed_at
+            if waited < self.lease / 2:
+                if waited < self.lease / 8 and self._reserve < 2 * self.max_concurrency:
+                    self._reserve += 1
+                await self._poll(job, batch=batch)
+            else:
+                self._reserve //= 2
+                await self._release(job)  # waited too long: let the next claim take it afresh
+            if self._stopping or not self._ready:
+                return
+            entry = self._ready.popleft()
+            if len(self._ready) <= self._reserve // 2:
+                self._schedule_flush()  # half the reserve is gone: claim the next round
+
+    def _schedule_flush(self) -> None:
+        if self._flusher is None:
+            # Runs next turn, when every poll finishing in this one has queued its record.
+            self._flusher = asyncio.create_task(self._flush(), name="engine:flush")
+
+    async def _flush(self) -> None:
+        """Write the queued records (one `record_polls` per batch), then top the ready queue up."""
+        try:
+            while True:
+                if self._records:
+                    await self._write_records()
+                if not self._stopping and len(self._ready) <= self._reserve // 2:
+                    try:
+                        await self._claim()
+                    except Exception:
+                        self._wake.set()  # the loop claims again, and reports (or raises) what failed
+                if not self._records:
+                    return
+        finally:
+            self._flusher = None
 
     def _poll_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("engine.poll_crashed", error=repr(exc))
         self._wake.set()
+
+    async def _release_ready(self) -> None:
+        while self._ready:
+            job, _ = self._ready.popleft()
+            await self._release(job)
 
     async def _idle_timeout(self) -> float:
         if self.in_flight >= self.max_concurrency:
@@ -191,6 +283,7 @@ class Engine:
 
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for in-flight polls, cancel the rest and release their leases."""
+        self._stopping = True
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=grace)
         left = list(self._inflight)
@@ -198,13 +291,22 @@ class Engine:
             task.cancel()
         if left:
             await asyncio.gather(*left, return_exceptions=True)
+        await self._release_ready()
+        if self._flusher is not None:
+            # Polls already made are written, as a poll waiting on its record_poll was.
+            await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
+        await self._release_ready()
         return len(left)
 
     # --- one poll ---------------------------------------------------------------
 
     async def poll(self, job: JobState) -> None:
         """Poll one claimed job and record the result."""
-        bound = log.bind(job_id=job.id)
+        await self._poll(job, batch=False)
+
+    async def _poll(self, job: JobState, *, batch: bool) -> None:
+        """Poll one claimed job; a non-final result is recorded now, or queued for the next batch."""
+        bound = JobLog(_log, job.id)
         started = self.clock.now()
         try:
             seen = await self._observe(job, bound)
@@ -212,12 +314,41 @@ class Engine:
             if self.on_poll is not None:
                 self.on_poll(type(seen).__name__.lower(), now - started)
             decision = decide(self.policy, job, seen, now, self.rng.random())
-            await self._record(job, decision, now, bound)
+            if batch and isinstance(decision, Reschedule):
+                self._queue_record(job, decision, bound)
+            else:
+                await self._record(job, decision, now, bound)
         except asyncio.CancelledError:
             await self._release(job)
             raise
         except StoreUnavailable as exc:
             bound.warning("engine.record_failed", error=str(exc))
+
+    def _queue_record(self, job: JobState, decision: Reschedule, bound: JobLog) -> None:
+        update = PollUpdate(decision.next_poll_at, decision.polls, decision.transient_errors, decision.snapshot)
+        self._records.append((job.id, update, bound))
+        self._schedule_flush()
+
+    async def _write_records(self) -> None:
+        """Write the queued records with one `record_polls`; report each as `_record` would."""
+        batch, self._records = self._records, []
+        if self._batch_store is None:  # pragma: no cover - records are queued only for such stores
+            return
+        try:
+            written = await self._batch_store.record_polls(
+                [(job_id, update) for job_id, update, _ in batch], owner=self.owner
+            )
+        except StoreUnavailable as exc:
+            for _, _, bound in batch:
+                bound.warning("engine.record_failed", error=str(exc))
+            return
+        except Exception as exc:
+            for _ in batch:
+                log.error("engine.poll_crashed", error=repr(exc))
+            return
+        for (_, _, bound), ok in zip(batch, written, strict=True):
+            if not ok:
+                bound.warning("engine.lease_lost")
 
     async def _observe(self, job: JobState, bound: Any) -> Observation:
         try:
@@ -235,11 +366,14 @@ class Engine:
             bound.info("engine.poll_deferred", reason=exc.reason, retry_after=exc.retry_after)
             return Transient(exc.retry_after)
         self.stats.count_poll("ok")
-        await self._key_works()
+        if self._key_state is None or self._key_state == "refused":  # what _key_works checks first
+            await self._key_works()
         self._note_unknown_status(job.id, snapshot, bound)
         return Seen(snapshot)
 
     def _note_unknown_status(self, job_id: str, snapshot: Snapshot, bound: Any) -> None:
+        if snapshot.status == "pending":
+            return  # the common answer, known without normalising it
         status = snapshot.normalized_status or ""
         if status in TERMINAL_STATUSES or status == "pending":
             return
