@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.events import alert_event, delivery_id, outcome_event
@@ -81,8 +82,10 @@ class Recipient:
     delivery_deadline: float
 
 
-class Engine:
+class Engine(ClaimLoop):
     """Claims due jobs, polls them, records what happened; one per process."""
+
+    name, crashed, loop_log = "engine", "poll_crashed", log
 
     def __init__(
         self,
@@ -101,10 +104,10 @@ class Engine:
         on_deliveries: Callable[[], None] | None = None,
         on_poll: Callable[[str, float], None] | None = None,
     ) -> None:
+        super().__init__(clock=clock, limit=max_concurrency)
         self.store = store
         self.client = client
         self.policy = policy
-        self.clock = clock
         self.owner = owner
         self.recipients = {r.name: r for r in recipients}
         self.routes = tuple(routes)
@@ -115,7 +118,6 @@ class Engine:
         self.on_deliveries = on_deliveries or (lambda: None)
         self.on_poll = on_poll
         self.stats = EngineStats()
-        self._inflight: set[asyncio.Task[None]] = set()  # runners, one poll in flight each
         self._ready: deque[tuple[JobState, float]] = deque()  # claimed (job, when), not started
         self._reserve = 2 * max_concurrency  # ready jobs to keep besides those in flight
         self._stopping = False
@@ -123,7 +125,6 @@ class Engine:
         self._records: list[tuple[str, PollUpdate, JobLog]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._claiming = False
-        self._wake = asyncio.Event()
         self._unknown_logged: set[tuple[str, str]] = set()
         self._key_state: str | None = None
 
@@ -144,37 +145,18 @@ class Engine:
     # `record_polls` gets a `record_poll` per poll, awaited by the runner, as before.
     # The loop itself claims when runners end, on `wake`, and at least every second.
 
-    def wake(self) -> None:
-        """Look for due work now (a job was added, a poll finished)."""
-        self._wake.set()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)
-
     async def run(self, stop: asyncio.Event) -> None:
         """Poll due jobs until `stop` is set; in-flight polls are left to `drain`."""
-        failures = 0
         self._stopping = False
-        try:
-            while not stop.is_set():
-                self._wake.clear()
-                try:
-                    claimed = await self._claim()
-                    failures = 0
-                except StoreUnavailable as exc:
-                    failures += 1
-                    log.warning("engine.store_unavailable", error=str(exc), attempt=failures)
-                    await self._wait(stop, min(30.0, 0.5 * 2**failures))
-                    continue
-                if claimed and self._room() > 0:
-                    await asyncio.sleep(0)  # let the new polls start before claiming more
-                    continue
-                await self._wait(stop, await self._idle_timeout())
-        finally:
-            # Runners finish the poll in hand; jobs claimed but not started go back.
-            self._stopping = True
-            await self._release_ready()
+        await super().run(stop)
+
+    async def _after_run(self) -> None:
+        # Runners finish the poll in hand; jobs claimed but not started go back.
+        self._stopping = True
+        await self._release_ready()
+
+    async def _next_due_at(self) -> float | None:
+        return await self.store.next_job_due_at()
 
     def _room(self) -> int:
         """How many more jobs this engine may hold: max_concurrency in flight, plus the reserve."""
@@ -202,8 +184,7 @@ class Engine:
         while self._ready and len(self._inflight) < self.max_concurrency and not self._stopping:
             first = self._ready.popleft()
             task = asyncio.create_task(self._run_polls(first), name=f"poll:{first[0].id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._poll_done)
+            self._start(task)
 
     async def _run_polls(self, entry: tuple[JobState, float]) -> None:
         """One runner: poll `entry`'s job, then ready jobs one after another while there are any."""
@@ -245,58 +226,21 @@ class Engine:
         finally:
             self._flusher = None
 
-    def _poll_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("engine.poll_crashed", error=repr(exc))
-        self._wake.set()
-
     async def _release_ready(self) -> None:
         while self._ready:
             job, _ = self._ready.popleft()
             await self._release(job)
 
-    async def _idle_timeout(self) -> float:
-        if self.in_flight >= self.max_concurrency:
-            return 1.0
-        try:
-            due = await self.store.next_job_due_at()
-        except StoreUnavailable:
-            return 1.0
-        # Re-check at least every second: other processes (`add`, replicas) write to the store too.
-        return 1.0 if due is None else min(1.0, max(0.0, due - self.clock.now()))
-
-    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        if seconds <= 0 or stop.is_set():
-            await asyncio.sleep(0)
-            return
-        waiters = [
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.clock.sleep(seconds)),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for in-flight polls, cancel the rest and release their leases."""
         self._stopping = True
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=grace)
-        left = list(self._inflight)
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.gather(*left, return_exceptions=True)
+        cancelled = await self._finish_tasks(grace)
         await self._release_ready()
         if self._flusher is not None:
             # Polls already made are written, as a poll waiting on its record_poll was.
             await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
         await self._release_ready()
-        return len(left)
+        return cancelled
 
     # --- one poll ---------------------------------------------------------------
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
-from watcher.errors import PermanentDeliveryError, RetryableDeliveryError, StoreUnavailable
+from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.events import ALERT_EVENT, alert_event, delivery_id
 from watcher.models import Delivery, DeliveryState
 from watcher.notify.base import Notifier
@@ -41,8 +42,10 @@ class OutboxStats:
         self.results[key] = self.results.get(key, 0) + 1
 
 
-class Outbox:
+class Outbox(ClaimLoop):
     """Sends pending deliveries through their notifiers until delivered or dead."""
+
+    name, crashed, loop_log = "outbox", "delivery_crashed", log
 
     def __init__(
         self,
@@ -57,9 +60,9 @@ class Outbox:
         rng: random.Random | None = None,
         on_result: Callable[[Delivery, str, float], None] | None = None,
     ) -> None:
+        super().__init__(clock=clock, limit=concurrency)
         self.store = store
         self.notifiers = dict(notifiers)
-        self.clock = clock
         self.owner = owner
         self.concurrency = concurrency
         self.lease = lease
@@ -67,87 +70,24 @@ class Outbox:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.on_result = on_result
         self.stats = OutboxStats()
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set."""
-        failures = 0
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                claimed = await self._claim()
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("outbox.store_unavailable", error=str(exc), attempt=failures)
-                await self._wait(stop, min(30.0, 0.5 * 2**failures))
-                continue
-            if claimed and self.in_flight < self.concurrency:
-                await asyncio.sleep(0)
-                continue
-            await self._wait(stop, await self._idle_timeout())
 
     async def _claim(self) -> int:
-        free = self.concurrency - self.in_flight
+        free = self._room()
         if free <= 0:
             return 0
         due = await self.store.claim_due_deliveries(
             now=self.clock.now(), limit=free, owner=self.owner, lease=self.lease
         )
         for delivery in due:
-            task = asyncio.create_task(self.deliver(delivery), name=f"deliver:{delivery.id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
+            self._start(asyncio.create_task(self.deliver(delivery), name=f"deliver:{delivery.id}"))
         return len(due)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("outbox.delivery_crashed", error=repr(exc))
-        self._wake.set()
-
-    async def _idle_timeout(self) -> float:
-        if self.in_flight >= self.concurrency:
-            return 1.0
-        try:
-            due = await self.store.next_delivery_due_at()
-        except StoreUnavailable:
-            return 1.0
-        return 1.0 if due is None else min(1.0, max(0.0, due - self.clock.now()))
-
-    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        if seconds <= 0 or stop.is_set():
-            await asyncio.sleep(0)
-            return
-        waiters = [
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.clock.sleep(seconds)),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+    async def _next_due_at(self) -> float | None:
+        return await self.store.next_delivery_due_at()
 
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for in-flight deliveries; cancel the rest (their leases expire)."""
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=grace)
-        left = list(self._inflight)
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.gather(*left, return_exceptions=True)
-        return len(left)
+        return await self._finish_tasks(grace)
 
     # --- one delivery -------------------------------------------------------------
 
