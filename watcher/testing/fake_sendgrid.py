@@ -6,144 +6,35 @@ upload URI and the errors CSV) and a `/_control/` JSON API so another process
 can script jobs and faults. All job times come from an injectable `Clock`, so a
 test with a `ManualClock` drives a job's life without sleeping. It is built for
 speed: O(1) per status request and no per-request logging.
+
+This module holds the aiohttp app and server: `FakeSendGrid` (lifecycle,
+scripting, auth, rate limit, API and link handlers) and `serve`. The job model
+lives in `jobs`, fault injection in `faults`, the control API in `control` and
+the shared response helpers in `responses`, all under `watcher.testing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import gzip
-import io
 import math
-import random
-import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
 
 from watcher.clock import Clock, SystemClock
+from watcher.testing.control import CONTROL_PREFIX, ControlAPI
+from watcher.testing.faults import FaultPlan, Pauses, inject
+from watcher.testing.jobs import OUTCOMES, Job, contact_problem, outcome_of
+from watcher.testing.responses import sendgrid_error as _error
+
+__all__ = ["DEFAULT_API_KEY", "OUTCOMES", "Answer", "FakeSendGrid", "serve"]
 
 DEFAULT_API_KEY = "SG.fake-key"
-OUTCOMES = ("completed", "errored", "failed", "pending")
-_CONTROL_PREFIX = "/_control/"
-_SYNTHETIC_REASONS = ("invalid email", "invalid email", "invalid email", "email is required")
-# What a 200 looks like when a proxy or the API misbehaves: cut JSON, an HTML
-# error page, a JSON array, an object with the wrong types, nothing at all.
-_MALFORMED_BODIES = (
-    (b'{"id": "', "application/json"),
-    (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
-    (b'[{"status": "completed"}]', "application/json"),
-    (b'{"id": 42, "status": ["completed"], "results": "n/a"}', "application/json"),
-    (b"", "application/json"),
-)
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, message: str, field_name: str | None = None) -> web.Response:
-    """A JSON error in SendGrid's ErrorResponse shape: {"errors": [{"field", "message"}]}."""
-    return web.json_response({"errors": [{"field": field_name, "message": message}]},
-                             status=status)
-
-
-def _iso(epoch: float) -> str:
-    """ISO 8601 UTC, second precision, as SendGrid writes timestamps."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-@dataclass(slots=True)
-class _Job:
-    """One scripted job; `ready_at` None means waiting for its CSV upload."""
-
-    id: str
-    job_type: str
-    outcome: str
-    started_at: float
-    ready_at: float | None
-    visible_at: float
-    requested: int = 0
-    created: int = 0
-    updated: int = 0
-    deleted: int = 0
-    errored: int = 0
-    error_rows: list[tuple[str, str]] | None = None
-    status_override: str | None = None
-    email_column: int | None = None  # CSV imports: the column field_mappings maps to email
-    started_iso: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.started_iso = _iso(self.started_at)
-
-    def document(self, now: float, link_base: str) -> dict[str, Any]:
-        """The ContactImport body as seen at `now`."""
-        due = self.ready_at is not None and now >= self.ready_at
-        status = (self.status_override or self.outcome) if due else "pending"
-        final = due and self.outcome != "pending"
-        results: dict[str, Any] = {
-            "requested_count": self.requested,
-            "created_count": self.created if final else 0,
-            "updated_count": self.updated if final else 0,
-            "deleted_count": self.deleted if final else 0,
-            "errored_count": self.errored if final else 0,
-        }
-        body: dict[str, Any] = {"id": self.id, "status": status, "job_type": self.job_type,
-                                "results": results, "started_at": self.started_iso}
-        if final and self.ready_at is not None:
-            body["finished_at"] = _iso(self.ready_at)
-            if self.outcome in ("errored", "failed"):
-                results["errors_url"] = f"{link_base}/_errors/{self.id}.csv"
-        return body
-
-    def rejected_rows(self) -> list[tuple[str, str]]:
-        """The rows of the errors CSV: scripted ones, or one made-up row per errored row."""
-        if self.error_rows is not None:
-            return self.error_rows
-        reasons = _SYNTHETIC_REASONS
-        return [(f"row{i}.example.com", reasons[i % len(reasons)]) for i in range(self.errored)]
-
-
-def _outcome_of(requested: int, errored: int) -> str:
-    """SendGrid's status for a finished job with these counts."""
-    if errored == 0:
-        return "completed"
-    return "failed" if errored >= requested else "errored"
-
-
-def _contact_problem(contact: object) -> tuple[str, str] | None:
-    """(email, reason) when SendGrid would reject this contact, else None."""
-    if not isinstance(contact, dict):
-        return ("", "contact must be an object")
-    email = contact.get("email")
-    if email is None:
-        others = ("phone_number_id", "external_id", "anonymous_id")
-        return None if any(contact.get(k) for k in others) else ("", "email is required")
-    if not isinstance(email, str) or "@" not in email:
-        return (str(email), "invalid email")
-    return None
-
-
-def _read_upload(data: bytes, email_column: int | None) -> tuple[int, list[tuple[str, str]]]:
-    """Count the CSV's data rows and reject those without an '@' in the email column."""
-    if data[:2] == b"\x1f\x8b":  # gzip sent without Content-Encoding
-        data = gzip.decompress(data)
-    rows = [row for row in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if any(row)]
-    if not rows:
-        raise ValueError("empty file")
-    header = [cell.strip().lower() for cell in rows[0]]
-    if email_column is not None:
-        column = email_column
-    else:
-        column = header.index("email") if "email" in header else 0
-    rejected = []
-    for row in rows[1:]:
-        email = row[column].strip() if column < len(row) else ""
-        if "@" not in email:
-            rejected.append((email, "invalid email" if email else "email is required"))
-    return len(rows) - 1, rejected
 
 
 class FakeSendGrid:
@@ -161,9 +52,9 @@ class FakeSendGrid:
         self.default_pending_for = 0.5
         self.errors_url_ttl: float | None = None  # seconds after finished_at; None = forever
         self._runner: web.AppRunner | None = None
-        self._pauses: set[asyncio.Future[None]] = set()  # latency and hangs, cut by close()
+        self._pauses = Pauses()  # latency and hangs, cut by close()
         self._in_flight: dict[str, int] = {}
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._windows: dict[str, list[int]] = {}  # API key -> [window index, requests used]
         self._refused_status: int | None = None
         self.polls: Counter[str] = Counter()
@@ -185,11 +76,7 @@ class FakeSendGrid:
             web.put("/v3/marketing/contacts/imports", self._api_route(self._put_import)),
             web.put("/_upload/{id}", self._upload),
             web.get("/_errors/{id}.csv", self._errors_csv),
-            web.post("/_control/jobs", self._control_jobs),
-            web.post("/_control/faults", self._control_faults),
-            web.post("/_control/refuse_key", self._control_refuse_key),
-            web.get("/_control/stats", self._control_stats),
-            web.post("/_control/reset", self._control_reset),
+            *ControlAPI(self).routes(),
         ])
 
     # -- lifecycle ---------------------------------------------------------
@@ -209,8 +96,7 @@ class FakeSendGrid:
 
     async def close(self) -> None:
         """Cut short delayed and hanging requests, then stop listening."""
-        for pause in list(self._pauses):
-            _settle(pause)
+        self._pauses.cut()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -230,39 +116,20 @@ class FakeSendGrid:
                    error_rows: list[tuple[str, str]] | None = None, visible_after: float = 0.0,
                    status_override: str | None = None) -> None:
         """Make `job_id` exist: pending for `pending_for` seconds, then `outcome`."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, not {outcome!r}")
-        if errored is None:
-            errored = {"completed": 0, "pending": 0, "failed": requested}.get(outcome)
-        if errored is None:  # "errored": the scripted rows, else about a tenth
-            errored = len(error_rows) if error_rows else min(requested, max(1, requested // 10))
-        if created is None:
-            created = max(0, requested - updated - deleted - errored)
-        rows = [(str(email), str(reason)) for email, reason in error_rows] if error_rows else None
-        now = self.clock.now()
-        self._jobs[job_id] = _Job(
-            id=job_id, job_type=job_type, outcome=outcome, started_at=now,
-            ready_at=now + pending_for, visible_at=now + visible_after, requested=requested,
-            created=created, updated=updated, deleted=deleted, errored=errored,
-            error_rows=rows, status_override=status_override)
+        self._jobs[job_id] = Job.scripted(
+            job_id, self.clock.now(), outcome=outcome, pending_for=pending_for, job_type=job_type,
+            requested=requested, created=created, updated=updated, deleted=deleted,
+            errored=errored, error_rows=error_rows, visible_after=visible_after,
+            status_override=status_override)
 
     def set_faults(self, *, error_rate: float = 0.0, latency: float = 0.0,
                    malformed_rate: float = 0.0, drop_rate: float = 0.0, timeout_rate: float = 0.0,
                    status_429_rate: float = 0.0, seed: int | None = None) -> None:
         """Replace the fault settings applied to every /v3 request; all zero means none."""
-        rates = {"drop": drop_rate, "timeout": timeout_rate, "error": error_rate,
-                 "429": status_429_rate, "malformed": malformed_rate}
-        if any(not 0.0 <= rate <= 1.0 for rate in rates.values()) or latency < 0:
-            raise ValueError("rates must be within [0, 1] and latency >= 0")
-        self._latency = latency
-        self._rng = random.Random(seed)  # noqa: S311 - fault injection, not security
-        # Cumulative thresholds over one draw, so each rate is that share of requests.
-        self._fault_steps: list[tuple[float, str]] = []
-        total = 0.0
-        for kind, rate in rates.items():
-            if rate > 0:
-                total += rate
-                self._fault_steps.append((total, kind))
+        self._faults = FaultPlan(
+            error_rate=error_rate, latency=latency, malformed_rate=malformed_rate,
+            drop_rate=drop_rate, timeout_rate=timeout_rate, status_429_rate=status_429_rate,
+            seed=seed)
 
     def refuse_key(self, refused: bool = True, status: int = 401) -> None:
         """Answer every API request with 401 (or 403) while `refused`, as for a revoked key."""
@@ -293,7 +160,7 @@ class FakeSendGrid:
     @web.middleware
     async def _count(self, request: web.Request, handler: Answer) -> web.StreamResponse:
         """Count requests and statuses (control calls excluded); JSON 404 for unknown paths."""
-        if request.path.startswith(_CONTROL_PREFIX):
+        if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
         self.requests_total += 1
         try:
@@ -330,7 +197,7 @@ class FakeSendGrid:
         if not allowed:
             response: web.StreamResponse = _error(429, "too many requests")
         else:
-            response = await self._faulty(request) or await answer(request)
+            response = await inject(self._faults, self._pauses, request) or await answer(request)
         response.headers.update(limit_headers)
         return response
 
@@ -351,43 +218,6 @@ class FakeSendGrid:
             "X-RateLimit-Remaining": str(limit - window[1]),
             "X-RateLimit-Reset": str(math.ceil((index + 1) * self.rate_window)),
         }
-
-    async def _faulty(self, request: web.Request) -> web.StreamResponse | None:
-        """Apply latency, then maybe one fault; None means answer normally."""
-        if self._latency:
-            await self._pause(self._latency)
-        if not self._fault_steps:
-            return None
-        draw = self._rng.random()
-        kind = next((kind for bound, kind in self._fault_steps if draw < bound), None)
-        if kind == "error":
-            return web.json_response({"errors": [{"message": "internal server error"}]},
-                                     status=500)
-        if kind == "429":
-            return _error(429, "too many requests")
-        if kind == "malformed":
-            body, content_type = self._rng.choice(_MALFORMED_BODIES)
-            return web.Response(body=body, content_type=content_type)
-        if kind == "timeout":
-            await self._pause(None)
-        if kind in ("drop", "timeout"):
-            if request.transport is not None:
-                request.transport.close()  # the client sees the server disconnect
-            return web.Response(status=204)  # never sent: the transport is closing
-        return None
-
-    async def _pause(self, seconds: float | None) -> None:
-        """Wait `seconds` (None: until the client gives up), or less if the fake closes."""
-        loop = asyncio.get_running_loop()
-        pause: asyncio.Future[None] = loop.create_future()
-        timer = None if seconds is None else loop.call_later(seconds, _settle, pause)
-        self._pauses.add(pause)
-        try:
-            await pause
-        finally:
-            self._pauses.discard(pause)
-            if timer is not None:
-                timer.cancel()
 
     def _link_base(self, request: web.Request) -> str:
         """Base of the links handed out: base_url once known, else this request's origin."""
@@ -429,7 +259,7 @@ class FakeSendGrid:
         contacts = body.get("contacts") if isinstance(body, dict) else None
         if not isinstance(contacts, list) or not 1 <= len(contacts) <= 30_000:
             return _error(400, "contacts must hold 1 to 30000 items", "contacts")
-        rejected = [row for row in map(_contact_problem, contacts) if row is not None]
+        rejected = [row for row in map(contact_problem, contacts) if row is not None]
         return self._queue(request, "upsert", len(contacts), rejected)
 
     async def _delete_contacts(self, request: web.Request) -> web.StreamResponse:
@@ -446,7 +276,7 @@ class FakeSendGrid:
         job_id = str(uuid.uuid4())
         errored = len(rejected)
         self.script_job(
-            job_id, outcome=_outcome_of(requested, errored), job_type=job_type,
+            job_id, outcome=outcome_of(requested, errored), job_type=job_type,
             pending_for=self.default_pending_for, requested=requested, errored=errored,
             error_rows=rejected, created=requested - errored if job_type == "upsert" else 0,
             deleted=requested if job_type == "delete" else 0)
@@ -466,9 +296,7 @@ class FakeSendGrid:
         job_id = str(uuid.uuid4())
         now = self.clock.now()
         email_column = mappings.index("e1_T") if "e1_T" in mappings else None  # email field id
-        self._jobs[job_id] = _Job(id=job_id, job_type="upsert", outcome="pending",
-                                  started_at=now, ready_at=None, visible_at=now,
-                                  email_column=email_column)
+        self._jobs[job_id] = Job.awaiting_upload(job_id, now, email_column)
         return web.json_response({
             "job_id": job_id,
             "upload_uri": f"{self._link_base(request)}/_upload/{job_id}",
@@ -484,16 +312,7 @@ class FakeSendGrid:
             return web.Response(status=404, text="no such upload")
         if job.ready_at is not None:
             return web.Response(status=409, text="already uploaded")
-        try:
-            requested, rejected = _read_upload(await request.read(), job.email_column)
-        except (OSError, EOFError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-            outcome, requested, rejected = "failed", 0, [("", f"unreadable file: {exc}")]
-        else:
-            outcome = _outcome_of(requested, len(rejected))
-        job.outcome, job.requested, job.error_rows = outcome, requested, rejected
-        job.errored = min(requested, len(rejected))
-        job.created = requested - job.errored
-        job.ready_at = self.clock.now() + self.default_pending_for
+        job.take_upload(await request.read(), self.clock, self.default_pending_for)
         return web.Response(status=200)
 
     async def _errors_csv(self, request: web.Request) -> web.StreamResponse:
@@ -505,68 +324,7 @@ class FakeSendGrid:
         ttl, ready_at = self.errors_url_ttl, job.ready_at
         if ttl is not None and ready_at is not None and now > ready_at + ttl:
             return web.Response(status=403, text="link expired")
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(("email", "error"))
-        writer.writerows(job.rejected_rows())
-        return web.Response(text=out.getvalue(), content_type="text/csv")
-
-    # -- control API (no auth) ---------------------------------------------
-
-    async def _control_jobs(self, request: web.Request) -> web.StreamResponse:
-        """POST /_control/jobs: one script_job object (with "id") or a list of them."""
-        body = await _json_or_none(request)
-        specs = body if isinstance(body, list) else [body]
-        try:
-            for spec in specs:
-                kwargs = dict(spec)
-                job_id = str(kwargs.pop("id"))
-                if kwargs.get("error_rows") is not None:
-                    kwargs["error_rows"] = [tuple(row) for row in kwargs["error_rows"]]
-                self.script_job(job_id, **kwargs)
-        except (TypeError, ValueError, KeyError) as exc:
-            return web.json_response({"error": f"bad job: {exc!r}"}, status=400)
-        return web.json_response({"scripted": len(specs)}, status=201)
-
-    async def _control_faults(self, request: web.Request) -> web.StreamResponse:
-        """POST /_control/faults: set_faults keyword arguments as JSON."""
-        return _call_with_json(self.set_faults, await _json_or_none(request) or {})
-
-    async def _control_refuse_key(self, request: web.Request) -> web.StreamResponse:
-        """POST /_control/refuse_key: optional {"refused": bool, "status": 401|403}."""
-        return _call_with_json(self.refuse_key, await _json_or_none(request) or {})
-
-    async def _control_stats(self, request: web.Request) -> web.StreamResponse:
-        """GET /_control/stats: the counters."""
-        return web.json_response(self.stats())
-
-    async def _control_reset(self, request: web.Request) -> web.StreamResponse:
-        """POST /_control/reset: back to a fresh fake."""
-        self.reset()
-        return web.json_response({"reset": True})
-
-
-def _settle(pause: asyncio.Future[None]) -> None:
-    """End a pause unless it already ended."""
-    if not pause.done():
-        pause.set_result(None)
-
-
-async def _json_or_none(request: web.Request) -> Any:
-    """The request's JSON body, or None when it is empty or not JSON."""
-    try:
-        return await request.json() if request.can_read_body else None
-    except ValueError:
-        return None
-
-
-def _call_with_json(method: Callable[..., None], kwargs: Any) -> web.Response:
-    """Call a setter with JSON kwargs: 200 {"ok": true}, or 400 with why."""
-    try:
-        method(**kwargs)
-    except (TypeError, ValueError) as exc:
-        return web.json_response({"error": repr(exc)}, status=400)
-    return web.json_response({"ok": True})
+        return web.Response(text=job.errors_csv(), content_type="text/csv")
 
 
 async def serve(host: str = "127.0.0.1", port: int = 0, *,
