@@ -8,19 +8,17 @@ Other processes (`import-watcher add`) are serialised by WAL + busy_timeout.
 Leases: `due_at` is next_poll_at (or next_attempt_at) while a row is free and
 the lease expiry while it is claimed, so one partial index answers "what is
 due and unclaimed", and an expired lease simply becomes due again.
+
+Around this module: sqlite_schema (tables, migrations), sqlite_db (the connection
+and its transactions) and sqlite_rows (rows to models and back, and their memos).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from watcher.errors import StoreUnavailable, WatcherError
 from watcher.models import (
     WATCHING,
     Delivery,
@@ -32,47 +30,34 @@ from watcher.models import (
     Snapshot,
     StoreCounts,
 )
-
-BUSY_TIMEOUT_MS = 5000
-
-_SCHEMA_V1 = """
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY, labels TEXT NOT NULL, notify TEXT,
-    added_at REAL NOT NULL, next_poll_at REAL NOT NULL, due_at REAL NOT NULL,
-    polls INTEGER NOT NULL DEFAULT 0, transient_errors INTEGER NOT NULL DEFAULT 0,
-    snapshot TEXT, outcome TEXT, detected_at REAL, lease_owner TEXT, lease_until REAL
-);
-CREATE INDEX jobs_due ON jobs (due_at, id) WHERE outcome IS NULL;
-CREATE INDEX jobs_added ON jobs (added_at, id);
-CREATE INDEX jobs_detected ON jobs (detected_at) WHERE outcome IS NOT NULL;
-CREATE TABLE deliveries (
-    id TEXT PRIMARY KEY, job_id TEXT, notifier TEXT NOT NULL, event TEXT NOT NULL,
-    created_at REAL NOT NULL, next_attempt_at REAL NOT NULL, due_at REAL NOT NULL,
-    deadline_at REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT, lease_owner TEXT, lease_until REAL
-);
-CREATE INDEX deliveries_due ON deliveries (due_at, id) WHERE state = 'pending';
-CREATE INDEX deliveries_job ON deliveries (job_id, created_at, id);
-CREATE INDEX deliveries_created ON deliveries (created_at, id);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-#: Migration N takes a database from user_version N to N + 1; append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_JOB_COLUMNS = (
-    "id, labels, notify, added_at, next_poll_at, polls, transient_errors,"
-    " snapshot, outcome, detected_at"
+from watcher.store.sqlite_db import BUSY_TIMEOUT_MS, SqliteDatabase
+from watcher.store.sqlite_rows import (
+    _DELIVERY_COLUMNS,
+    _INSERT_DELIVERY,
+    _JOB_COLUMNS,
+    LABELS_MEMO,
+    SNAPSHOT_MEMO,
+    _delivery,
+    _delivery_params,
+    _dumps,
+    _job,
+    _LabelsMemo,
+    _snapshot_json,
+    _SnapshotMemo,
 )
-_DELIVERY_COLUMNS = (
-    "id, notifier, event, created_at, next_attempt_at, deadline_at, job_id,"
-    " state, attempts, last_error"
-)
-_INSERT_DELIVERY = (
-    f"INSERT OR IGNORE INTO deliveries ({_DELIVERY_COLUMNS}, due_at) VALUES"  # noqa: S608
-    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+from watcher.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, migrate
+
+# Re-exported: these lived here before the schema, connection and row helpers moved out.
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "LABELS_MEMO",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SNAPSHOT_MEMO",
+    "SPREAD_CHUNK",
+    "SqliteStore",
+    "migrate",
+]
 
 _RECORD_POLL = (
     "UPDATE jobs SET next_poll_at = ?, due_at = ?, polls = ?, transient_errors = ?,"
@@ -90,281 +75,23 @@ _SPREAD_CHUNK = (
 )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _snapshot_json(snapshot: Snapshot | None) -> str | None:
-    return None if snapshot is None else _dumps(snapshot.to_dict())
-
-
-def _snapshot(text: str | None) -> Snapshot | None:
-    return None if text is None else Snapshot.from_dict(json.loads(text))
-
-
-#: Distinct labels texts kept parsed (labels repeat across jobs: a team, a source).
-LABELS_MEMO = 256
-
-
-class _LabelsMemo:
-    """The labels column parsed once per distinct text; each job still gets a dict of its own."""
-
-    def __init__(self) -> None:
-        self._parsed: dict[str, dict[str, str]] = {}
-
-    def __call__(self, text: str) -> Any:
-        parsed = self._parsed.get(text)
-        if parsed is not None:
-            return dict(parsed)
-        value = json.loads(text)
-        if type(value) is dict and all(type(v) is str for v in value.values()):
-            if len(self._parsed) >= LABELS_MEMO:
-                self._parsed.clear()
-            self._parsed[text] = dict(value)
-        return value
-
-
-def _job(
-    row: Sequence[Any], labels_of: Callable[[str], Any] = json.loads, snapshot: Snapshot | None = None
-) -> JobState:
-    """A row of _JOB_COLUMNS (by position: a tuple or a sqlite3.Row) as a JobState.
-
-    `snapshot`, when given, is the row's snapshot already parsed (see _SnapshotMemo).
-    """
-    job_id, labels, notify, added_at, next_poll_at, polls, transient_errors, text, outcome, detected_at = row
-    return JobState(
-        job_id,
-        labels_of(labels),
-        None if notify is None else tuple(json.loads(notify)),
-        added_at,
-        next_poll_at,
-        polls,
-        transient_errors,
-        _snapshot(text) if snapshot is None else snapshot,
-        None if outcome is None else Outcome(outcome),
-        detected_at,
-    )
-
-
-def _same_json(a: Snapshot, b: Snapshot) -> bool:
-    """Whether `_snapshot_json` gives the same text for both: equal, and alike in every
-    way equality overlooks (results key order, 1 vs 1.0 vs true, 0.0 vs -0.0)."""
-    if a is b:
-        return True
-    if (
-        a.status != b.status or a.job_type != b.job_type
-        or a.started_at != b.started_at or a.finished_at != b.finished_at
-        or type(a.status) is not type(b.status) or type(a.job_type) is not type(b.job_type)
-        or type(a.started_at) is not type(b.started_at) or type(a.finished_at) is not type(b.finished_at)
-    ):  # fmt: skip
-        return False
-    ra, rb = a.results, b.results
-    if type(ra) is not dict or type(rb) is not dict or len(ra) != len(rb):
-        return False
-    for (ka, va), (kb, vb) in zip(ra.items(), rb.items(), strict=True):
-        if ka != kb or type(ka) is not str or type(kb) is not str or type(va) is not type(vb) or va != vb:
-            return False
-        if type(va) is float and repr(va) != repr(vb):
-            return False
-        if type(va) not in _FLAT_JSON:
-            return False
-    return True
-
-
-_FLAT_JSON = (str, int, float, bool, type(None))
-
-#: Jobs whose last written snapshot the store remembers (bounds its memory at 100,000 jobs).
-SNAPSHOT_MEMO = 4096
-
-
-class _SnapshotMemo:
-    """The snapshot text this store last wrote for a job, with the Snapshot it came from.
-
-    A job that is still running mostly shows the same snapshot poll after poll: then
-    record_poll writes the remembered text instead of serialising the Snapshot again,
-    and the next claim reuses the Snapshot instead of parsing the text again. Texts
-    are compared, so a row changed by anyone else is parsed as before.
-    """
-
-    def __init__(self, size: int = SNAPSHOT_MEMO) -> None:
-        self._size = size
-        self._entries: dict[str, tuple[str, Snapshot]] = {}
-
-    def text(self, job_id: str, snapshot: Snapshot | None) -> str | None:
-        """`_snapshot_json(snapshot)`, from the memo when this job last had an identical one."""
-        if snapshot is None:
-            return None
-        entry = self._entries.get(job_id)
-        if entry is not None and _same_json(entry[1], snapshot):
-            return entry[0]
-        return _snapshot_json(snapshot)
-
-    def remember(self, job_id: str, text: str | None, snapshot: Snapshot | None) -> None:
-        """Note that `text` (which is `_snapshot_json(snapshot)`) is now this job's row."""
-        entries = self._entries
-        if text is None or snapshot is None or type(snapshot.results) is not dict:
-            entries.pop(job_id, None)
-            return
-        if job_id not in entries and len(entries) >= self._size:
-            del entries[next(iter(entries))]  # the oldest
-        entries[job_id] = (text, snapshot)
-
-    def snapshot(self, job_id: str, text: str | None) -> Snapshot | None:
-        """The Snapshot of `text` if it is the text last written for this job, else None."""
-        if text is None:
-            return None
-        entry = self._entries.get(job_id)
-        return entry[1] if entry is not None and entry[0] == text else None
-
-    def forget(self, job_id: str) -> None:
-        self._entries.pop(job_id, None)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        notifier=row["notifier"],
-        event=json.loads(row["event"]),
-        created_at=row["created_at"],
-        next_attempt_at=row["next_attempt_at"],
-        deadline_at=row["deadline_at"],
-        job_id=row["job_id"],
-        state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-    )
-
-
-def _delivery_params(d: Delivery) -> tuple[Any, ...]:
-    return (
-        d.id, d.notifier, _dumps(dict(d.event)), d.created_at, d.next_attempt_at,
-        d.deadline_at, d.job_id, DeliveryState(d.state).value, d.attempts, d.last_error,
-        d.next_attempt_at,
-    )  # fmt: skip
-
-
-def _is_transient(exc: sqlite3.OperationalError) -> bool:
-    """Lock contention and I/O trouble are worth retrying; a bad query is not."""
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "disk i/o", "unable to open"))
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION (each step in its own transaction); returns it."""
-    while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Read inside the write lock: two processes opening at once migrate once.
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise WatcherError(
-                    f"state database schema version {version} is newer than this"
-                    f" import-watcher supports ({SCHEMA_VERSION}); upgrade import-watcher"
-                )
-            if version == SCHEMA_VERSION:
-                conn.execute("COMMIT")
-                return version
-            # Not executescript(): it would COMMIT first and break the transaction.
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
-class SqliteStore:
+class SqliteStore(SqliteDatabase):
     """A StateStore in one SQLite file (or ":memory:")."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+        super().__init__(path)
         # record_poll group commit: the polls recorded in one event-loop iteration.
         self._poll_batch: list[tuple[tuple[Any, ...], asyncio.Future[bool], Snapshot | None]] = []
         self._snapshots = _SnapshotMemo()
         self._labels = _LabelsMemo()
 
-    # --- plumbing -----------------------------------------------------------
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreUnavailable(f"SQLite store {self.path} is not open")
-        return self._conn
-
-    async def open(self) -> None:
-        """Open the file, create its directory if needed, and migrate the schema."""
-        if self._conn is not None:
-            return
-        with self._errors():
-            if self.path != ":memory:" and not self.path.startswith("file:"):
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer
-            # takes the lock up front instead of failing to upgrade a read lock.
-            uri = self.path.startswith("file:")
-            conn = sqlite3.connect(self.path, isolation_level=None, uri=uri)
-            try:
-                conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.execute("PRAGMA cache_size = -16000")
-                migrate(conn)
-            except BaseException:
-                conn.close()
-                raise
-        self._conn = conn
+    # --- plumbing (the rest is SqliteDatabase's) ------------------------------
 
     async def close(self) -> None:
         if self._poll_batch:
             self._write_polls()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await super().close()
         self._snapshots.clear()
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable when the file cannot be read."""
-        with self._errors():
-            self._db.execute("SELECT 1").fetchone()
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if _is_transient(exc):
-                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
-            raise
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taking the lock at BEGIN so it cannot deadlock later."""
-        with self._errors():
-            conn = self._db
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._errors():
-            return self._db.execute(sql, params).fetchall()
-
-    def _update(self, sql: str, params: Sequence[Any]) -> int:
-        """One write statement, still under BEGIN IMMEDIATE: an autocommit write that
-        upgrades a stale read snapshot fails with "locked" without waiting."""
-        with self._write() as conn:
-            return conn.execute(sql, params).rowcount
 
     # --- jobs ---------------------------------------------------------------
 

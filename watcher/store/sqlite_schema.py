@@ -1,0 +1,63 @@
+"""The SQLite store's schema: its tables and indexes as migrations, and `migrate`.
+
+A database file's PRAGMA user_version is the number of migrations applied to it;
+SCHEMA_VERSION is the number this import-watcher knows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from watcher.errors import WatcherError
+
+_SCHEMA_V1 = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, labels TEXT NOT NULL, notify TEXT,
+    added_at REAL NOT NULL, next_poll_at REAL NOT NULL, due_at REAL NOT NULL,
+    polls INTEGER NOT NULL DEFAULT 0, transient_errors INTEGER NOT NULL DEFAULT 0,
+    snapshot TEXT, outcome TEXT, detected_at REAL, lease_owner TEXT, lease_until REAL
+);
+CREATE INDEX jobs_due ON jobs (due_at, id) WHERE outcome IS NULL;
+CREATE INDEX jobs_added ON jobs (added_at, id);
+CREATE INDEX jobs_detected ON jobs (detected_at) WHERE outcome IS NOT NULL;
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY, job_id TEXT, notifier TEXT NOT NULL, event TEXT NOT NULL,
+    created_at REAL NOT NULL, next_attempt_at REAL NOT NULL, due_at REAL NOT NULL,
+    deadline_at REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT, lease_owner TEXT, lease_until REAL
+);
+CREATE INDEX deliveries_due ON deliveries (due_at, id) WHERE state = 'pending';
+CREATE INDEX deliveries_job ON deliveries (job_id, created_at, id);
+CREATE INDEX deliveries_created ON deliveries (created_at, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+#: Migration N takes a database from user_version N to N + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION (each step in its own transaction); returns it."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read inside the write lock: two processes opening at once migrate once.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise WatcherError(
+                    f"state database schema version {version} is newer than this"
+                    f" import-watcher supports ({SCHEMA_VERSION}); upgrade import-watcher"
+                )
+            if version == SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return version
+            # Not executescript(): it would COMMIT first and break the transaction.
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
