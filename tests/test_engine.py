@@ -86,6 +86,21 @@ async def run_until(engine: Engine, done: Callable[[], Awaitable[bool]], timeout
     assert 0 == await engine.drain(5.0)
 
 
+def make_engine(store: StateStore, client: FakeSendGrid, clock: Clock, **options: float) -> Engine:
+    """An engine polling each job once, as owner "w1", with the given max_concurrency and lease."""
+    return Engine(
+        store=store, client=client, policy=ONCE, clock=clock, owner="w1", recipients=[],
+        max_concurrency=int(options.get("max_concurrency", 32)), lease=options.get("lease", 120.0),
+    )
+
+
+def each_polled_once(store: StateStore) -> Callable[[], Awaitable[bool]]:
+    async def done() -> bool:
+        return all(job.polls == 1 for job in await store.list_jobs())
+
+    return done
+
+
 async def test_runners_poll_every_due_job_once_within_max_concurrency(tmp_path: Path) -> None:
     """Many due jobs: each is polled and recorded once, never more than max_concurrency at a time."""
     store = SqliteStore(str(tmp_path / "state.db"))
@@ -93,14 +108,9 @@ async def test_runners_poll_every_due_job_once_within_max_concurrency(tmp_path: 
     clock = SystemClock()
     ids = await add_jobs(store, 60, clock.now())
     client = FakeSendGrid(clock, delay=0.001)
-    engine = Engine(
-        store=store, client=client, policy=ONCE, clock=clock, owner="w1", recipients=[], max_concurrency=4
-    )
+    engine = make_engine(store, client, clock, max_concurrency=4)
 
-    async def all_recorded() -> bool:
-        return all(job.polls == 1 for job in await store.list_jobs())
-
-    await run_until(engine, all_recorded)
+    await run_until(engine, each_polled_once(store))
     assert (sorted(ids), 4) == (sorted(client.calls), client.peak)
     assert ({"ok": 60}, 0) == (engine.stats.polls, engine.in_flight)
     # Every lease was given back with the record: nothing is held, nothing is due before its time.
@@ -116,14 +126,9 @@ async def test_a_store_without_record_polls_gets_a_record_poll_per_poll() -> Non
     clock = SystemClock()
     await add_jobs(store, 10, clock.now())
     client = FakeSendGrid(clock)
-    engine = Engine(
-        store=store, client=client, policy=ONCE, clock=clock, owner="w1", recipients=[], max_concurrency=3
-    )
+    engine = make_engine(store, client, clock, max_concurrency=3)
 
-    async def all_recorded() -> bool:
-        return all(job.polls == 1 for job in await store.list_jobs())
-
-    await run_until(engine, all_recorded)
+    await run_until(engine, each_polled_once(store))
     assert (10, 10) == (len(client.calls), store.record_poll_calls)
 
 
@@ -133,9 +138,7 @@ async def test_stopping_gives_back_jobs_claimed_but_not_started() -> None:
     clock = SystemClock()
     await add_jobs(store, 40, clock.now())
     client = FakeSendGrid(clock, delay=0.005)
-    engine = Engine(
-        store=store, client=client, policy=ONCE, clock=clock, owner="w1", recipients=[], max_concurrency=2
-    )
+    engine = make_engine(store, client, clock, max_concurrency=2)
 
     async def some_polled() -> bool:
         return len(client.calls) >= 5
@@ -157,15 +160,9 @@ async def test_a_ready_job_whose_lease_half_ran_out_is_given_back_not_polled() -
     ids = await add_jobs(store, 2, clock.now())
     # Polling the first job takes 6 s of the 10 s lease the second one waits with.
     client = FakeSendGrid(clock, advance={ids[0]: 6.0})
-    engine = Engine(
-        store=store, client=client, policy=ONCE, clock=clock, owner="w1", recipients=[],
-        max_concurrency=1, lease=10.0,
-    )
+    engine = make_engine(store, client, clock, max_concurrency=1, lease=10.0)
 
-    async def both_recorded() -> bool:
-        return all(job.polls == 1 for job in await store.list_jobs())
-
-    await run_until(engine, both_recorded)
+    await run_until(engine, each_polled_once(store))
     assert (ids, [ids[1]]) == (client.calls, store.released)
 
 
@@ -177,14 +174,8 @@ async def test_the_reserve_shrinks_when_polls_are_slower_than_the_lease() -> Non
     ids = await add_jobs(store, 40, clock.now())
     # Every poll takes 1 s of a 8 s lease, one at a time: a reserve of 2 waits 2 s at most.
     client = FakeSendGrid(clock, advance=dict.fromkeys(ids, 1.0))
-    engine = Engine(
-        store=store, client=client, policy=ONCE, clock=clock, owner="w1", recipients=[],
-        max_concurrency=1, lease=8.0,
-    )
+    engine = make_engine(store, client, clock, max_concurrency=1, lease=8.0)
 
-    async def all_recorded() -> bool:
-        return all(job.polls == 1 for job in await store.list_jobs())
-
-    await run_until(engine, all_recorded)
+    await run_until(engine, each_polled_once(store))
     assert sorted(ids) == sorted(client.calls)
     assert len(store.released) <= 4

@@ -31,7 +31,7 @@ REQUEST_TIMEOUT = 0.5
 RATE_LIMIT = 500  # requests per 1 s window, announced in X-RateLimit-* headers
 BASE_FAULTS = {"error_rate": 0.3, "timeout_rate": 0.03, "malformed_rate": 0.05, "drop_rate": 0.03}
 # 429s come in storms on top of the base faults: (start after the run began, length, share of 429s).
-# Any 429 holds every request until the window resets (ratelimit.py), so a steady trickle of them
+# Any 429 holds every request until the window resets (watcher/ratelimit/), so a steady trickle of them
 # would stall the whole run; storms show the daemon waiting them out and catching up.
 STORMS = ((1.0, 0.6, 0.5), (4.0, 0.6, 0.5))
 
