@@ -73,6 +73,9 @@ async def test_post_jobs_is_202_then_200(tmp_path: Path) -> None:
         (json.dumps([1, 2]).encode(), "invalid_job"),
         (json.dumps({"id": "ok-1", "color": "red"}).encode(), "invalid_job"),
         (json.dumps({"id": "ok-1", "labels": {"a": ["b"]}}).encode(), "invalid_job"),
+        (json.dumps({"id": "ok-1", "labels": []}).encode(), "invalid_job"),
+        (json.dumps({"id": "ok-1", "labels": 0}).encode(), "invalid_job"),
+        (json.dumps({"id": "ok-1", "notify": ""}).encode(), "invalid_job"),
         (json.dumps({"id": "ok-1", "notify": ["nobody"]}).encode(), "unknown_notifier"),
     ],
 )
@@ -86,6 +89,18 @@ async def test_post_jobs_rejects_invalid_bodies(tmp_path: Path, body: bytes, cod
         assert [] == await daemon.store.list_jobs()
     assert code == error["error"]
     assert error["message"]
+
+
+async def test_post_jobs_takes_null_as_absent(tmp_path: Path) -> None:
+    """`"notify": null` leaves the job to the routes and `"labels": null` means none, as documented."""
+    async with FakeSendGrid() as fake, running_daemon(tmp_path, server_config_text(fake.base_url, tmp_path)) as daemon:
+        fake.script_job("null-1", outcome="pending")
+        assert daemon.server is not None
+        body = {"id": "null-1", "labels": None, "notify": None}
+        async with aiohttp.ClientSession(headers=bearer()) as http, http.post(f"{daemon.server.url}/jobs", json=body) as response:
+            assert 202 == response.status
+            view = await response.json()
+    assert ({}, None) == (view["labels"], view["notify"])
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -123,13 +138,19 @@ async def test_get_jobs_matches_status_json(tmp_path: Path) -> None:
                 failed = await response.json()
             async with http.get(f"{url}/jobs/done-1") as response:
                 one = await response.json()
+            async with http.get(f"{url}/jobs", params={"state": ""}) as response:
+                everything = await response.json()  # `state=` is "all jobs", as the page's first option
             async with http.get(f"{url}/jobs", params={"state": "nonsense"}) as response:
                 assert 400 == response.status
+            for limit in ("0", "²", "1.0", ""):  # "²" passes str.isdigit() but not int()
+                async with http.get(f"{url}/jobs", params={"limit": limit}) as response:
+                    assert (400, "invalid_limit") == (response.status, (await response.json())["error"]), limit
             printed = io.StringIO()
             with redirect_stdout(printed):
                 assert 0 == await asyncio.to_thread(main, ["status", "-c", str(tmp_path / "config.yaml"), "--json"])
     assert json.loads(printed.getvalue()) == listed
     assert ["fail-1"] == [job["id"] for job in failed]
+    assert listed == everything
     assert one == next(job for job in listed if job["id"] == "done-1")
     assert {"id", "state", "polls", "labels", "added_at", "finished_at", "detected_at", "deliveries"} <= set(one)
     assert [{"notifier": "hook", "state": "delivered", "attempts": 1}] == [
@@ -291,3 +312,18 @@ async def test_openapi_describes_every_route(tmp_path: Path) -> None:
     assert set(schemas["Job"]["properties"]) == set(job)
     assert set(schemas["Error"]["properties"]) == set(error)
     assert all(ref.startswith("#/components/") for ref in re.findall(r'"\$ref": "([^"]+)"', json.dumps(document)))
+    assert list(daemon.notifiers) == schemas["NotifierName"]["enum"]  # what `notify` may name
+
+
+async def test_openapi_lists_the_configured_notifiers(tmp_path: Path) -> None:
+    """The served document's NotifierName enum is the daemon's notifiers, so a name outside it is the 400."""
+    async with FakeSendGrid() as fake:
+        text = server_config_text(fake.base_url, tmp_path, extra="notifiers:\n  ops:\n    type: console\n")
+        async with running_daemon(tmp_path, text, extra_notifiers={"gated": GatedNotifier()}) as daemon:
+            assert daemon.server is not None
+            async with aiohttp.ClientSession(headers=bearer()) as http:
+                async with http.get(f"{daemon.server.url}/openapi.json") as response:
+                    document = await response.json()
+                async with http.post(f"{daemon.server.url}/jobs", json={"id": "n-1", "notify": ["ops", "hook"]}) as response:
+                    assert (400, "unknown_notifier") == (response.status, (await response.json())["error"])
+    assert ["ops", "gated"] == document["components"]["schemas"]["NotifierName"]["enum"]

@@ -16,10 +16,10 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -73,6 +73,18 @@ def _static_text(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
 
 
+def openapi_document(notifiers: Sequence[str], version: str | None = None) -> dict[str, Any]:
+    """The packaged static/openapi.json as one daemon serves it: with its version, and the names
+    `notify` accepts (its configured notifiers) as an enum, so that a client, or a fuzzer, can
+    tell a name that will be refused with 400 `unknown_notifier` from one that will not."""
+    document: dict[str, Any] = json.loads(_static_text("openapi.json"))
+    if version is not None:
+        document["info"]["version"] = version
+    # With no notifier configured the enum is empty: `notify` can then only be [] or null.
+    document["components"]["schemas"]["NotifierName"]["enum"] = list(notifiers)
+    return document
+
+
 class WatcherServer:
     """One daemon's HTTP listener; `url` is the bound address (port 0 picks a free one)."""
 
@@ -89,9 +101,11 @@ class WatcherServer:
         )
         self._page = _static_text("index.html")
         self._assets = {name: _static_text(name) for name in ASSETS}
-        self._openapi = json.loads(_static_text("openapi.json"))
+        version = None
         with contextlib.suppress(metadata.PackageNotFoundError):
-            self._openapi["info"]["version"] = metadata.version("import-watcher")
+            version = metadata.version("import-watcher")
+        # The notifiers are fixed for the daemon's life (the intake checks `notify` against the same names).
+        self._openapi = openapi_document(list(daemon.notifiers), version)
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Listen; the listener is closed when `stack` unwinds (after the daemon's drain)."""
@@ -240,6 +254,10 @@ class WatcherServer:
                 validate_job_id(message if isinstance(message, str) else message["id"])
             except InvalidJobId as exc:
                 raise ApiError(400, "invalid_job_id", str(exc)) from None
+        if isinstance(message, Mapping) and not isinstance(message.get("labels"), Mapping | None):
+            # parse_job (shared with the job file) reads any empty value as "no labels";
+            # the API takes only what its document allows: an object, or null for none.
+            raise ApiError(400, "invalid_job", "`labels` must be an object of strings or numbers, or null")
         try:
             ref = parse_job(message)
         except ValueError as exc:
@@ -260,13 +278,14 @@ class WatcherServer:
     async def list_jobs(self, request: web.Request) -> web.Response:
         """GET /jobs?state=&limit=: the `status --json` objects, oldest first."""
         self._require_token(request, read_only=True)
-        state = request.query.get("state") or None
+        state = request.query.get("state") or None  # `state=` is "all", as the page's "all jobs" option
         if state is not None and state not in STATES:
             raise ApiError(400, "invalid_state", f"state must be one of {', '.join(sorted(STATES))}")
         limit_text = request.query.get("limit")
         limit = None
         if limit_text is not None:
-            if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+            if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
                 raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
             limit = int(limit_text)
         jobs = await self.daemon.store.list_jobs(state=state, limit=limit)
