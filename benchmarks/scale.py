@@ -38,8 +38,8 @@ TARGET_MB = 250.0
 MB = 1024 * 1024
 
 
-#: RSS moves by a megabyte or so between identical runs: 10 B/job at 100,000 jobs.
-NOISE_BYTES_PER_JOB = 10.0
+#: RSS moves by a megabyte or so between identical runs (10 B/job at 100,000 jobs).
+NOISE_BYTES = 1 << 20
 
 
 def run(mode: Mode) -> Figure:
@@ -69,7 +69,7 @@ def run(mode: Mode) -> Figure:
         met=None if mode.quick else worst / MB < TARGET_MB,
         summary=(
             f"{worst / MB:.0f} MB peak vs {empty['peak_rss'] / MB:.0f} MB empty; "
-            f"{_per_job(per_job_idle)} idle, {_per_job(per_job_polling)} while polling"
+            f"{_per_job(per_job_idle, jobs)} idle, {_per_job(per_job_polling, jobs)} while polling"
         ),
         details={
             "jobs": jobs,
@@ -105,9 +105,9 @@ async def _daemon(args: dict[str, Any]) -> dict[str, Any]:
     return {"rss": seen["rss"], "peak_rss": peak_rss_bytes(), "polls": seen["polls"]}
 
 
-def _per_job(value: float) -> str:
-    """Bytes per job; a few bytes either way (a 1 MB RSS wobble over 100,000 jobs) is noise."""
-    return "~0 B/job (within RSS noise)" if abs(value) < NOISE_BYTES_PER_JOB else f"{value:.0f} B/job"
+def _per_job(value: float, jobs: int) -> str:
+    """Bytes per job, or ~0 when the difference is within the RSS noise spread over the jobs."""
+    return "~0 B/job (within RSS noise)" if abs(value) * jobs < NOISE_BYTES else f"{value:.0f} B/job"
 
 
 if __name__ == "__main__":
