@@ -24,7 +24,7 @@ from watcher.models import (
     Snapshot,
 )
 from watcher.store import MemoryStore, RedisStore, SqliteStore, StateStore, open_store
-from watcher.store.base import RecordsPolls
+from watcher.store.base import AddsJobs, RecordsPolls
 from watcher.store.sqlite import SCHEMA_VERSION
 
 #: The conftest fixture's type: opens another instance over the same data.
@@ -148,6 +148,29 @@ async def test_add_job_is_idempotent(store: StateStore) -> None:
     )
     job = await get(store, "job-1")
     assert ({"v": "1"}, NOW, NOW) == (job.labels, job.added_at, job.next_poll_at)
+
+
+async def test_add_jobs_answers_each_ref_in_order_as_add_job_would(store: StateStore) -> None:
+    """add_jobs adds what add_job would, in order: known ids (before or earlier in the batch) are
+    False and keep what they had; the new ones read back exactly as add_job's do."""
+    assert isinstance(store, AddsJobs)
+    await store.add_job(JobRef("old", {"v": "1"}), now=NOW, first_poll_at=NOW)
+    refs = [
+        JobRef("job-1", {"team": "growth", "liste": "ニュース ✉"}, ("team-slack", "audit")),
+        JobRef("old", {"v": "2"}),
+        JobRef("job-2", notify=()),
+        JobRef("job-1", {"team": "other"}),
+    ]
+    assert [True, False, True, False] == await store.add_jobs(refs, now=NOW + 5, first_poll_at=NOW + 7)
+    assert [] == await store.add_jobs([], now=NOW, first_poll_at=NOW)
+    await store.add_job(JobRef("single", {"team": "growth", "liste": "ニュース ✉"}, ("team-slack", "audit")),
+                        now=NOW + 5, first_poll_at=NOW + 7)  # fmt: skip
+    assert replace(await get(store, "single"), id="job-1") == await get(store, "job-1")
+    old, job2 = await get(store, "old"), await get(store, "job-2")
+    assert ({"v": "1"}, NOW) == (old.labels, old.added_at)
+    assert ((), NOW + 7) == (job2.notify, job2.next_poll_at)
+    assert ["old", "job-1", "job-2", "single"] == ids(await store.list_jobs())
+    assert ["old"] == ids(await store.claim_due_jobs(now=NOW + 6, limit=10, owner="w1", lease=LEASE))
 
 
 async def test_get_unknown_job_is_none(store: StateStore) -> None:

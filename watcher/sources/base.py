@@ -9,7 +9,7 @@ from watcher.clock import Clock
 from watcher.errors import InvalidJobId
 from watcher.models import JobRef
 from watcher.policy import PollPolicy, first_poll_at
-from watcher.store.base import StateStore
+from watcher.store.base import AddsJobs, StateStore
 
 
 class JobSource(Protocol):
@@ -41,6 +41,19 @@ class Intake:
         now = self.clock.now()
         added = await self.store.add_job(ref, now=now, first_poll_at=first_poll_at(self.policy, now))
         if added:
+            for callback in self.on_added:
+                callback()
+        return added
+
+    async def add_many(self, refs: Sequence[JobRef]) -> list[bool]:
+        """Store several jobs at once (one transaction where the store can); True for each new one."""
+        now = self.clock.now()
+        first = first_poll_at(self.policy, now)
+        if isinstance(self.store, AddsJobs):
+            added = await self.store.add_jobs(refs, now=now, first_poll_at=first)
+        else:
+            added = [await self.store.add_job(ref, now=now, first_poll_at=first) for ref in refs]
+        if any(added):
             for callback in self.on_added:
                 callback()
         return added

@@ -115,3 +115,19 @@ class RecordsPolls(Protocol):
         Atomic as one `record_poll` is: when this raises StoreUnavailable, none was written.
         """
         ...
+
+
+@runtime_checkable
+class AddsJobs(Protocol):
+    """Optional for a StateStore: many jobs added in one go (every built-in store has it).
+
+    A job file of 100,000 jobs is added in batches with this when the store offers it,
+    and with one `add_job` each otherwise.
+    """
+
+    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+        """`add_job` for each ref, in order; the answers in the same order.
+
+        Atomic as one `add_job` is: when this raises StoreUnavailable, none was added.
+        """
+        ...

@@ -139,6 +139,10 @@ class MemoryStore:
         self._job_heap.push(first_poll_at, ref.id)
         return True
 
+    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+        """`add_job` for each ref, in order; nothing else runs in between."""
+        return [await self.add_job(ref, now=now, first_poll_at=first_poll_at) for ref in refs]
+
     async def get_job(self, job_id: str) -> JobState | None:
         row = self._jobs.get(job_id)
         return None if row is None else row.job

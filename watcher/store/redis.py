@@ -200,6 +200,22 @@ class RedisStore:
         )  # fmt: skip
         return bool(added)
 
+    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+        """`add_job` for each ref in one MULTI/EXEC round trip: atomic on the server."""
+        if not refs:
+            return []
+        script, keys = self._scripts["add_job"], [self._key("jobs:due")]
+        with self._errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                for ref in refs:
+                    notify = None if ref.notify is None else list(ref.notify)
+                    args: list[str | int] = [
+                        self.prefix, ref.id, _dumps(dict(ref.labels)), _dumps(notify), _num(now), _num(first_poll_at),
+                    ]  # fmt: skip
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        return [bool(reply) for reply in replies]
+
     async def get_job(self, job_id: str) -> JobState | None:
         found = await self._hashes("job", [job_id])
         return _job(found[0]) if found else None

@@ -59,6 +59,16 @@ __all__ = [
     "migrate",
 ]
 
+_ADD_JOB = (
+    "INSERT OR IGNORE INTO jobs (id, labels, notify, added_at, next_poll_at, due_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _add_params(ref: JobRef, now: float, first_poll_at: float) -> tuple[Any, ...]:
+    notify = None if ref.notify is None else _dumps(list(ref.notify))
+    return (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at)
+
+
 _RECORD_POLL = (
     "UPDATE jobs SET next_poll_at = ?, due_at = ?, polls = ?, transient_errors = ?,"
     " snapshot = ?, lease_owner = NULL, lease_until = NULL"
@@ -97,13 +107,15 @@ class SqliteStore(SqliteDatabase):
 
     async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float) -> bool:
         """Track a job; False (and nothing changes) when the id is already known."""
-        notify = None if ref.notify is None else _dumps(list(ref.notify))
-        added = self._update(
-            "INSERT OR IGNORE INTO jobs (id, labels, notify, added_at, next_poll_at, due_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at),
-        )
-        return added == 1
+        return self._update(_ADD_JOB, _add_params(ref, now, first_poll_at)) == 1
+
+    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+        """`add_job` for each ref, in order, in one transaction."""
+        if not refs:
+            return []
+        with self._write() as conn:
+            execute = conn.cursor().execute
+            return [execute(_ADD_JOB, _add_params(ref, now, first_poll_at)).rowcount == 1 for ref in refs]
 
     async def get_job(self, job_id: str) -> JobState | None:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
