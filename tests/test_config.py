@@ -10,6 +10,7 @@ import pytest
 from watcher.config import load_config
 from watcher.errors import ConfigError
 from watcher.sources.file import load_job_file
+from watcher.yamlloc import Problems, load_located
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = "sendgrid:\n  api_key: SG.test-key-123\n"
@@ -218,3 +219,12 @@ def test_python_tags_construct_nothing(tmp_path: Path) -> None:
     """YAML tags that would build Python objects are never executed."""
     path = write(tmp_path, "sendgrid: !!python/object/apply:os.system ['echo pwned']\n")
     assert problems_of(path)[0].startswith(f"{path}:1: ")
+
+
+def test_text_libyaml_cannot_take_is_a_located_problem() -> None:
+    """libyaml reads UTF-8 only; a str with a lone surrogate (from no UTF-8 file, but a str can hold
+    one) falls back to the Python parser and is a problem, not a UnicodeEncodeError."""
+    problems = Problems("f.yaml")
+    assert None is load_located("a: b\nc: \ud800\n", problems, env={})
+    [problem] = problems.sorted()
+    assert problem.startswith("f.yaml:1: not valid YAML: unacceptable character #xd800")

@@ -77,7 +77,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _load(text: str, problems: Problems, environ: Mapping[str, str]) -> Any:
     try:
-        node = yaml.compose(text, Loader=_LOADER)
+        node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -94,6 +94,15 @@ def _load(text: str, problems: Problems, environ: Mapping[str, str]) -> Any:
     except _TooBig as exc:
         problems.add((), str(exc), line=exc.line)
         return None
+
+
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_LOADER)
+    except UnicodeEncodeError:
+        # libyaml takes UTF-8 only: a lone surrogate (never in a file read as UTF-8, but a str
+        # can hold one) goes to the Python parser, which reports it as a located YAML error.
+        return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 class _TooBig(Exception):
