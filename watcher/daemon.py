@@ -22,11 +22,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, FileSourceSettings, NotifierSettings, RedisSourceSettings
-from watcher.engine import Engine, ErrorsInfo, Recipient
+from watcher.engine import Engine
 from watcher.errors import ConfigError, StoreUnavailable
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
 from watcher.notify.registry import load_notifier_types
+from watcher.outcomes import ErrorsInfo, Recipient
 from watcher.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
 from watcher.sendgrid import SendGridClient
 from watcher.sources.base import Intake, JobSource

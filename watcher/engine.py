@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,10 @@ import structlog
 from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
-from watcher.events import alert_event, delivery_id, outcome_event
+from watcher.events import alert_event
 from watcher.logs import CachedLogger, JobLog
-from watcher.models import TERMINAL_STATUSES, Delivery, JobState, Outcome, PollUpdate, Snapshot
+from watcher.models import TERMINAL_STATUSES, JobState, PollUpdate, Snapshot
+from watcher.outcomes import ErrorsFetcher, Recipient, errors_info, make_delivery, outcome_deliveries
 from watcher.policy import (
     Decision,
     Finish,
@@ -35,21 +36,13 @@ from watcher.policy import (
     Transient,
     decide,
 )
-from watcher.routing import Route, targets
+from watcher.routing import Route
 from watcher.store.base import RecordsPolls, StateStore
 
 log = structlog.get_logger("watcher.engine")
 _log = CachedLogger(log)
 
 KEY_STATE = "sendgrid.key_state"
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorsInfo:
-    """What the errors file told us: the summary for every message, a sample for e-mail."""
-
-    summary: Mapping[str, Any]
-    sample_csv: str | None = None
 
 
 class ImportSource:
@@ -59,7 +52,6 @@ class ImportSource:
         raise NotImplementedError
 
 
-ErrorsFetcher = Callable[[str], Awaitable[ErrorsInfo]]
 
 
 @dataclass
@@ -72,14 +64,6 @@ class EngineStats:
 
     def count_poll(self, result: str) -> None:
         self.polls[result] = self.polls.get(result, 0) + 1
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """A configured notifier as routing and the outbox see it."""
-
-    name: str
-    delivery_deadline: float
 
 
 class Engine(ClaimLoop):
@@ -338,30 +322,10 @@ class Engine(ClaimLoop):
         await self._finish(job, decision, now, bound)
 
     async def _finish(self, job: JobState, decision: Finish, now: float, bound: Any) -> None:
-        errors = await self._errors_info(decision)
-        event = outcome_event(
-            job,
-            outcome=decision.outcome,
-            snapshot=decision.snapshot,
-            polls=decision.polls,
-            detected_at=now,
-            errors=errors.summary if errors else None,
+        errors = await errors_info(decision, self.errors_fetcher)
+        deliveries, names = outcome_deliveries(
+            job, decision, now, routes=self.routes, recipients=self.recipients, errors=errors
         )
-        if errors and errors.sample_csv:
-            event["errors_sample_csv"] = errors.sample_csv
-        job_type = decision.snapshot.job_type if decision.snapshot else None
-        names = targets(
-            self.routes,
-            self.recipients,
-            outcome=decision.outcome.value,
-            labels=job.labels,
-            job_type=job_type,
-            override=job.notify,
-        )
-        deliveries = [
-            self._delivery(name, event, now, job.id, job.id, repr(job.added_at), decision.outcome.value)
-            for name in names
-        ]
         written = await self.store.record_outcome(
             job.id,
             outcome=decision.outcome,
@@ -376,35 +340,9 @@ class Engine(ClaimLoop):
             return
         self.stats.outcomes[decision.outcome.value] = self.stats.outcomes.get(decision.outcome.value, 0) + 1
         self._unknown_logged.discard((job.id, (decision.snapshot.normalized_status or "") if decision.snapshot else ""))
-        bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=list(names))
+        bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=names)
         if deliveries:
             self.on_deliveries()
-
-    async def _errors_info(self, decision: Finish) -> ErrorsInfo | None:
-        if decision.outcome not in (Outcome.ERRORED, Outcome.FAILED):
-            return None
-        results = decision.snapshot.results if decision.snapshot else {}
-        url = results.get("errors_url")
-        if not isinstance(url, str) or not url:
-            return ErrorsInfo({"unavailable": "SendGrid gave no errors_url"})
-        if self.errors_fetcher is None:
-            return ErrorsInfo({"unavailable": "errors file download is disabled"})
-        try:
-            return await self.errors_fetcher(url)
-        except Exception as exc:
-            return ErrorsInfo({"unavailable": f"{type(exc).__name__}"})
-
-    def _delivery(self, name: str, event: dict[str, Any], now: float, job_id: str | None, *key: str) -> Delivery:
-        deadline = self.recipients[name].delivery_deadline
-        return Delivery(
-            id=delivery_id(*key, name),
-            notifier=name,
-            event=event,
-            created_at=now,
-            next_attempt_at=now,
-            deadline_at=now + deadline,
-            job_id=job_id,
-        )
 
     async def _release(self, job: JobState) -> None:
         with contextlib.suppress(StoreUnavailable, asyncio.CancelledError):
@@ -437,8 +375,8 @@ class Engine(ClaimLoop):
         # Replicas racing on the same transition read the same `previous`, so they
         # build the same delivery ids and the store keeps one of each.
         deliveries = [
-            self._delivery(name, event, now, None, kind, previous or "initial")
-            for name in self.recipients
+            make_delivery(recipient, event, now, None, kind, previous or "initial")
+            for recipient in self.recipients.values()
         ]
         if deliveries and await self.store.add_deliveries(deliveries):
             self.on_deliveries()

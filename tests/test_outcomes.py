@@ -1,0 +1,89 @@
+"""What a final outcome notifies: routed recipients, stable delivery ids, the errors summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher.models import JobState, Outcome, Snapshot
+from watcher.outcomes import ErrorsInfo, Recipient, errors_info, outcome_deliveries
+from watcher.policy import Finish
+from watcher.routing import Route
+
+NOW = 1_800_000_000.0
+RECIPIENTS = {name: Recipient(name, 3600.0) for name in ("team-slack", "audit-hook", "ops-mail")}
+ROUTES = (
+    Route(("ops-mail",), statuses=frozenset({"errored", "failed"})),
+    Route(("team-slack",), labels={"team": frozenset({"growth"})}),
+    Route(("audit-hook",)),
+)
+ERRORED = Snapshot("errored", "upsert", {"requested_count": 10, "errored_count": 1, "errors_url": "https://e/x.csv"})
+
+
+def job(**changes: object) -> JobState:
+    fields: dict[str, object] = {"id": "job-1", "labels": {"team": "growth"}, "notify": None, "added_at": NOW - 60,
+                                  "next_poll_at": NOW}  # fmt: skip
+    fields.update(changes)
+    return JobState(**fields)  # type: ignore[arg-type]
+
+
+def test_routes_pick_the_recipients_and_each_gets_the_same_event() -> None:
+    errors = ErrorsInfo({"rows": 1}, sample_csv="email,error\nx,invalid\n")
+    deliveries, names = outcome_deliveries(
+        job(), Finish(Outcome.ERRORED, 4, ERRORED), NOW, routes=ROUTES, recipients=RECIPIENTS, errors=errors
+    )
+    assert ["team-slack", "audit-hook", "ops-mail"] == names
+    assert names == [d.notifier for d in deliveries]
+    assert 1 == len({repr(d.event) for d in deliveries})
+    first = deliveries[0]
+    assert ("contact_import.errored", {"rows": 1}) == (first.event["type"], first.event["data"]["errors"])
+    assert "email,error\nx,invalid\n" == first.event["errors_sample_csv"]
+    assert (NOW, NOW, NOW + 3600.0, "job-1") == (first.created_at, first.next_attempt_at, first.deadline_at, first.job_id)
+
+
+def test_delivery_ids_depend_on_job_outcome_and_recipient_only() -> None:
+    """A replica (or a restart) finishing the same job again makes the same ids; another job or outcome does not."""
+
+    def ids(j: JobState, outcome: Outcome, now: float) -> list[str]:
+        deliveries, _ = outcome_deliveries(
+            j, Finish(outcome, 3, ERRORED), now, routes=ROUTES, recipients=RECIPIENTS, errors=None
+        )
+        return [d.id for d in deliveries]
+
+    first = ids(job(), Outcome.ERRORED, NOW)
+    assert first == ids(job(), Outcome.ERRORED, NOW + 30)
+    assert len(set(first)) == 3
+    assert not set(first) & set(ids(job(id="job-2"), Outcome.ERRORED, NOW))
+    assert not set(first) & set(ids(job(added_at=NOW - 10), Outcome.ERRORED, NOW))  # re-added after removal
+    assert not set(first) & set(ids(job(), Outcome.FAILED, NOW))
+
+
+def test_a_per_job_notify_list_overrides_the_routes() -> None:
+    deliveries, names = outcome_deliveries(
+        job(notify=()), Finish(Outcome.COMPLETED, 2, None), NOW, routes=ROUTES, recipients=RECIPIENTS, errors=None
+    )
+    assert ([], []) == (deliveries, names)
+
+
+async def fetched(url: str) -> ErrorsInfo:
+    return ErrorsInfo({"url": url})
+
+
+async def broken(url: str) -> ErrorsInfo:
+    raise TimeoutError
+
+
+@pytest.mark.parametrize(
+    ("outcome", "snapshot", "fetcher", "expected"),
+    [
+        (Outcome.COMPLETED, ERRORED, fetched, None),
+        (Outcome.ERRORED, ERRORED, fetched, {"url": "https://e/x.csv"}),
+        (Outcome.FAILED, Snapshot("failed", results={}), fetched, {"unavailable": "SendGrid gave no errors_url"}),
+        (Outcome.ERRORED, ERRORED, None, {"unavailable": "errors file download is disabled"}),
+        (Outcome.ERRORED, ERRORED, broken, {"unavailable": "TimeoutError"}),
+    ],
+)
+async def test_errors_info_never_holds_a_notification_back(
+    outcome: Outcome, snapshot: Snapshot, fetcher: object, expected: dict[str, str] | None
+) -> None:
+    info = await errors_info(Finish(outcome, 1, snapshot), fetcher)  # type: ignore[arg-type]
+    assert expected == (None if info is None else dict(info.summary))
