@@ -22,32 +22,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: The import status body every "still running" poll receives (a real answer's shape and size).
-PENDING_BODY = json.dumps(
-    {
-        "id": "0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11",
-        "status": "pending",
-        "job_type": "upsert",
-        "results": {"requested_count": 1000, "created_count": 0, "updated_count": 0,
-                    "deleted_count": 0, "errored_count": 0},
-        "started_at": "2026-11-27T10:00:00Z",
-    },
-    separators=(",", ":"),
-).encode()
 
+def _import_body(status: str, results: dict[str, int], **times: str) -> bytes:
+    """An import status body as SendGrid sends it (a real answer's shape and size)."""
+    body = {"id": "0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11", "status": status, "job_type": "upsert",
+            "results": {"requested_count": 1000, **results}, "started_at": "2026-11-27T10:00:00Z", **times}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+#: The body every "still running" poll receives.
+PENDING_BODY = _import_body(
+    "pending", {"created_count": 0, "updated_count": 0, "deleted_count": 0, "errored_count": 0}
+)
 #: The same job, finished.
-COMPLETED_BODY = json.dumps(
-    {
-        "id": "0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11",
-        "status": "completed",
-        "job_type": "upsert",
-        "results": {"requested_count": 1000, "created_count": 990, "updated_count": 10,
-                    "deleted_count": 0, "errored_count": 0},
-        "started_at": "2026-11-27T10:00:00Z",
-        "finished_at": "2026-11-27T10:01:00Z",
-    },
-    separators=(",", ":"),
-).encode()
+COMPLETED_BODY = _import_body(
+    "completed", {"created_count": 990, "updated_count": 10, "deleted_count": 0, "errored_count": 0},
+    finished_at="2026-11-27T10:01:00Z",
+)
 
 API_KEY = "SG.bench-key"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - a test secret for a loopback receiver
@@ -113,12 +104,12 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def worker_main(argv: Sequence[str]) -> dict[str, Any] | None:
-    """The arguments of a worker invocation, or None when this is not one."""
+def worker_main(argv: Sequence[str]) -> dict[str, Any]:
+    """The arguments of a worker invocation; exits with a usage line when this is not one."""
     if len(argv) == 2 and argv[0] == "--worker":
         parsed: dict[str, Any] = json.loads(argv[1])
         return parsed
-    return None
+    sys.exit("usage: python -m benchmarks (this module is run by it)")
 
 
 def emit(result: dict[str, Any]) -> None:

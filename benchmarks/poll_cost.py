@@ -169,6 +169,4 @@ def _worker(args: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     parsed = worker_main(sys.argv[1:])
-    if parsed is None:
-        sys.exit("usage: python -m benchmarks (this module is run by it)")
     _worker(parsed)

@@ -168,8 +168,6 @@ async def _daemon(args: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parsed = worker_main(sys.argv[1:])
-    if parsed is None:
-        sys.exit("usage: python -m benchmarks (this module is run by it)")
     if parsed["role"] == "fake":
         asyncio.run(_fake(parsed))
     else:

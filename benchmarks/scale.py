@@ -112,6 +112,4 @@ def _per_job(value: float, jobs: int) -> str:
 
 if __name__ == "__main__":
     parsed = worker_main(sys.argv[1:])
-    if parsed is None:
-        sys.exit("usage: python -m benchmarks (this module is run by it)")
     emit(asyncio.run(_daemon(parsed)))

@@ -11,6 +11,7 @@ while the store is unavailable.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 import structlog
@@ -24,7 +25,7 @@ log = structlog.get_logger("watcher.claimloop")
 RECHECK_SECONDS = 1.0
 
 
-class ClaimLoop:
+class ClaimLoop(ABC):
     """Claims due work and runs each piece (or a runner over several) in a task of its own."""
 
     #: Prefix of this loop's log events: "<name>.store_unavailable", "<name>.<crashed>".
@@ -49,19 +50,19 @@ class ClaimLoop:
 
     # --- what a subclass says ---------------------------------------------------------
 
+    @abstractmethod
     async def _claim(self) -> int:
         """Claim what is due and start tasks for it; how many pieces were claimed."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _next_due_at(self) -> float | None:
         """When the next unclaimed piece of work is due (None: nothing is waiting)."""
-        raise NotImplementedError
 
     def _room(self) -> int:
         """How many more pieces this loop may claim now."""
         return self._limit - len(self._inflight)
 
-    async def _after_run(self) -> None:
+    async def _after_run(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Called once when `run` ends, however it ends."""
 
     # --- the loop ---------------------------------------------------------------------

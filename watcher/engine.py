@@ -13,7 +13,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -45,11 +45,10 @@ _log = CachedLogger(log)
 KEY_STATE = "sendgrid.key_state"
 
 
-class ImportSource:
+class ImportSource(Protocol):
     """What the engine needs of the SendGrid client."""
 
-    async def get_import(self, job_id: str) -> Snapshot:  # pragma: no cover - protocol
-        raise NotImplementedError
+    async def get_import(self, job_id: str) -> Snapshot: ...
 
 
 
@@ -75,7 +74,7 @@ class Engine(ClaimLoop):
         self,
         *,
         store: StateStore,
-        client: Any,
+        client: ImportSource,
         policy: PollPolicy,
         clock: Clock,
         owner: str,
@@ -228,10 +227,6 @@ class Engine(ClaimLoop):
 
     # --- one poll ---------------------------------------------------------------
 
-    async def poll(self, job: JobState) -> None:
-        """Poll one claimed job and record the result."""
-        await self._poll(job, batch=False)
-
     async def _poll(self, job: JobState, *, batch: bool) -> None:
         """Poll one claimed job; a non-final result is recorded now, or queued for the next batch."""
         bound = JobLog(_log, job.id)
@@ -283,7 +278,8 @@ class Engine(ClaimLoop):
             snapshot = await self.client.get_import(job.id)
         except ImportNotFound:
             self.stats.count_poll("not_found")
-            await self._key_works()
+            if self._key_state != "ok":
+                await self._key_works()
             return NotFound()
         except KeyRefused as exc:
             self.stats.count_poll("key_refused")
@@ -294,7 +290,7 @@ class Engine(ClaimLoop):
             bound.info("engine.poll_deferred", reason=exc.reason, retry_after=exc.retry_after)
             return Transient(exc.retry_after)
         self.stats.count_poll("ok")
-        if self._key_state is None or self._key_state == "refused":  # what _key_works checks first
+        if self._key_state != "ok":
             await self._key_works()
         self._note_unknown_status(job.id, snapshot, bound)
         return Seen(snapshot)
@@ -354,8 +350,8 @@ class Engine(ClaimLoop):
         await self._key_transition("refused", f"SendGrid refused the API key (HTTP {exc.status}): {exc.message}")
 
     async def _key_works(self) -> None:
-        if self._key_state in (None, "refused"):
-            await self._key_transition("ok", "SendGrid accepts the API key again")
+        """An answer came: the key works. Callers skip this once it is known to (every poll answers)."""
+        await self._key_transition("ok", "SendGrid accepts the API key again")
 
     async def _key_transition(self, new: str, message: str) -> None:
         if self._key_state == new:

@@ -186,9 +186,7 @@ class SendGridClient:
             ) as response:
                 self._budget.observe(response.headers, response.status)
                 cap = MAX_BODY_BYTES if response.status == 200 else MAX_ERROR_BODY_BYTES
-                body = _read_arrived(response, cap, strict=response.status == 200)
-                if body is None:
-                    body = await _read_capped(response, cap, strict=response.status == 200)
+                body = await _read_capped(response, cap, strict=response.status == 200)
                 status, answer_headers = response.status, response.headers
         except _TooLarge:
             self.responses["200"] += 1
@@ -257,20 +255,6 @@ class SendGridClient:
         if seconds is None and status == 429:
             seconds = reset_seconds(lowered.get("x-ratelimit-reset"), now)
         return seconds
-
-
-def _read_arrived(response: aiohttp.ClientResponse, cap: int, *, strict: bool) -> bytes | None:
-    """What `_read_capped` returns, without waiting, when the whole body has already arrived; else None."""
-    content = response.content
-    if not content.is_eof():
-        return None
-    length = response.content_length
-    if length is not None and length > cap and strict:
-        raise _TooLarge
-    body = content.read_nowait(cap + 1)  # as much as _read_capped reads before it stops
-    if len(body) > cap and strict:
-        raise _TooLarge
-    return body[:cap]
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, strict: bool) -> bytes:

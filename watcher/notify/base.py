@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -40,7 +41,7 @@ class Notifier(Protocol):
         ...
 
 
-class BaseNotifier:
+class BaseNotifier(ABC):
     """Common plumbing: settings, the shared HTTP session, masked `describe()`."""
 
     type_name: ClassVar[str] = ""
@@ -72,8 +73,9 @@ class BaseNotifier:
     async def close(self) -> None:
         self._session = None
 
-    async def send(self, delivery: Delivery) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    async def send(self, delivery: Delivery) -> None:
+        """Deliver, or raise RetryableDeliveryError / PermanentDeliveryError (see Notifier)."""
 
     def describe(self) -> dict[str, Any]:
         """Settings fit for logs and `status`: secret fields masked."""

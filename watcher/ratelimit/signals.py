@@ -76,20 +76,14 @@ def _last(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str) -> str |
 
 def read_signal(headers: Mapping[str, str], status: int, now: float) -> RateSignal:
     """Turn rate-limit headers (any case) into a RateSignal."""
-    if isinstance(headers, _CASE_INSENSITIVE):
-        # aiohttp's headers: case-insensitive lookups, no lower-cased copy of every header.
-        limit_text = _last(headers, "x-ratelimit-limit")
-        remaining_text = _last(headers, "x-ratelimit-remaining")
-        reset_text = _last(headers, "x-ratelimit-reset")
-        if limit_text is None and remaining_text is None and reset_text is None and status not in (429, 503):
-            return _NO_SIGNAL
-        retry_text = _last(headers, "retry-after") if status in (429, 503) else None
-    else:
-        lowered = {name.lower(): value for name, value in headers.items()}
-        limit_text = lowered.get("x-ratelimit-limit")
-        remaining_text = lowered.get("x-ratelimit-remaining")
-        reset_text = lowered.get("x-ratelimit-reset")
-        retry_text = lowered.get("retry-after")
+    if not isinstance(headers, _CASE_INSENSITIVE):
+        headers = CIMultiDict(headers)  # aiohttp's headers are already case-insensitive: no copy
+    limit_text = _last(headers, "x-ratelimit-limit")
+    remaining_text = _last(headers, "x-ratelimit-remaining")
+    reset_text = _last(headers, "x-ratelimit-reset")
+    if limit_text is None and remaining_text is None and reset_text is None and status not in (429, 503):
+        return _NO_SIGNAL
+    retry_text = _last(headers, "retry-after")
     limit = _number(limit_text)
     remaining = _number(remaining_text)
     reset = reset_seconds(reset_text, now)

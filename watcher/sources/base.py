@@ -38,11 +38,7 @@ class Intake:
 
     async def add(self, ref: JobRef) -> bool:
         """Store a job; True when new, False when already known (a no-op)."""
-        now = self.clock.now()
-        added = await self.store.add_job(ref, now=now, first_poll_at=first_poll_at(self.policy, now))
-        if added:
-            for callback in self.on_added:
-                callback()
+        (added,) = await self.add_many([ref])
         return added
 
     async def add_many(self, refs: Sequence[JobRef]) -> list[bool]:

@@ -146,6 +146,17 @@ class RedisStore:
             script = self._scripts[name]
             return await script(keys=[self._key("jobs:due")], args=[self.prefix, *args])
 
+    async def _run_many(self, name: str, calls: Sequence[Sequence[str | int]]) -> list[Any]:
+        """Run one Lua script once per argument list in one MULTI/EXEC: one round trip, atomic."""
+        if not calls:
+            return []
+        script, keys = self._scripts[name], [self._key("jobs:due")]
+        with self._errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                for args in calls:
+                    await script(keys=keys, args=[self.prefix, *args], client=pipe)
+                return list(await pipe.execute())
+
     async def open(self) -> None:
         """Connect, check the server answers, and record (or check) the layout version."""
         if self._client is not None:
@@ -202,18 +213,11 @@ class RedisStore:
 
     async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
         """`add_job` for each ref in one MULTI/EXEC round trip: atomic on the server."""
-        if not refs:
-            return []
-        script, keys = self._scripts["add_job"], [self._key("jobs:due")]
-        with self._errors():
-            async with self._r.pipeline(transaction=True) as pipe:
-                for ref in refs:
-                    notify = None if ref.notify is None else list(ref.notify)
-                    args: list[str | int] = [
-                        self.prefix, ref.id, _dumps(dict(ref.labels)), _dumps(notify), _num(now), _num(first_poll_at),
-                    ]  # fmt: skip
-                    await script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+        replies = await self._run_many("add_job", [
+            [ref.id, _dumps(dict(ref.labels)), _dumps(None if ref.notify is None else list(ref.notify)),
+             _num(now), _num(first_poll_at)]
+            for ref in refs
+        ])  # fmt: skip
         return [bool(reply) for reply in replies]
 
     async def get_job(self, job_id: str) -> JobState | None:
@@ -260,18 +264,11 @@ class RedisStore:
 
     async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
         """`record_poll` for each (job id, update) in one MULTI/EXEC round trip: atomic on the server."""
-        if not updates:
-            return []
-        script, keys = self._scripts["record_poll"], [self._key("jobs:due")]
-        with self._errors():
-            async with self._r.pipeline(transaction=True) as pipe:
-                for job_id, update in updates:
-                    args: list[str | int] = [
-                        self.prefix, job_id, owner, _num(update.next_poll_at), update.polls,
-                        update.transient_errors, _snapshot_arg(update.snapshot),
-                    ]  # fmt: skip
-                    await script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+        replies = await self._run_many("record_poll", [
+            [job_id, owner, _num(update.next_poll_at), update.polls, update.transient_errors,
+             _snapshot_arg(update.snapshot)]
+            for job_id, update in updates
+        ])  # fmt: skip
         return [bool(reply) for reply in replies]
 
     async def record_outcome(

@@ -174,10 +174,7 @@ class SqliteStore(SqliteDatabase):
         written even if the caller is cancelled while it waits, as when the write was
         synchronous.
         """
-        params = (
-            update.next_poll_at, update.next_poll_at, update.polls, update.transient_errors,
-            self._snapshots.text(job_id, update.snapshot), job_id, owner,
-        )  # fmt: skip
+        params = self._poll_params(job_id, update, owner)
         self._db  # noqa: B018 - raise StoreUnavailable now if the store is closed
         loop = asyncio.get_running_loop()
         written: asyncio.Future[bool] = loop.create_future()
@@ -188,23 +185,28 @@ class SqliteStore(SqliteDatabase):
 
     async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
         """`record_poll` for each (job id, update) in one transaction; False where `owner` lost the lease."""
-        snapshots = self._snapshots
-        batch = [
-            (
-                (update.next_poll_at, update.next_poll_at, update.polls, update.transient_errors,
-                 snapshots.text(job_id, update.snapshot), job_id, owner),
-                update.snapshot,
-            )
-            for job_id, update in updates
-        ]  # fmt: skip
-        if not batch:
+        if not updates:
             return []
+        return self._write_poll_rows(
+            [(self._poll_params(job_id, update, owner), update.snapshot) for job_id, update in updates]
+        )
+
+    def _poll_params(self, job_id: str, update: PollUpdate, owner: str) -> tuple[Any, ...]:
+        """_RECORD_POLL's parameters; the snapshot text is the remembered one when it is unchanged."""
+        return (
+            update.next_poll_at, update.next_poll_at, update.polls, update.transient_errors,
+            self._snapshots.text(job_id, update.snapshot), job_id, owner,
+        )  # fmt: skip
+
+    def _write_poll_rows(self, rows: Sequence[tuple[tuple[Any, ...], Snapshot | None]]) -> list[bool]:
+        """Run _RECORD_POLL for each (params, snapshot) in one transaction; remember what was written."""
         with self._write() as conn:
             execute = conn.cursor().execute  # one cursor for the batch, not one per row
-            changed = [execute(_RECORD_POLL, params).rowcount == 1 for params, _ in batch]
-        for (params, snapshot), ok in zip(batch, changed, strict=True):
+            changed = [execute(_RECORD_POLL, params).rowcount == 1 for params, _ in rows]
+        remember = self._snapshots.remember
+        for (params, snapshot), ok in zip(rows, changed, strict=True):
             if ok:
-                snapshots.remember(params[5], params[4], snapshot)
+                remember(params[5], params[4], snapshot)
         return changed
 
     def _write_polls(self) -> None:
@@ -213,9 +215,7 @@ class SqliteStore(SqliteDatabase):
         if not batch:
             return
         try:
-            with self._write() as conn:
-                execute = conn.cursor().execute  # one cursor for the batch, not one per row
-                changed = [execute(_RECORD_POLL, params).rowcount == 1 for params, _, _ in batch]
+            changed = self._write_poll_rows([(params, snapshot) for params, _, snapshot in batch])
         except BaseException as exc:
             for _, written, _ in batch:
                 if not written.done():
@@ -223,10 +223,7 @@ class SqliteStore(SqliteDatabase):
             if not isinstance(exc, Exception):
                 raise
             return
-        remember = self._snapshots.remember
-        for (params, written, snapshot), ok in zip(batch, changed, strict=True):
-            if ok:
-                remember(params[5], params[4], snapshot)
+        for (_, written, _), ok in zip(batch, changed, strict=True):
             if not written.done():
                 written.set_result(ok)
 
