@@ -179,9 +179,9 @@ async def _status(config: Config, job_id: str | None, *, as_json: bool) -> int:
 async def _notify_test(config: Config, name: str | None) -> int:
     import aiohttp
 
-    from watcher.daemon import build_notifiers
     from watcher.events import delivery_id
     from watcher.models import Delivery
+    from watcher.notify.registry import build_notifiers
     from watcher.notify.render import sample_event
 
     notifiers = build_notifiers(config)

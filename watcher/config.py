@@ -26,6 +26,7 @@ class StateSettings:
     url: str = DEFAULT_STATE_URL
     retention: float = 7 * 86400.0  # finished jobs are kept this long for `status`
     lease: float = 60.0  # a claimed poll or delivery is another replica's to take after this
+    tombstone_retention: float = 90 * 86400.0  # stopped and purged job ids are not re-added for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ SENDGRID_FIELDS = (
     Field("request_timeout", s.duration(0.001), default=10.0),
     Field("max_concurrency", s.integer(1, 10_000), default=32),
     Field("max_rate", s.number(0.001, allow_none=True)),
+    Field("allow_insecure", s.boolean, default=False),  # plain http to a host that is not loopback
+    Field("allow_private", s.boolean, default=False),  # answered URLs may reach private addresses
 )
 POLLING_FIELDS = (
     Field("initial_delay", s.duration(), default=2.0),
@@ -112,6 +115,7 @@ STATE_FIELDS = (
     Field("url", s.string, default=DEFAULT_STATE_URL),
     Field("retention", s.duration(), default=7 * 86400.0),
     Field("lease", s.duration(1.0), default=60.0),
+    Field("tombstone_retention", s.duration(), default=90 * 86400.0),
 )
 FILE_SOURCE_FIELDS = (Field("type", s.string), Field("path", s.string, required=True))
 REDIS_SOURCE_FIELDS = (

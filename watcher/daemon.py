@@ -12,7 +12,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,12 +20,12 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watcher.clock import Clock, SystemClock
-from watcher.config import Config, FileSourceSettings, NotifierSettings, RedisSourceSettings
+from watcher.config import Config, FileSourceSettings, RedisSourceSettings
 from watcher.engine import Engine
 from watcher.errors import ConfigError, StoreUnavailable
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
-from watcher.notify.registry import load_notifier_types
+from watcher.notify.registry import build_notifiers
 from watcher.outcomes import ErrorsInfo, Recipient
 from watcher.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
 from watcher.sendgrid import SendGridClient
@@ -51,25 +50,6 @@ def heartbeat_path(config: Config) -> Path:
         return config.heartbeat_file
     key = hashlib.sha256(str(config.path or "default").encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"import-watcher-{key}.heartbeat"
-
-
-def build_notifiers(config: Config) -> dict[str, Notifier]:
-    """Instantiate the configured notifiers from the registry."""
-    types = load_notifier_types()
-    built: dict[str, Notifier] = {}
-    for spec in config.notifiers:
-        settings = dict(spec.settings)
-        if spec.type == "email" and settings.get("transport") == "sendgrid" and not settings.get("api_key"):
-            settings["api_key"] = config.sendgrid.api_key
-        built[spec.name] = _instantiate(types[spec.type], replace(spec, settings=settings))
-    return built
-
-
-def _instantiate(cls: Any, spec: NotifierSettings) -> Notifier:
-    notifier: Notifier = cls(
-        spec.name, spec.settings, delivery_deadline=spec.delivery_deadline, templates=spec.templates
-    )
-    return notifier
 
 
 class Daemon:

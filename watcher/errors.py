@@ -29,7 +29,13 @@ class ConfigError(WatcherError):
 
 
 class StoreUnavailable(WatcherError):
-    """The state store cannot be reached right now; the caller retries later."""
+    """The state store cannot be used right now (locked, busy, full, read-only, unreachable,
+    its file replaced); the caller retries later and readiness says so meanwhile."""
+
+
+class StoreBroken(WatcherError):
+    """The state store cannot be used as it is (corrupt file, unknown schema): retrying
+    cannot help; commands print one line and exit 1, the daemon reports it as not ready."""
 
 
 # --- SendGrid client outcomes that are not a snapshot -------------------------

@@ -95,6 +95,35 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A claim on a job or delivery: the token that fences every write, and when it ends.
+
+    Invariant: a store accepts a write (record, renew) only from the current token holder
+    while `until` is still ahead of the store's clock; a release needs the token only.
+    `until` is in the store's clock (SQLite and memory: the caller's; Redis: the server's TIME).
+    """
+
+    token: str
+    until: float
+
+
+class TombstoneReason(StrEnum):
+    """Why a job id is remembered after its job is gone."""
+
+    STOPPED = "stopped"  # DELETE /jobs/{id}
+    FINISHED = "finished"  # purged by state.retention after its outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A job id that sources must not bring back: when it was buried and why."""
+
+    id: str
+    at: float
+    reason: TombstoneReason
+
+
+@dataclass(frozen=True, slots=True)
 class JobState:
     """A tracked job as the store keeps it."""
 
@@ -108,6 +137,7 @@ class JobState:
     snapshot: Snapshot | None = None
     outcome: Outcome | None = None
     detected_at: float | None = None
+    lease: Lease | None = None  # set on the copies a claim hands out
 
     @property
     def state(self) -> str:
@@ -137,6 +167,7 @@ class Delivery:
     state: DeliveryState = DeliveryState.PENDING
     attempts: int = 0
     last_error: str | None = None
+    lease: Lease | None = None  # set on the copies a claim hands out
 
     @property
     def event_type(self) -> str:

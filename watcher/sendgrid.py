@@ -74,6 +74,8 @@ class SendGridSettings:
     request_timeout: float = 10.0
     max_concurrency: int = 32
     max_rate: float | None = None
+    allow_insecure: bool = False
+    allow_private: bool = False
 
     def __post_init__(self) -> None:
         if not self.request_timeout > 0:

@@ -9,11 +9,15 @@ notifications somewhere nobody chose.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from importlib import metadata
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from watcher.errors import ConfigError
 from watcher.notify.base import Notifier
+
+if TYPE_CHECKING:
+    from watcher.config import Config, NotifierSettings
 
 GROUP = "import_watcher.notifiers"
 _REQUIRED = ("start", "close", "send", "describe", "check")
@@ -61,3 +65,22 @@ def _load(entry: metadata.EntryPoint) -> type[Notifier]:
     if declared and declared != entry.name:
         raise ConfigError([f"{where} declares type_name '{declared}'; they must match"])
     return cast("type[Notifier]", loaded)
+
+
+def build_notifiers(config: Config) -> dict[str, Notifier]:
+    """Instantiate the configured notifiers from the registry."""
+    types = load_notifier_types()
+    built: dict[str, Notifier] = {}
+    for spec in config.notifiers:
+        settings = dict(spec.settings)
+        if spec.type == "email" and settings.get("transport") == "sendgrid" and not settings.get("api_key"):
+            settings["api_key"] = config.sendgrid.api_key
+        built[spec.name] = _instantiate(types[spec.type], replace(spec, settings=settings))
+    return built
+
+
+def _instantiate(cls: Any, spec: NotifierSettings) -> Notifier:
+    notifier: Notifier = cls(
+        spec.name, spec.settings, delivery_deadline=spec.delivery_deadline, templates=spec.templates
+    )
+    return notifier

@@ -1,69 +1,111 @@
-"""The StateStore protocol: every backend (memory, SQLite, Redis) passes one contract suite."""
+"""The StateStore protocol: every backend (memory, SQLite, Redis) passes one contract suite.
+
+Invariants every backend keeps (each has a contract test that breaks when it is removed):
+
+- A claim has a token and a lease: a claimed job or delivery is handed out with
+  `lease=Lease(token, until)` and is invisible to other claims until `until`.
+- A write by a holder (record, renew) is accepted only with the current token and
+  before `until` (the store's clock); otherwise it changes nothing and answers False.
+  A release needs the token only, so a stale holder can never free a fresh claim.
+- A final outcome and its deliveries are written in one transaction; so are a delivery's
+  final state and the alerts it causes, and a meta transition and its alerts.
+- A job stopped (`remove_job`) or purged (`purge_finished`) leaves a tombstone; `add_job`
+  skips a tombstoned id unless `again=True`.
+- Times are epoch seconds from the caller's clock, except lease expiries where the
+  backend keeps its own clock (Redis: the server's TIME), so replicas with skewed clocks
+  cannot shorten each other's leases.
+
+Errors: StoreUnavailable for what may pass (locked, busy, disk full, read-only, connection
+lost, the file replaced under us); StoreBroken for what will not (corrupt, unknown schema).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from watcher.models import Delivery, JobRef, JobState, Outcome, PollUpdate, Snapshot, StoreCounts
+from watcher.models import (
+    Delivery,
+    JobRef,
+    JobState,
+    Outcome,
+    PollUpdate,
+    Snapshot,
+    StoreCounts,
+    Tombstone,
+    TombstoneReason,
+)
+
+#: How many rows one housekeeping call touches at most: short transactions, other writers let in.
+HOUSEKEEPING_BATCH = 1000
 
 
 class StateStore(Protocol):
-    """Durable jobs and a delivery outbox, shared safely by several replicas.
-
-    Claims take a lease: a claimed job or delivery is invisible to other claims
-    until `now + lease`; recording a result checks the owner still holds it.
-    A final outcome and its deliveries are written in one transaction.
-    All times are epoch seconds supplied by the caller (the engine's clock).
-    """
+    """Durable jobs, tombstones and a delivery outbox, shared safely by several replicas."""
 
     async def open(self) -> None:
-        """Connect and create or migrate the schema."""
+        """Connect and create or migrate the schema (StoreBroken when that cannot work)."""
 
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable when the store cannot be reached."""
+        """Raise StoreUnavailable when the store cannot be used now (SQLite: also when its
+        file was deleted or replaced since `open`), StoreBroken when it never will."""
 
     # --- jobs ---------------------------------------------------------------
 
-    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float) -> bool:
-        """Track a job; False (and nothing changes) when the id is already known."""
+    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
+        """Track a job; True when a new watch starts.
+
+        False (nothing changes) when the id is already tracked, or tombstoned and `again` is
+        False. With `again`, a tombstone is lifted and a final job is replaced by a fresh
+        watch (new added_at, so new delivery ids); a job still being watched stays as it is.
+        """
 
     async def get_job(self, job_id: str) -> JobState | None: ...
 
     async def list_jobs(
-        self, *, state: str | None = None, limit: int | None = None
+        self,
+        *,
+        state: str | None = None,
+        limit: int | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[JobState]:
-        """Jobs ordered by added_at; `state` is "watching" or an outcome value."""
+        """Jobs ordered by (added_at, id), starting after the cursor `after`;
+        `state` is "watching" or an outcome value."""
 
-    async def remove_job(self, job_id: str) -> bool:
-        """Stop watching: delete the job and its pending deliveries. False if unknown."""
+    async def remove_job(self, job_id: str, *, now: float) -> bool:
+        """Stop watching: delete the job and its deliveries, leave a STOPPED tombstone. False if unknown."""
 
-    async def claim_due_jobs(
-        self, *, now: float, limit: int, owner: str, lease: float
-    ) -> list[JobState]:
-        """Unfinished jobs with next_poll_at <= now and no live lease, earliest first."""
+    async def claim_due_jobs(self, *, now: float, limit: int, owner: str, lease: float) -> list[JobState]:
+        """Unfinished jobs with next_poll_at <= now and no live lease, earliest first, each with a new Lease."""
 
-    async def record_poll(self, job_id: str, update: PollUpdate, *, owner: str) -> bool:
-        """Store a non-final poll and release the lease; False if `owner` lost the lease."""
+    async def renew_jobs(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each (job id, token) held within its lease to now + lease; the answers in order."""
+
+    async def record_poll(self, job_id: str, update: PollUpdate, *, token: str, now: float) -> bool:
+        """Store a non-final poll and end the lease; False when `token` does not hold a live lease."""
+
+    async def record_polls(self, updates: Sequence[tuple[str, str, PollUpdate]], *, now: float) -> list[bool]:
+        """`record_poll` for each (job id, token, update) in one transaction; the answers in order."""
 
     async def record_outcome(
         self,
         job_id: str,
         *,
+        token: str,
+        now: float,
         outcome: Outcome,
         snapshot: Snapshot | None,
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
-        owner: str,
     ) -> bool:
-        """Atomically set the final outcome and insert its deliveries; False if already final
-        or the lease was lost (then nothing is written)."""
+        """Atomically set the final outcome and insert its deliveries; False (nothing written)
+        when already final or `token` does not hold a live lease."""
 
-    async def release_job(self, job_id: str, *, owner: str) -> None:
-        """Give a lease back unchanged (shutdown with the poll not made)."""
+    async def release_job(self, job_id: str, *, token: str) -> None:
+        """Give a lease back unchanged (work cancelled): due again at once for anyone."""
 
     async def spread_overdue(self, *, now: float, window: float) -> int:
         """Reschedule overdue unfinished jobs evenly over [now, now + window); returns how many."""
@@ -71,8 +113,17 @@ class StateStore(Protocol):
     async def next_job_due_at(self) -> float | None:
         """Earliest next_poll_at among unfinished jobs, or None."""
 
-    async def purge_finished(self, *, before: float) -> int:
-        """Delete final jobs detected before `before` whose deliveries are all settled."""
+    # --- retention and tombstones -----------------------------------------------
+
+    async def purge_finished(self, *, before: float, now: float, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Delete at most `limit` final jobs detected before `before` whose deliveries are all
+        settled, each leaving a FINISHED tombstone; returns how many (call again while == limit)."""
+
+    async def tombstones(self, job_ids: Sequence[str]) -> Mapping[str, Tombstone]:
+        """The tombstones among these ids."""
+
+    async def purge_tombstones(self, *, before: float, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Forget at most `limit` tombstones buried before `before`; returns how many."""
 
     # --- outbox -------------------------------------------------------------
 
@@ -80,15 +131,42 @@ class StateStore(Protocol):
         """Insert deliveries not tied to an outcome (alerts); ids already present are skipped."""
 
     async def claim_due_deliveries(
-        self, *, now: float, limit: int, owner: str, lease: float
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        lease: float,
+        notifiers: Collection[str] | None = None,
     ) -> list[Delivery]:
-        """Pending deliveries with next_attempt_at <= now and no live lease."""
+        """Pending deliveries with next_attempt_at <= now and no live lease, each with a new Lease.
 
-    async def record_delivery(self, delivery: Delivery, *, owner: str) -> bool:
-        """Write state, attempts, next_attempt_at and last_error; release the lease."""
+        `notifiers`: only deliveries to these (a replica leaves the others to a replica that
+        knows them); None: any. Deliveries to other notifiers never hide due ones behind them.
+        """
 
-    async def list_deliveries(self, job_ids: Iterable[str] | None = None) -> list[Delivery]:
-        """Deliveries of these jobs (all deliveries when None), oldest first."""
+    async def claim_expired_deliveries(self, *, now: float, limit: int, owner: str, lease: float) -> list[Delivery]:
+        """Pending deliveries to any notifier whose deadline_at <= now and no live lease, leased:
+        nobody delivered them in time, so the caller records them dead (with alerts)."""
+
+    async def renew_deliveries(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each (delivery id, token) held within its lease to now + lease; the answers in order."""
+
+    async def record_delivery(
+        self, delivery: Delivery, *, token: str, now: float, alerts: Sequence[Delivery] = ()
+    ) -> bool:
+        """Write state, attempts, next_attempt_at and last_error, end the lease, and insert
+        `alerts` (ids already present skipped), all in one transaction; False (nothing
+        written) when `token` does not hold a live lease."""
+
+    async def release_delivery(self, delivery_id: str, *, token: str) -> None:
+        """Give a delivery's lease back unchanged (work cancelled): due again at once."""
+
+    async def list_deliveries(
+        self, job_ids: Iterable[str] | None = None, *, with_events: bool = True
+    ) -> list[Delivery]:
+        """Deliveries of these jobs (all when None), oldest first; without their event bodies
+        (`event` is {}) unless `with_events`."""
 
     async def next_delivery_due_at(self) -> float | None: ...
 
@@ -100,34 +178,28 @@ class StateStore(Protocol):
 
     async def get_meta(self, key: str) -> str | None: ...
 
-
-@runtime_checkable
-class RecordsPolls(Protocol):
-    """Optional for a StateStore: many non-final polls recorded in one go (every built-in store has it).
-
-    The engine records the polls that finish together with one call when the store
-    offers this, and with one `record_poll` each otherwise.
-    """
-
-    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
-        """`record_poll` for each (job id, update), in order; the answers in the same order.
-
-        Atomic as one `record_poll` is: when this raises StoreUnavailable, none was written.
-        """
-        ...
+    async def transition_meta(
+        self, key: str, *, expected: str | None, value: str, deliveries: Sequence[Delivery] = ()
+    ) -> bool:
+        """Set `key` to `value` and insert `deliveries`, in one transaction, only if it holds
+        `expected` now (None: absent); False (nothing written) otherwise."""
 
 
 @runtime_checkable
 class AddsJobs(Protocol):
-    """Optional for a StateStore: many jobs added in one go (every built-in store has it).
+    """Optional for a StateStore: many jobs added in one go (every built-in store has it)."""
 
-    A job file of 100,000 jobs is added in batches with this when the store offers it,
-    and with one `add_job` each otherwise.
-    """
-
-    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
-        """`add_job` for each ref, in order; the answers in the same order.
-
-        Atomic as one `add_job` is: when this raises StoreUnavailable, none was added.
-        """
+    async def add_jobs(
+        self, refs: Sequence[JobRef], *, now: float, first_poll_at: float, again: bool = False
+    ) -> list[bool]:
+        """`add_job` for each ref, in order, in one transaction; the answers in the same order."""
         ...
+
+
+__all__ = [
+    "HOUSEKEEPING_BATCH",
+    "AddsJobs",
+    "StateStore",
+    "Tombstone",
+    "TombstoneReason",
+]
