@@ -196,6 +196,13 @@ async def test_unknown_status_is_kept_as_is(client: SendGridClient, mocked: aior
         (b'{"results": {"created_count": "12"}}', "results.created_count is str"),
         (b'{"results": {"errored_count": true}}', "results.errored_count is bool"),
         (b'{"results": {"errors_url": 5}}', "results.errors_url is int"),
+        (b'{"results": {"created_count": 1e400}}', "number out of range"),
+        (b'{"results": {"created_count": -1e400}}', "number out of range"),
+        (b'{"results": {"some_new_count": 1e400}}', "number out of range"),
+        (b'{"results": {"created_count": 1' + b"0" * 400 + b"}}", "results.created_count is out of range"),
+        (b'{"results": {"created_count": 1' + b"0" * 5000 + b"}}", "not JSON"),
+        (b'{"results": {"errored_count": -3}}', "results.errored_count is out of range"),
+        (b'{"results": {"errored_count": Infinity}}', "not JSON"),
     ],
 )
 async def test_malformed_200_is_try_later(
@@ -576,3 +583,24 @@ async def test_a_huge_body_arriving_in_pieces_is_try_later(
     with pytest.raises(TryLater) as info:
         await client.get_import("huge-body")
     assert "malformed answer: body over 1 MiB" == str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "allow_insecure"),
+    [
+        ("http://sendgrid.example.com", False),
+        ("https://api.sendgrid.com/v3", False),
+        ("https://api.sendgrid.com/v3/", True),
+    ],
+)
+def test_a_base_url_the_policy_refuses_cannot_be_set(base_url: str, allow_insecure: bool) -> None:
+    """Plain http off loopback (without allow_insecure) and a doubled /v3 are refused up front."""
+    with pytest.raises(ValueError, match="base_url must"):
+        SendGridSettings(api_key=Secret(KEY), base_url=base_url, allow_insecure=allow_insecure)
+
+
+def test_plain_http_base_url_to_loopback_or_with_allow_insecure_is_fine() -> None:
+    """The fake SendGrid on loopback, and a mirror with allow_insecure, are accepted."""
+    assert "http://127.0.0.1:8025" == SendGridSettings(api_key=Secret(KEY), base_url="http://127.0.0.1:8025").base_url
+    mirror = SendGridSettings(api_key=Secret(KEY), base_url="http://mirror.internal", allow_insecure=True)
+    assert "http://mirror.internal" == mirror.base_url

@@ -3,36 +3,43 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from yarl import URL
 
+from watcher.net import mask_urls_in_text
 from watcher.schema import Secret, redact
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Mask every known secret value wherever it shows up in an event."""
+    """Mask every known secret value, and the userinfo and secret query values of every URL,
+    wherever they show up in an event (nested values and exception text included)."""
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = redact(value)
-        elif isinstance(value, Secret):
-            event[key] = "********"
-        elif isinstance(value, BaseException):
-            event[key] = redact(f"{type(value).__name__}: {value}")
-        elif isinstance(value, dict | list | tuple):
-            event[key] = _redact_nested(value)
+        event[key] = _redact_nested(value)
     return event
+
+
+def _clean(text: str) -> str:
+    return mask_urls_in_text(redact(text))
 
 
 def _redact_nested(value: Any) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return _clean(value)
     if isinstance(value, Secret):
         return "********"
+    if isinstance(value, BaseException):
+        return _clean(f"{type(value).__name__}: {value}")
+    if isinstance(value, URL):
+        return _clean(str(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # a JSON log line never carries NaN or Infinity
     if isinstance(value, dict):
         return {k: _redact_nested(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.logs import CachedLogger, JobLog
 from watcher.models import Snapshot, validate_job_id
+from watcher.net import base_url_problem, mask_urls_in_text
 from watcher.ratelimit import RateBudget, reset_seconds, retry_after_seconds
 from watcher.schema import Secret, redact
 
@@ -55,6 +57,8 @@ _COUNT_FIELDS = (
     "deleted_count",
     "errored_count",
 )
+#: Counts above this are refused: no import is that big, and beyond it floats lose integers.
+MAX_COUNT = 2**53
 _TEXT_FIELDS = ("status", "job_type", "started_at", "finished_at")
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -82,6 +86,9 @@ class SendGridSettings:
             raise ValueError("request_timeout must be positive")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        # config reports this with a line number; here it guards every other way in.
+        if problem := base_url_problem(self.base_url, allow_insecure=self.allow_insecure):
+            raise ValueError(f"base_url {problem}")
 
 
 class _TooLarge(Exception):
@@ -277,17 +284,28 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, strict: bo
 
 
 def _summary(exc: BaseException) -> str:
-    text = redact(str(exc)).strip()
+    text = mask_urls_in_text(redact(str(exc))).strip()
     name = type(exc).__name__
     return f"{name}: {text[:MAX_MESSAGE_CHARS]}" if text else name
+
+
+class _OutOfRange(ValueError):
+    """A JSON number no float can hold (1e400 would become Infinity)."""
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"not JSON ({name})")
 
 
-#: ``json.loads(body, parse_constant=_reject_constant)`` built a decoder per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _OutOfRange(f"number out of range ({text[:20]})")
+    return value
+
+
+#: One decoder for every answer: NaN/Infinity literals and numbers past the float range refused.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _load_json(body: bytes) -> Any:
@@ -296,7 +314,9 @@ def _load_json(body: bytes) -> Any:
         return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-    except ValueError as exc:  # also UnicodeDecodeError
+    except _OutOfRange as exc:
+        raise ValueError(str(exc)) from None
+    except ValueError as exc:  # also UnicodeDecodeError, and ints past Python's digit limit
         raise ValueError("not JSON") from exc
 
 
@@ -331,7 +351,9 @@ def _parse_results(results: Mapping[str, Any]) -> dict[str, Any]:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"results.{name} is {type(value).__name__}, expected a number")
-            parsed[name] = int(value) if float(value).is_integer() else value
+            if not 0 <= value <= MAX_COUNT:  # also false for NaN
+                raise ValueError(f"results.{name} is out of range ({str(value)[:20]})")
+            parsed[name] = int(value) if isinstance(value, int) or value.is_integer() else value
         elif name == "errors_url":
             if not isinstance(value, str | None):
                 raise ValueError(f"results.errors_url is {type(value).__name__}, expected a string")

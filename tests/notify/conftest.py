@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -11,10 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from watcher.logs import configure_logging
 from watcher.models import Delivery
 from watcher.notify.base import BaseNotifier
 
@@ -199,3 +203,18 @@ def smtp_server() -> Iterator[Callable[..., SmtpSink]]:
     yield start
     for controller in controllers:
         controller.stop()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Every log line of the test (structlog and stdlib, debug up) as the JSON the daemon writes."""
+    out = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("debug", "json", out)
+    try:
+        yield out
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)

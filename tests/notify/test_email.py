@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from watcher.config import load_config
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.notify.email import EmailNotifier
+from watcher.notify.registry import build_notifiers
 from watcher.notify.render import sample_event
 from watcher.schema import Secret
 
@@ -218,6 +221,33 @@ async def test_sendgrid_transport_posts_mail_send_json(http_server, start_notifi
     assert event["errors_sample_csv"] == base64.b64decode(attachment["content"]).decode()
 
 
+async def test_sendgrid_transport_follows_sendgrid_base_url(
+    http_server, start_notifier, make_delivery, tmp_path: Path
+) -> None:
+    """Without its own api_base_url, e-mail goes to sendgrid.base_url (an EU account's host) with its key."""
+    eu = await http_server(default=Answer(202, ""))
+    path = tmp_path / "watcher.yaml"
+    path.write_text(
+        "sendgrid:\n"
+        "  api_key: ${KEY}\n"
+        f"  base_url: {eu.url}\n"
+        "notifiers:\n"
+        "  mail:\n"
+        "    type: email\n"
+        "    transport: sendgrid\n"
+        "    from: watcher@example.com\n"
+        "    to: [ops@example.com]\n"
+    )
+    config = load_config(path, env={"KEY": "SG.eu-account-key"})
+    notifier = await start_notifier(build_notifiers(config)["mail"])
+
+    await notifier.send(make_delivery(sample_event("completed")))
+
+    (request,) = eu.requests
+    assert ("POST", "/v3/mail/send") == (request.method, request.path)
+    assert "Bearer SG.eu-account-key" == request.headers["Authorization"]
+
+
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
@@ -261,6 +291,8 @@ async def test_sendgrid_transport_errors(http_server, start_notifier, make_deliv
         ({"host": "127.0.0.1", "starttls": False, "password": Secret("pw12")}, []),
         ({"transport": "sendgrid", "api_base_url": "http://api.example.com"}, ["api_base_url"]),
         ({"transport": "sendgrid", "api_base_url": "https://api.sendgrid.com"}, []),
+        ({"transport": "sendgrid", "api_base_url": "https://api.sendgrid.com/v3"}, ["api_base_url"]),
+        ({"transport": "sendgrid", "api_base_url": "http://api.example.com", "allow_insecure": True}, []),
     ],
 )
 def test_check(settings: dict[str, Any], problems: list[str]) -> None:

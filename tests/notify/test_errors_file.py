@@ -6,13 +6,18 @@ import asyncio
 import csv
 import gzip
 import io
+import json
 
 import pytest
 from aiohttp import web
 
+from watcher.net import OutboundPolicy
 from watcher.notify.errors_file import reason_column, summarize_errors_file
 
 from .conftest import Answer, free_port
+
+# The fakes listen on plain http on loopback: what the demo and tests allow explicitly.
+LOCAL = OutboundPolicy(allow_insecure=True, allow_private=True)
 
 CSV = (
     "email,first_name,ERROR\n"
@@ -29,7 +34,7 @@ async def test_counts_rows_and_top_reasons(http_server, session) -> None:
     """Rows are counted, reasons ranked by count, blank reasons named."""
     server = await http_server(default=Answer(200, CSV))
 
-    result = await summarize_errors_file(session, server.url + "/errors.csv?token=s3cr3t", top=2)
+    result = await summarize_errors_file(session, server.url + "/errors.csv?token=s3cr3t", policy=LOCAL, top=2)
 
     assert {
         "rows": 5,
@@ -44,7 +49,7 @@ async def test_sample_csv_has_header_and_first_rows(http_server, session) -> Non
     """sample_csv is the header plus the first `sample_rows` rows, as CSV."""
     server = await http_server(default=Answer(200, CSV))
 
-    result = await summarize_errors_file(session, server.url + "/e.csv", sample_rows=2)
+    result = await summarize_errors_file(session, server.url + "/e.csv", policy=LOCAL, sample_rows=2)
 
     assert result.sample_csv is not None
     rows = list(csv.reader(io.StringIO(result.sample_csv)))
@@ -62,7 +67,7 @@ async def test_gzip_is_accepted(http_server, session, how: str) -> None:
     headers = {"Content-Encoding": "gzip"} if how == "content-encoding" else {}
     server = await http_server(default=Answer(200, packed, headers))
 
-    result = await summarize_errors_file(session, server.url + "/errors.csv.gz")
+    result = await summarize_errors_file(session, server.url + "/errors.csv.gz", policy=LOCAL)
 
     assert 5 == result.summary["rows"]
 
@@ -80,7 +85,7 @@ async def test_over_the_size_cap_is_unavailable(http_server, session, body, head
     """More than max_bytes (after decompression) is reported, not read."""
     server = await http_server(default=Answer(200, body, headers))
 
-    result = await summarize_errors_file(session, server.url + "/big.csv", max_bytes=4096)
+    result = await summarize_errors_file(session, server.url + "/big.csv", policy=LOCAL, max_bytes=4096)
 
     assert {"unavailable": "errors file larger than 4096 bytes"} == result.summary
     assert result.sample_csv is None
@@ -90,7 +95,7 @@ async def test_http_error_is_unavailable_without_the_token(http_server, session)
     """A 404 names the status and the URL without its query string."""
     server = await http_server(default=Answer(404, "nope"))
 
-    result = await summarize_errors_file(session, server.url + "/gone.csv?sig=TOKEN123")
+    result = await summarize_errors_file(session, server.url + "/gone.csv?sig=TOKEN123", policy=LOCAL)
 
     assert {"unavailable": f"HTTP 404 from {server.url}/gone.csv"} == result.summary
 
@@ -105,7 +110,7 @@ async def test_timeout_is_unavailable(http_server, session) -> None:
 
     server = await http_server(handler=slow)
 
-    result = await summarize_errors_file(session, server.url + "/slow.csv", timeout=0.05)
+    result = await summarize_errors_file(session, server.url + "/slow.csv", policy=LOCAL, timeout=0.05)
     release.set()
 
     assert {"unavailable": "download timed out after 0.05s"} == result.summary
@@ -115,41 +120,46 @@ async def test_connection_refused_is_unavailable(session) -> None:
     """Nobody listening gives a reason that hides the query string."""
     url = f"http://127.0.0.1:{free_port()}/e.csv?token=TOKEN123"
 
-    result = await summarize_errors_file(session, url, timeout=2.0)
+    result = await summarize_errors_file(session, url, policy=LOCAL, timeout=2.0)
 
     assert result.summary["unavailable"].startswith("download failed: cannot connect to http://")
     assert "TOKEN123" not in result.summary["unavailable"]
 
 
 @pytest.mark.parametrize(
-    ("url", "allow_http", "reason"),
+    ("url", "policy", "reason"),
     [
-        ("http://10.255.255.1/e.csv?token=TOKEN123", False, "refusing to download http://"),
-        ("ftp://10.255.255.1/e.csv", True, "refusing to download ftp://"),
-        ("", False, "no errors file URL"),
+        (
+            "http://10.255.255.1/e.csv?token=TOKEN123",
+            OutboundPolicy(),
+            "refusing http://10.255.255.1/e.csv: only https",
+        ),
+        ("ftp://10.255.255.1/e.csv", LOCAL, "refusing ftp://10.255.255.1/e.csv: only https"),
+        ("https://10.255.255.1/e.csv", OutboundPolicy(), "refusing https://10.255.255.1/e.csv: private address"),
+        ("", LOCAL, "no errors file URL"),
     ],
 )
-async def test_insecure_urls_are_refused_without_a_request(session, url, allow_http, reason):
-    """Plain http off loopback (without allow_http) and other schemes never touch the network."""
+async def test_refused_urls_never_touch_the_network(session, url, policy, reason):
+    """Plain http, other schemes and private addresses are refused before any connection."""
     # 10.255.255.1 does not answer: a request would end in a timeout, not in a refusal.
-    result = await summarize_errors_file(session, url, allow_http=allow_http, timeout=0.05)
+    result = await summarize_errors_file(session, url, policy=policy, timeout=0.05)
 
     assert result.summary["unavailable"].startswith(reason)
     assert "TOKEN123" not in result.summary["unavailable"]
 
 
-async def test_allow_http_lifts_the_https_rule(session) -> None:
-    """With allow_http a non-loopback http URL is requested (here: it times out)."""
-    result = await summarize_errors_file(session, "http://10.255.255.1/e.csv", allow_http=True, timeout=0.05)
+async def test_allow_insecure_and_private_lift_the_rules(session) -> None:
+    """With both flags a private plain-http URL is requested (here: it times out)."""
+    result = await summarize_errors_file(session, "http://10.255.255.1/e.csv", policy=LOCAL, timeout=0.05)
 
-    assert not result.summary["unavailable"].startswith("refusing")
+    assert {"unavailable": "download timed out after 0.05s"} == result.summary
 
 
 async def test_empty_file_has_no_rows(http_server, session) -> None:
     """An empty body is zero rows, not an error."""
     server = await http_server(default=Answer(200, ""))
 
-    result = await summarize_errors_file(session, server.url + "/e.csv")
+    result = await summarize_errors_file(session, server.url + "/e.csv", policy=LOCAL)
 
     assert ({"rows": 0, "top_reasons": []}, None) == (result.summary, result.sample_csv)
 
@@ -168,3 +178,15 @@ async def test_empty_file_has_no_rows(http_server, session) -> None:
 def test_reason_column(header: list[str], index: int) -> None:
     """A known header name wins (any case); otherwise the last column."""
     assert index == reason_column(header)
+
+
+async def test_the_failure_log_line_names_the_job(session, json_logs) -> None:
+    """A download that fails logs one warning with the job id, the URL without its query, and why."""
+    await summarize_errors_file(session, "http://errors.example.com/e.csv?sig=TOKEN123", job_id="job-42")
+
+    (line,) = [json.loads(text) for text in json_logs.getvalue().splitlines()]
+    assert {
+        "event": "notify.errors_file_unavailable",
+        "job_id": "job-42",
+        "url": "http://errors.example.com/e.csv",
+    } == {key: line[key] for key in ("event", "job_id", "url")}

@@ -238,6 +238,37 @@ async def test_chat_post_message(http_server, start_notifier, make_delivery, ans
     assert [] == slack.problems
 
 
+async def test_a_big_ok_answer_is_read_whole_and_posted_once(http_server, start_notifier, make_delivery) -> None:
+    """Slack's real answer echoes the message: a 9 KiB `{"ok": true, ...}` is one post, delivered."""
+    slack = FakeSlack()
+
+    async def echo(request: web.Request) -> web.Response:
+        await slack.handle(request)
+        message = {**slack.payloads[-1], "padding": "x" * 9 * 1024}
+        return web.json_response({"ok": True, "channel": "C123", "ts": "1.2", "message": message})
+
+    server = await http_server(handler=echo)
+    settings = {"bot_token": Secret(BOT_TOKEN), "channel": "C123", "api_url": server.url + "/api"}
+    notifier = await start_notifier(SlackNotifier("bot", settings))
+
+    await notifier.send(make_delivery(sample_event("errored")))
+
+    assert 1 == len(slack.payloads)
+    assert [] == slack.problems
+
+
+async def test_an_answer_over_a_mebibyte_is_retryable(http_server, start_notifier, make_delivery) -> None:
+    """An answer past the 1 MiB cap is not parsed: the post is retried, not taken as delivered."""
+    padding = "x" * (1 << 20)
+    slack = FakeSlack([Answer(200, json.dumps({"ok": True, "padding": padding}))])
+    server = await http_server(handler=slack.handle)
+    settings = {"bot_token": Secret(BOT_TOKEN), "channel": "C123", "api_url": server.url + "/api"}
+    notifier = await start_notifier(SlackNotifier("bot", settings))
+
+    with pytest.raises(RetryableDeliveryError, match="answer larger than 1048576 bytes"):
+        await notifier.send(make_delivery(sample_event("completed")))
+
+
 async def test_title_template_and_broken_text_template(http_server, start_notifier, make_delivery) -> None:
     """A title template sets the header; a failing text template falls back and logs a warning."""
     slack = FakeSlack()

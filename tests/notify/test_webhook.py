@@ -12,7 +12,8 @@ from standardwebhooks.webhooks import Webhook
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.notify.render import sample_event
-from watcher.notify.webhook import WebhookNotifier, retry_after_seconds
+from watcher.notify.webhook import WebhookNotifier
+from watcher.ratelimit.signals import MAX_WAIT
 from watcher.schema import Secret
 
 from .conftest import Answer, free_port
@@ -199,17 +200,37 @@ def test_describe_and_repr_hide_secrets() -> None:
     assert "tok-123" not in str(shown)
 
 
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("7", 7.0),
-        ("0.5", 0.5),
-        ("Fri, 27 Nov 2026 10:00:30 GMT", 30.0),
-        ("soon", None),
-        (None, None),
-    ],
-)
-def test_retry_after_parsing(value: str | None, seconds: float | None) -> None:
-    """Retry-After is seconds or an HTTP date, relative to now."""
-    now = 1_795_773_600.0  # 2026-11-27T10:00:00Z
-    assert seconds == retry_after_seconds(value, now=now)
+async def test_an_absurd_retry_after_is_clamped_by_the_one_parser(http_server, start_notifier, make_delivery) -> None:
+    """A 429 asking for 28 hours is clamped like every other Retry-After (one shared parser)."""
+    server = await http_server(default=Answer(429, "", {"Retry-After": "100800"}))
+    hook = await start_notifier(notifier(server.url))
+
+    with pytest.raises(RetryableDeliveryError) as caught:
+        await hook.send(make_delivery(sample_event("failed")))
+
+    assert caught.value.retry_after is not None and caught.value.retry_after <= MAX_WAIT
+
+
+CANARY = "canary-pw-7f3a9c"
+
+
+async def test_a_password_in_the_url_never_reaches_a_log_line_or_an_error(
+    http_server, start_notifier, make_delivery, json_logs
+) -> None:
+    """A canary password in the webhook URL: absent from every log line and every error message."""
+    echoing = await http_server(
+        default=Answer(503, f"upstream https://ops:{CANARY}@hooks.example.com/x?token={CANARY} is down")
+    )
+    port = echoing.url.rsplit(":", 1)[1]
+    errors: list[str] = []
+    for url in (f"http://ops:{CANARY}@127.0.0.1:{port}/hook", f"http://ops:{CANARY}@127.0.0.1:{free_port()}/hook"):
+        hook = await start_notifier(notifier(url, timeout=2.0))
+        with pytest.raises(RetryableDeliveryError) as caught:
+            await hook.send(make_delivery(sample_event("failed")))
+        errors.append(str(caught.value))
+        errors.append(str(hook.describe()))
+
+    logged = json_logs.getvalue()
+    assert 2 == logged.count("notify.webhook_failed")
+    assert [] == [text for text in [logged, *errors] if CANARY in text]
+    assert "Basic" in echoing.requests[0].headers["Authorization"]  # the password was used, only never shown

@@ -15,7 +15,6 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, parseaddr
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import aiosmtplib
@@ -23,11 +22,11 @@ import structlog
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
+from watcher.net import base_url_problem, is_loopback_host, mask_url
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
 from watcher.notify.webhook import (
     USER_AGENT,
-    is_loopback_host,
     network_error,
     raise_for_answer,
     read_some,
@@ -50,6 +49,8 @@ _MAX_HEADER_LINE = 998
 _MAX_SUBJECT = 900  # leaves room for "Subject: " within one 998-character line
 
 _log = structlog.get_logger("watcher.notify")
+
+DEFAULT_API_BASE = "https://api.sendgrid.com"
 
 
 def email_subject(event: Mapping[str, Any]) -> str:
@@ -176,7 +177,15 @@ class EmailNotifier(BaseNotifier):
         Field("timeout", duration(0.001), default=30.0),
         Field("transport", choice("smtp", "sendgrid"), default="smtp"),
         Field("api_key", secret, secret=True, doc="transport sendgrid; defaults to sendgrid.api_key"),
-        Field("api_base_url", url("http", "https"), default="https://api.sendgrid.com"),
+        Field(
+            "api_base_url",
+            url("http", "https"),
+            doc=(
+                "transport sendgrid: the API base, mail goes to <api_base_url>/v3/mail/send; defaults to "
+                f"sendgrid.base_url (EU accounts: https://api.eu.sendgrid.com), else {DEFAULT_API_BASE}"
+            ),
+        ),
+        Field("allow_insecure", boolean, default=False, doc="allow http to a non-loopback api_base_url"),
     )
 
     @classmethod
@@ -184,9 +193,11 @@ class EmailNotifier(BaseNotifier):
         """A host for SMTP; no password in clear text to another machine; https for the API."""
         problems: list[tuple[str, str]] = []
         if settings.get("transport") == "sendgrid":
-            base = urlsplit(str(settings.get("api_base_url") or "https://api.sendgrid.com"))
-            if base.scheme != "https" and not is_loopback_host(base.hostname):
-                problems.append(("api_base_url", "must use https (http only for loopback hosts)"))
+            base = settings.get("api_base_url")
+            if isinstance(base, str):
+                problem = base_url_problem(base, bool(settings.get("allow_insecure")))
+                if problem is not None:
+                    problems.append(("api_base_url", problem))
             return problems
         host = settings.get("host")
         if not host:
@@ -259,7 +270,9 @@ class EmailNotifier(BaseNotifier):
         key = reveal(self.settings.get("api_key"))
         if not key:
             raise PermanentDeliveryError("email: transport sendgrid needs api_key")
-        base = str(self.settings.get("api_base_url") or "https://api.sendgrid.com").rstrip("/")
+        base = str(self.settings.get("api_base_url") or DEFAULT_API_BASE).rstrip("/")
+        if problem := base_url_problem(base, bool(self.settings.get("allow_insecure"))):
+            raise PermanentDeliveryError(f"email: api_base_url {mask_url(base)} {problem}")
         timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 30.0))
         headers = {
             "Authorization": f"Bearer {key}",
@@ -269,7 +282,7 @@ class EmailNotifier(BaseNotifier):
         try:
             async with self.session.post(
                 f"{base}/v3/mail/send",
-                data=json.dumps(payload).encode(),
+                data=json.dumps(payload, allow_nan=False).encode(),
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,

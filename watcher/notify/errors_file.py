@@ -8,7 +8,6 @@ read becomes `{"unavailable": "<why>"}` and the notification still goes out.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import zlib
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
-from watcher.notify.webhook import is_loopback_host, shown_url
+from watcher.net import AnswerStatus, BodyTooLarge, OutboundPolicy, OutboundRefused, shown_url
 
 MiB = 1024 * 1024
 REASON_COLUMNS = ("error", "errors", "reason", "error_message", "message")
@@ -45,69 +44,57 @@ class _Unavailable(Exception):
     """Why the file cannot be summarised, already fit to show."""
 
 
+#: The whole download (every redirect and the body) never takes longer than this.
+DEFAULT_TIMEOUT = 10.0
+
+
 async def summarize_errors_file(
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession | None,
     url: str,
     *,
+    policy: OutboundPolicy | None = None,
     max_bytes: int = 10 * MiB,
-    timeout: float = 30.0,  # noqa: ASYNC109 - the contract's keyword; applied with asyncio.timeout
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - a total budget, applied with asyncio.timeout
     top: int = 5,
     sample_rows: int = 20,
-    allow_http: bool = False,
+    job_id: str | None = None,
 ) -> ErrorsSummary:
-    """Rows and top reasons of the CSV at `url`, or why it could not be read; never raises."""
+    """Rows and top reasons of the CSV at `url`, or why it could not be read; never raises.
+
+    `url` arrives in SendGrid's answer, so it is fetched under the answered-URL `policy`
+    (default: https to public addresses only). `session` should come from
+    `policy.make_session()`; None (or another session) makes one for this download.
+    `job_id` only names the job in the log line of a failure.
+    """
+    rules = policy or OutboundPolicy()
     try:
-        _check_url(url, allow_http=allow_http)
-        async with asyncio.timeout(timeout):
-            body = await _download(session, url, max_bytes, timeout, allow_http=allow_http)
+        if not url:
+            raise _Unavailable("no errors file URL")
+        rules.check_answered(url)
+        if session is None:
+            async with rules.make_session() as own:
+                body = await rules.fetch_answered(own, url, max_bytes=max_bytes, total_timeout=timeout)
+        else:
+            body = await rules.fetch_answered(session, url, max_bytes=max_bytes, total_timeout=timeout)
         return _summarize(_gunzip(body, max_bytes), top=top, sample_rows=sample_rows)
-    except _Unavailable as exc:
+    except (_Unavailable, OutboundRefused, AnswerStatus) as exc:
         why = str(exc)
+    except BodyTooLarge:
+        why = f"errors file larger than {_size(max_bytes)}"
     except TimeoutError:
         why = f"download timed out after {timeout:g}s"
     except aiohttp.ClientError as exc:
         why = f"download failed: {_client_error(exc, url)}"
     except Exception as exc:  # the contract is "never raises": report the kind, not a traceback
         why = f"unexpected error: {type(exc).__name__}"
-    _log.warning("notify.errors_file_unavailable", url=_shown(url), reason=why)
+    context = {} if job_id is None else {"job_id": job_id}
+    _log.warning("notify.errors_file_unavailable", **context, url=_shown(url), reason=why)
     return ErrorsSummary({"unavailable": why}, None)
 
 
 def _shown(url: str) -> str:
     # Signed download links carry their token in the query: show scheme, host and path only.
     return shown_url(url, path=True) if url else "(no URL)"
-
-
-def _check_url(url: str, *, allow_http: bool) -> None:
-    if not url:
-        raise _Unavailable("no errors file URL")
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and (allow_http or is_loopback_host(parts.hostname)):
-        return
-    raise _Unavailable(f"refusing to download {_shown(url)}: only https URLs are read")
-
-
-async def _download(
-    session: aiohttp.ClientSession, url: str, max_bytes: int, seconds: float, *, allow_http: bool
-) -> bytes:
-    client_timeout = aiohttp.ClientTimeout(total=seconds)
-    async with session.get(url, timeout=client_timeout) as response:
-        # A redirect must not downgrade the download to plain http off the machine.
-        _check_url(str(response.url), allow_http=allow_http)
-        if response.status != 200:
-            raise _Unavailable(f"HTTP {response.status} from {_shown(url)}")
-        if (response.content_length or 0) > max_bytes:
-            raise _Unavailable(f"errors file larger than {_size(max_bytes)}")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > max_bytes:
-                raise _Unavailable(f"errors file larger than {_size(max_bytes)}")
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _gunzip(body: bytes, max_bytes: int) -> bytes:

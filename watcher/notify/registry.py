@@ -73,10 +73,19 @@ def build_notifiers(config: Config) -> dict[str, Notifier]:
     built: dict[str, Notifier] = {}
     for spec in config.notifiers:
         settings = dict(spec.settings)
-        if spec.type == "email" and settings.get("transport") == "sendgrid" and not settings.get("api_key"):
-            settings["api_key"] = config.sendgrid.api_key
+        if spec.type == "email" and settings.get("transport") == "sendgrid":
+            _inherit_sendgrid(settings, config)
         built[spec.name] = _instantiate(types[spec.type], replace(spec, settings=settings))
     return built
+
+
+def _inherit_sendgrid(settings: dict[str, Any], config: Config) -> None:
+    """E-mail through SendGrid uses the `sendgrid:` key and host (EU accounts) unless it names its own."""
+    if not settings.get("api_key"):
+        settings["api_key"] = config.sendgrid.api_key
+    if not settings.get("api_base_url"):
+        settings["api_base_url"] = config.sendgrid.base_url
+        settings["allow_insecure"] = config.sendgrid.allow_insecure
 
 
 def _instantiate(cls: Any, spec: NotifierSettings) -> Notifier:

@@ -10,25 +10,26 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import structlog
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
+from watcher.net import configured_url_problem
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
 from watcher.notify.webhook import (
     USER_AGENT,
-    is_loopback_host,
+    answer_retry_after,
     network_error,
     raise_for_answer,
     read_some,
-    retry_after_seconds,
+    read_whole,
     reveal,
 )
-from watcher.schema import Field, Secret, duration, optional_string, secret, url
+from watcher.schema import Field, Secret, boolean, duration, optional_string, secret, url
 
 # Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -151,6 +152,7 @@ class SlackNotifier(BaseNotifier):
         Field("channel", optional_string, doc="channel id or name, with bot_token"),
         Field("api_url", url("http", "https"), default="https://slack.com/api"),
         Field("timeout", duration(0.001), default=10.0),
+        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
     )
 
     @classmethod
@@ -171,9 +173,9 @@ class SlackNotifier(BaseNotifier):
             ("api_url", settings.get("api_url") if token else None),
         ):
             if isinstance(target, str):
-                parts = urlsplit(target)
-                if parts.scheme != "https" and not is_loopback_host(parts.hostname):
-                    problems.append((key, "must use https (http only for loopback hosts)"))
+                problem = configured_url_problem(target, allow_insecure=bool(settings.get("allow_insecure")))
+                if problem is not None:
+                    problems.append((key, problem))
         return problems
 
     async def send(self, delivery: Delivery) -> None:
@@ -199,10 +201,14 @@ class SlackNotifier(BaseNotifier):
         log.debug("notify.slack_delivered")
 
     async def _post(
-        self, target: str, payload: Mapping[str, Any], headers: Mapping[str, str]
+        self, target: str, payload: Mapping[str, Any], headers: Mapping[str, str], *, whole: bool = False
     ) -> tuple[int, str, dict[str, str]]:
+        """POST; the answer read whole (up to 1 MiB) when `whole` and 2xx, else its start."""
         timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
+        except ValueError:
+            raise PermanentDeliveryError("slack: the message holds a number JSON cannot carry") from None
         all_headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": USER_AGENT,
@@ -212,7 +218,12 @@ class SlackNotifier(BaseNotifier):
             async with self.session.post(
                 target, data=body, headers=all_headers, timeout=timeout, allow_redirects=False
             ) as response:
-                return response.status, await read_some(response), dict(response.headers)
+                if whole and response.status < 300:
+                    # chat.postMessage echoes the message: its success is known only from the whole answer.
+                    text = await read_whole(response, "slack chat.postMessage")
+                else:
+                    text = await read_some(response)
+                return response.status, text, dict(response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise network_error("slack", exc) from None
 
@@ -229,7 +240,7 @@ class SlackNotifier(BaseNotifier):
         target = str(self.settings.get("api_url") or "https://slack.com/api").rstrip("/")
         payload = {"channel": self.settings.get("channel"), **message}
         status, text, headers = await self._post(
-            f"{target}/chat.postMessage", payload, {"Authorization": f"Bearer {token}"}
+            f"{target}/chat.postMessage", payload, {"Authorization": f"Bearer {token}"}, whole=True
         )
         if status >= 300:
             raise_for_answer("slack chat.postMessage", status, text, headers)
@@ -241,7 +252,5 @@ class SlackNotifier(BaseNotifier):
             return
         error = str(answer.get("error") or "unknown_error")
         if error in _RETRYABLE_API_ERRORS:
-            raise RetryableDeliveryError(
-                f"slack chat.postMessage: {error}", retry_after_seconds(headers.get("Retry-After"))
-            )
+            raise RetryableDeliveryError(f"slack chat.postMessage: {error}", answer_retry_after(headers))
         raise PermanentDeliveryError(f"slack chat.postMessage: {error}")

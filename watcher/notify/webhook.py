@@ -13,26 +13,27 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
+from watcher.net import BodyTooLarge, configured_url_problem, mask_url, mask_urls_in_text, read_capped, shown_url
 from watcher.notify.base import BaseNotifier
+from watcher.ratelimit.signals import retry_after_seconds
 from watcher.schema import Field, Secret, boolean, duration, secret, string_map, url
 
 BODY_KEYS = ("type", "timestamp", "data")
 USER_AGENT = "import-watcher/0.1"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format prefix, not a secret
 _RESPONSE_SHOWN = 300
+#: Answers that decide success (a chat API's JSON) are read whole up to this.
+MAX_ANSWER_BYTES = 1 << 20
 # Extra headers whose values are credentials: masked in describe(), never logged.
 _SENSITIVE_HEADER_WORDS = (
     "authorization",
@@ -58,46 +59,19 @@ def reveal(value: Any) -> str | None:
     return text or None
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """127.0.0.0/8, ::1 or localhost: plain http cannot leak off the machine."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def shown_url(target: str, *, path: bool = False) -> str:
-    """A URL fit for logs and errors: scheme and host (and path if asked), never the query."""
-    parts = urlsplit(target)
-    return f"{parts.scheme}://{parts.netloc}{parts.path if path else '/…'}"
-
-
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds (a number, or an HTTP date); None when absent or garbled."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+def answer_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a `Retry-After` answer header asks for, through the one (clamping) parser."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    return retry_after_seconds(value, time.time())
 
 
 def raise_for_answer(what: str, status: int, body: str, headers: Mapping[str, str]) -> None:
     """Map a non-2xx HTTP answer to the delivery error the outbox understands."""
-    shown = " ".join(body[:_RESPONSE_SHOWN].split())
+    # A receiver may echo URLs (with credentials) back: the message reaches logs and notify-test.
+    shown = mask_urls_in_text(" ".join(body[:_RESPONSE_SHOWN].split()))
     message = f"{what} answered HTTP {status}" + (f": {shown}" if shown else "")
     if status == 429 or status == 408 or status >= 500:
-        raise RetryableDeliveryError(message, retry_after_seconds(headers.get("Retry-After")))
+        raise RetryableDeliveryError(message, answer_retry_after(headers))
     if 300 <= status < 400:
         # Redirects are not followed: a signed POST should not wander to another host.
         location = headers.get("Location")
@@ -117,6 +91,15 @@ async def read_some(response: aiohttp.ClientResponse, limit: int = 4096) -> str:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks).decode(response.charset or "utf-8", errors="replace")
+
+
+async def read_whole(response: aiohttp.ClientResponse, what: str, limit: int = MAX_ANSWER_BYTES) -> str:
+    """A whole answer as text, for answers that decide success; past `limit` it is retryable."""
+    try:
+        body = await read_capped(response, limit)
+    except BodyTooLarge:
+        raise RetryableDeliveryError(f"{what}: answer larger than {limit} bytes") from None
+    return body.decode(response.charset or "utf-8", errors="replace")
 
 
 def network_error(what: str, exc: BaseException) -> RetryableDeliveryError:
@@ -152,7 +135,8 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def webhook_body(event: Mapping[str, Any]) -> bytes:
     """Exactly the DESIGN.md body: the three public keys of the stored event."""
     body = {key: event.get(key) for key in BODY_KEYS}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    # allow_nan=False: a non-finite number is a bug upstream, never invalid JSON on the wire.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class WebhookNotifier(BaseNotifier):
@@ -172,15 +156,10 @@ class WebhookNotifier(BaseNotifier):
         """https unless loopback or allow_insecure; a well-formed whsec_ secret."""
         problems: list[tuple[str, str]] = []
         target = settings.get("url")
-        if isinstance(target, str) and not settings.get("allow_insecure"):
-            parts = urlsplit(target)
-            if parts.scheme != "https" and not is_loopback_host(parts.hostname):
-                problems.append(
-                    (
-                        "url",
-                        "must use https (http only for loopback hosts, or allow_insecure: true)",
-                    )
-                )
+        if isinstance(target, str):
+            problem = configured_url_problem(target, allow_insecure=bool(settings.get("allow_insecure")))
+            if problem is not None:
+                problems.append(("url", problem))
         whsec = reveal(settings.get("secret"))
         if whsec is not None:
             if not whsec.startswith(SECRET_PREFIX):
@@ -195,6 +174,8 @@ class WebhookNotifier(BaseNotifier):
     def describe(self) -> dict[str, Any]:
         """Settings for logs; extra headers that carry credentials are masked too."""
         shown = super().describe()
+        if isinstance(shown.get("url"), str):
+            shown["url"] = mask_url(shown["url"])
         headers = shown.get("headers")
         if isinstance(headers, Mapping):
             shown["headers"] = {
@@ -205,7 +186,10 @@ class WebhookNotifier(BaseNotifier):
     async def send(self, delivery: Delivery) -> None:
         """POST once; return on 2xx, raise a retryable or permanent error otherwise."""
         target = str(self.settings["url"])
-        body = webhook_body(delivery.event)
+        try:
+            body = webhook_body(delivery.event)
+        except ValueError:
+            raise PermanentDeliveryError("webhook: the event holds a number JSON cannot carry") from None
         headers = self._headers(delivery.id, body)
         log = _log.bind(notifier=self.name, delivery=delivery.id, url=shown_url(target))
         timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
