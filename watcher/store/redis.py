@@ -1,31 +1,34 @@
 """Redis StateStore: shared by several replicas, every write an atomic Lua script.
 
-Layout under the prefix P (job ids cannot hold ":", so keys never collide):
-  P:job:<id>          hash, one job           P:dlv:<id>         hash, one delivery
-  P:jobs:due          zset of unfinished jobs P:dlvs:due         zset of pending deliveries
-  P:jobs:added        zset by added_at        P:dlvs:all         zset by created_at
-  P:jobs:final        zset by detected_at     P:dlvs:job:<id>    set of a job's deliveries
-  P:counts            hash of totals by state P:meta, P:schema   bookkeeping
+Layout 2 under the prefix P (job ids cannot hold ":", so keys never collide):
+  P:job:<id>        hash, one job               P:dlv:<id>        hash, one delivery
+  P:jobs:due        zset of unfinished jobs     P:dlvs:due        zset of pending deliveries
+  P:jobs:added      zset by added_at            P:dlvs:all        zset by created_at
+  P:jobs:final      zset by detected_at         P:dlvs:deadline   zset of pending by deadline_at
+  P:tombs           zset of tombstones by when  P:dlvs:job:<id>   set of a job's deliveries
+  P:tombs:why       hash id -> reason           P:dlvs:due:n:<n>  zset of pending to notifier n
+  P:counts          hash of totals by state
+  P:meta, P:schema  bookkeeping (P:schema holds the layout version)
 
-A due score is next_poll_at (next_attempt_at) while the record is free and the
-lease expiry while it is claimed, so "due and unclaimed" is one ZRANGEBYSCORE
-and an expired lease simply becomes due again for any replica. Scripts build
-record keys from the prefix; for Redis Cluster use a hash-tagged prefix such as
+A due score is next_poll_at (next_attempt_at, the caller's clock) while the record is
+free and its lease expiry while it is claimed, so "due and unclaimed" is one
+ZRANGEBYSCORE and an expired lease becomes due again for any replica. A claimed
+record's `owner` field holds its lease token and `lease_until` the expiry in the lease
+clock: the server's TIME by default, so a replica whose clock runs ahead cannot take a
+live lease (the scripts check the expiry, the score only finds candidates). Scripts
+build record keys from the prefix; for Redis Cluster use a hash-tagged prefix such as
 "{import-watcher}" so every key lands in one slot. The scripts are in redis_scripts.
+
+Layout 1 (before tombstones) lacked P:dlvs:deadline and P:dlvs:due:n:*; `open` builds them
+and moves to 2.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import cast
 
-import redis.asyncio as aioredis
-import redis.exceptions
-from redis.commands.core import AsyncScript
-
-from watcher.errors import StoreUnavailable, WatcherError
 from watcher.models import (
     WATCHING,
     Delivery,
@@ -36,337 +39,254 @@ from watcher.models import (
     PollUpdate,
     Snapshot,
     StoreCounts,
+    Tombstone,
+    TombstoneReason,
 )
-from watcher.store.redis_scripts import register_scripts
+from watcher.store import redis_rows as rows
+from watcher.store.base import HOUSEKEEPING_BATCH
+from watcher.store.redis_client import CHUNK, SCHEMA_VERSION, RedisConnection
+from watcher.store.tokens import new_token
 
-SCHEMA_VERSION = 1
-# Server replies that mean "not now" (failover, full memory, loading), not a bug.
-_TRANSIENT_REPLIES = frozenset({"READONLY", "OOM", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN"})
-_CHUNK = 500  # records per pipeline or script call: bounded latency for other clients
+__all__ = ["SCHEMA_VERSION", "RedisStore"]
 
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _num(value: float) -> str:
-    """repr() of a float round-trips exactly, which str(int) or Lua's tostring would not."""
-    return repr(float(value))
+_SCAN_FACTOR = 8  # a claim looks at up to limit * 8 due entries: leases live by the server clock may lie in front
+_LIST_SCAN = 2000  # members one list_jobs call looks at: short scripts even when a filter skips most
 
 
-def _strs(values: Any) -> list[str]:
-    """Members as str: the client decodes responses, the stubs cannot know that."""
-    return cast("list[str]", values)
-
-
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _job(h: dict[str, str]) -> JobState:
-    notify = json.loads(h["notify"])
-    snapshot = json.loads(h["snapshot"])
-    return JobState(
-        id=h["id"],
-        labels=json.loads(h["labels"]),
-        notify=None if notify is None else tuple(notify),
-        added_at=float(h["added_at"]),
-        next_poll_at=float(h["next_poll_at"]),
-        polls=int(h["polls"]),
-        transient_errors=int(h["transient_errors"]),
-        snapshot=None if snapshot is None else Snapshot.from_dict(snapshot),
-        outcome=Outcome(h["outcome"]) if h["outcome"] else None,
-        detected_at=float(h["detected_at"]) if h["detected_at"] else None,
-    )
-
-
-def _delivery(h: dict[str, str]) -> Delivery:
-    return Delivery(
-        id=h["id"],
-        notifier=h["notifier"],
-        event=json.loads(h["event"]),
-        created_at=float(h["created_at"]),
-        next_attempt_at=float(h["next_attempt_at"]),
-        deadline_at=float(h["deadline_at"]),
-        job_id=h["job_id"] or None,
-        state=DeliveryState(h["state"]),
-        attempts=int(h["attempts"]),
-        last_error=json.loads(h["last_error"]),
-    )
-
-
-def _delivery_args(d: Delivery) -> list[str]:
-    return [
-        d.id, d.notifier, _dumps(dict(d.event)), _num(d.created_at), _num(d.next_attempt_at),
-        _num(d.deadline_at), d.job_id or "", DeliveryState(d.state).value, str(d.attempts),
-        _dumps(d.last_error),
-    ]  # fmt: skip
-
-
-def _snapshot_arg(snapshot: Snapshot | None) -> str:
-    return _dumps(None if snapshot is None else snapshot.to_dict())
-
-
-class RedisStore:
-    """A StateStore in Redis, safe to share between replicas."""
-
-    def __init__(self, url: str, *, prefix: str = "import-watcher") -> None:
-        self.url = url
-        self.prefix = prefix
-        self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-
-    # --- plumbing -----------------------------------------------------------
-
-    @property
-    def _r(self) -> aioredis.Redis:
-        if self._client is None:
-            raise StoreUnavailable("Redis store is not open")
-        return self._client
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis store unreachable: {exc}") from exc
-        except redis.exceptions.ResponseError as exc:
-            # A failover (READONLY), a full server (OOM), a loading or masterless replica
-            # are passing states of the store, not bugs: callers back off and retry.
-            if str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES:
-                raise StoreUnavailable(f"Redis store not accepting writes: {exc}") from exc
-            raise
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}:{name}"
-
-    async def _run(self, name: str, *args: str | int) -> Any:
-        """Run one Lua script: one round trip, atomic on the server."""
-        with self._errors():
-            script = self._scripts[name]
-            return await script(keys=[self._key("jobs:due")], args=[self.prefix, *args])
-
-    async def _run_many(self, name: str, calls: Sequence[Sequence[str | int]]) -> list[Any]:
-        """Run one Lua script once per argument list in one MULTI/EXEC: one round trip, atomic."""
-        if not calls:
-            return []
-        script, keys = self._scripts[name], [self._key("jobs:due")]
-        with self._errors():
-            async with self._r.pipeline(transaction=True) as pipe:
-                for args in calls:
-                    await script(keys=keys, args=[self.prefix, *args], client=pipe)
-                return list(await pipe.execute())
-
-    async def open(self) -> None:
-        """Connect, check the server answers, and record (or check) the layout version."""
-        if self._client is not None:
-            return
-        client = aioredis.Redis.from_url(self.url, decode_responses=True)
-        try:
-            with self._errors():
-                await client.ping()
-                await client.setnx(self._key("schema"), str(SCHEMA_VERSION))
-                version = int(await client.get(self._key("schema")) or SCHEMA_VERSION)
-        except BaseException:
-            await client.aclose()
-            raise
-        if version > SCHEMA_VERSION:
-            await client.aclose()
-            raise WatcherError(
-                f"Redis store {self.prefix!r} has layout version {version}, newer than this"
-                f" import-watcher supports ({SCHEMA_VERSION}); upgrade import-watcher"
-            )
-        self._scripts = register_scripts(client)
-        self._client = client
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable when Redis does not answer."""
-        with self._errors():
-            await self._r.ping()
-
-    async def _hashes(self, kind: str, ids: Sequence[str]) -> list[dict[str, str]]:
-        """HGETALL many records, one pipeline per chunk; vanished ones are skipped."""
-        found: list[dict[str, str]] = []
-        for start in range(0, len(ids), _CHUNK):
-            with self._errors():
-                pipe = self._r.pipeline(transaction=False)
-                for record_id in ids[start : start + _CHUNK]:
-                    pipe.hgetall(self._key(f"{kind}:{record_id}"))
-                found.extend(h for h in await pipe.execute() if h)
-        return found
+class RedisStore(RedisConnection):
+    """A StateStore in Redis, safe to share between replicas (see RedisConnection for the options)."""
 
     # --- jobs ---------------------------------------------------------------
 
-    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float) -> bool:
-        """Track a job; False (and nothing changes) when the id is already known."""
+    @staticmethod
+    def _add_args(ref: JobRef, now: float, first_poll_at: float, again: bool) -> list[str]:
         notify = None if ref.notify is None else list(ref.notify)
-        added = await self._run(
-            "add_job", ref.id, _dumps(dict(ref.labels)), _dumps(notify), _num(now),
-            _num(first_poll_at),
-        )  # fmt: skip
-        return bool(added)
+        return [ref.id, rows.dumps(dict(ref.labels)), rows.dumps(notify), rows.num(now), rows.num(first_poll_at),
+                "1" if again else "0"]  # fmt: skip
 
-    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
+        """Track a job; see StateStore.add_job for tombstones and `again`."""
+        return bool(await self._run("add_job", None, *self._add_args(ref, now, first_poll_at, again)))
+
+    async def add_jobs(
+        self, refs: Sequence[JobRef], *, now: float, first_poll_at: float, again: bool = False
+    ) -> list[bool]:
         """`add_job` for each ref in one MULTI/EXEC round trip: atomic on the server."""
-        replies = await self._run_many("add_job", [
-            [ref.id, _dumps(dict(ref.labels)), _dumps(None if ref.notify is None else list(ref.notify)),
-             _num(now), _num(first_poll_at)]
-            for ref in refs
-        ])  # fmt: skip
-        return [bool(reply) for reply in replies]
+        calls = [self._add_args(ref, now, first_poll_at, again) for ref in refs]
+        return [bool(reply) for reply in await self._run_many("add_job", None, calls)]
 
     async def get_job(self, job_id: str) -> JobState | None:
         found = await self._hashes("job", [job_id])
-        return _job(found[0]) if found else None
+        return rows.job(found[0]) if found else None
 
     async def list_jobs(
-        self, *, state: str | None = None, limit: int | None = None
+        self,
+        *,
+        state: str | None = None,
+        limit: int | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[JobState]:
-        """Jobs ordered by added_at; `state` is "watching" or an outcome value."""
+        """Jobs ordered by (added_at, id) after the cursor, a page per script call: a filter
+        or an absent limit never makes one call read every job."""
         if limit is not None and limit <= 0:
             return []
-        stop = limit - 1 if limit is not None and state is None else -1
-        with self._errors():
-            ids = _strs(await self._r.zrange(self._key("jobs:added"), 0, stop))
         jobs: list[JobState] = []
-        for start in range(0, len(ids), _CHUNK):
-            for h in await self._hashes("job", ids[start : start + _CHUNK]):
-                job = _job(h)
-                if state is None or job.state == state:
-                    jobs.append(job)
-            if limit is not None and len(jobs) >= limit:
+        cursor = after
+        while limit is None or len(jobs) < limit:
+            want = CHUNK if limit is None else min(limit - len(jobs), CHUNK)
+            where = ["1", rows.num(cursor[0]), cursor[1]] if cursor else ["0", "", ""]
+            raw = await self._run("list_jobs", None, *where, state or "", want, _LIST_SCAN)
+            found, last_id, last_score, done = json.loads(raw)
+            if isinstance(found, list):
+                jobs.extend(rows.job(rows.pairs(h)) for h in found)
+            if done or not last_id:
                 break
-        return jobs if limit is None else jobs[:limit]
+            cursor = (float(last_score), last_id)
+        return jobs
 
-    async def remove_job(self, job_id: str) -> bool:
-        """Delete the job and every delivery of it, so no orphaned outbox rows remain."""
-        return bool(await self._run("remove_job", job_id))
+    async def remove_job(self, job_id: str, *, now: float) -> bool:
+        """Delete the job and its deliveries and leave a STOPPED tombstone, in one script."""
+        return bool(await self._run("remove_job", None, job_id, rows.num(now)))
 
-    async def claim_due_jobs(
-        self, *, now: float, limit: int, owner: str, lease: float
-    ) -> list[JobState]:
-        """Unfinished jobs with next_poll_at <= now and no live lease, earliest first."""
-        rows = json.loads(await self._run("claim_jobs", _num(now), limit, owner, _num(now + lease)))
-        return [_job(_pairs(row)) for row in rows]
+    @staticmethod
+    def _claim_args(now: float, limit: int, owner: str, lease: float, notifiers: Collection[str] | None) -> list[str]:
+        # Tokens are owner:nonce:n, so a token says whose it is and is never handed out twice.
+        wanted = ["-1"] if notifiers is None else [str(len(set(notifiers))), *sorted(set(notifiers))]
+        return [rows.num(now), str(limit), new_token(owner), rows.num(lease),
+                str(max(limit, 1) * _SCAN_FACTOR), *wanted]  # fmt: skip
 
-    async def record_poll(self, job_id: str, update: PollUpdate, *, owner: str) -> bool:
-        """Store a non-final poll and release the lease; False if `owner` lost the lease."""
-        recorded = await self._run(
-            "record_poll", job_id, owner, _num(update.next_poll_at), update.polls,
-            update.transient_errors, _snapshot_arg(update.snapshot),
-        )  # fmt: skip
-        return bool(recorded)
+    async def claim_due_jobs(self, *, now: float, limit: int, owner: str, lease: float) -> list[JobState]:
+        """Unfinished jobs with next_poll_at <= now and no live lease, earliest first, leased."""
+        raw = await self._run("claim_jobs", now, *self._claim_args(now, limit, owner, lease, None))
+        return [rows.job(h, leased=True) for h in rows.script_rows(raw)]
 
-    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
-        """`record_poll` for each (job id, update) in one MULTI/EXEC round trip: atomic on the server."""
-        replies = await self._run_many("record_poll", [
-            [job_id, owner, _num(update.next_poll_at), update.polls, update.transient_errors,
-             _snapshot_arg(update.snapshot)]
-            for job_id, update in updates
-        ])  # fmt: skip
-        return [bool(reply) for reply in replies]
+    async def renew_jobs(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each held (job id, token) to lease-clock now + lease, in one script."""
+        return await self._renew("renew_jobs", leases, now, lease)
+
+    async def _renew(self, name: str, leases: Sequence[tuple[str, str]], now: float, lease: float) -> list[bool]:
+        if not leases:
+            return []
+        flat = [part for pair in leases for part in pair]
+        return [bool(answer) for answer in await self._run(name, now, rows.num(lease), *flat)]
+
+    @staticmethod
+    def _poll_args(job_id: str, token: str, update: PollUpdate) -> list[str]:
+        return [job_id, token, rows.num(update.next_poll_at), str(update.polls), str(update.transient_errors),
+                rows.snapshot_arg(update.snapshot)]  # fmt: skip
+
+    async def record_poll(self, job_id: str, update: PollUpdate, *, token: str, now: float) -> bool:
+        """Store a non-final poll and end the lease; False when `token` holds no live lease."""
+        return bool(await self._run("record_poll", now, *self._poll_args(job_id, token, update)))
+
+    async def record_polls(self, updates: Sequence[tuple[str, str, PollUpdate]], *, now: float) -> list[bool]:
+        """`record_poll` for each (job id, token, update) in one MULTI/EXEC round trip."""
+        calls = [self._poll_args(job_id, token, update) for job_id, token, update in updates]
+        return [bool(reply) for reply in await self._run_many("record_poll", now, calls)]
 
     async def record_outcome(
         self,
         job_id: str,
         *,
+        token: str,
+        now: float,
         outcome: Outcome,
         snapshot: Snapshot | None,
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
-        owner: str,
     ) -> bool:
-        """Set the final outcome and insert its deliveries in one script (atomic)."""
-        fields = [field for d in deliveries for field in _delivery_args(d)]
+        """Set the final outcome and insert its deliveries in one script, if `token` holds a live lease."""
         recorded = await self._run(
-            "record_outcome", job_id, owner, Outcome(outcome).value, _snapshot_arg(snapshot),
-            polls, _num(detected_at), len(deliveries), *fields,
+            "record_outcome", now, job_id, token, Outcome(outcome).value, rows.snapshot_arg(snapshot),
+            polls, rows.num(detected_at), *rows.delivery_args(deliveries),
         )  # fmt: skip
         return bool(recorded)
 
-    async def release_job(self, job_id: str, *, owner: str) -> None:
-        """Give a lease back unchanged (shutdown with the poll not made)."""
-        await self._run("release_job", job_id, owner)
+    async def release_job(self, job_id: str, *, token: str) -> None:
+        """Give a lease back unchanged: due again at once for anyone."""
+        await self._run("release_job", None, job_id, token)
 
     async def spread_overdue(self, *, now: float, window: float) -> int:
         """Reschedule overdue unfinished jobs evenly over [now, now + window); returns how many."""
         with self._errors():
-            total = int(await self._r.zcount(self._key("jobs:due"), "-inf", f"({_num(now)}"))
-        done = 0
+            total = int(await self._r.zcount(self._key("jobs:due"), "-inf", f"({rows.num(now)}"))
+        done = skipped = 0
         # Chunked so Redis is never blocked for long; slot k of `total` keeps them even.
-        while done < total:
-            moved = int(
-                await self._run(
-                    "spread", _num(now), _num(window), total, done, min(_CHUNK * 10, total - done)
-                )
-            )
-            if moved == 0:
+        while done + skipped < total:
+            count = min(CHUNK * 10, total - done - skipped)
+            moved, passed = await self._run("spread", now, rows.num(now), rows.num(window), total, done, count, skipped)
+            if moved + passed == 0:
                 break
-            done += moved
+            done, skipped = done + int(moved), skipped + int(passed)
         return done
 
     async def next_job_due_at(self) -> float | None:
         """Earliest due time among unfinished jobs (a leased job counts at its lease expiry)."""
         return await self._first_score("jobs:due")
 
-    async def _first_score(self, name: str) -> float | None:
-        with self._errors():
-            first = await self._r.zrange(self._key(name), 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
+    # --- retention and tombstones -----------------------------------------------
 
-    async def purge_finished(self, *, before: float) -> int:
-        """Delete final jobs detected before `before` whose deliveries are all settled."""
+    async def purge_finished(self, *, before: float, now: float, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Delete at most `limit` settled final jobs detected before `before`, oldest first,
+        each leaving a FINISHED tombstone, in one script."""
+        if limit <= 0:
+            return 0
+        bound = limit * _SCAN_FACTOR
+        return int(await self._run("purge", None, rows.num(before), rows.num(now), limit, bound))
+
+    async def tombstones(self, job_ids: Sequence[str]) -> Mapping[str, Tombstone]:
+        """The tombstones among these ids, read in one MULTI/EXEC round trip."""
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return {}
+        chunks = [wanted[start : start + CHUNK] for start in range(0, len(wanted), CHUNK)]
         with self._errors():
-            ids = _strs(
-                await self._r.zrangebyscore(self._key("jobs:final"), "-inf", f"({_num(before)}")
-            )
-        purged = 0
-        for start in range(0, len(ids), _CHUNK):
-            purged += int(await self._run("purge", _num(before), *ids[start : start + _CHUNK]))
-        return purged
+            async with self._r.pipeline(transaction=True) as pipe:
+                for chunk in chunks:
+                    pipe.zmscore(self._key("tombs"), chunk)
+                    pipe.hmget(self._key("tombs:why"), chunk)
+                replies = await pipe.execute()
+        found: dict[str, Tombstone] = {}
+        for index, chunk in enumerate(chunks):
+            scores, reasons = replies[2 * index], replies[2 * index + 1]
+            for job_id, at, reason in zip(chunk, scores, reasons, strict=True):
+                if at is not None and reason is not None:
+                    found[job_id] = Tombstone(job_id, float(at), TombstoneReason(reason))
+        return found
+
+    async def purge_tombstones(self, *, before: float, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Forget at most `limit` tombstones buried before `before`, oldest first."""
+        if limit <= 0:
+            return 0
+        return int(await self._run("purge_tombstones", None, rows.num(before), limit))
 
     # --- outbox -------------------------------------------------------------
 
     async def add_deliveries(self, deliveries: Iterable[Delivery]) -> int:
         """Insert deliveries not tied to an outcome (alerts); ids already present are skipped."""
-        items = list(deliveries)
-        fields = [field for d in items for field in _delivery_args(d)]
-        return int(await self._run("add_deliveries", len(items), *fields))
+        return int(await self._run("add_deliveries", None, *rows.delivery_args(list(deliveries))))
 
     async def claim_due_deliveries(
-        self, *, now: float, limit: int, owner: str, lease: float
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        lease: float,
+        notifiers: Collection[str] | None = None,
     ) -> list[Delivery]:
-        """Pending deliveries with next_attempt_at <= now and no live lease."""
-        rows = json.loads(
-            await self._run("claim_deliveries", _num(now), limit, owner, _num(now + lease))
-        )
-        return [_delivery(_pairs(row)) for row in rows]
+        """Pending deliveries due at `now` with no live lease, to `notifiers` (None: any), leased.
 
-    async def record_delivery(self, delivery: Delivery, *, owner: str) -> bool:
-        """Write state, attempts, next_attempt_at and last_error; release the lease."""
+        With `notifiers` the script reads those notifiers' own due zsets, so deliveries to
+        others stay where they are and can never starve the ones this replica can send.
+        """
+        args = self._claim_args(now, limit, owner, lease, notifiers)
+        raw = await self._run("claim_deliveries", now, *args)
+        return [rows.delivery(h, leased=True) for h in rows.script_rows(raw)]
+
+    async def claim_expired_deliveries(self, *, now: float, limit: int, owner: str, lease: float) -> list[Delivery]:
+        """Pending deliveries past their deadline with no live lease, any notifier, leased.
+
+        P:dlvs:deadline orders them by deadline: a scan of the due zset could not find one
+        behind many due deliveries to notifiers nobody here knows.
+        """
+        raw = await self._run("claim_expired", now, *self._claim_args(now, limit, owner, lease, None))
+        return [rows.delivery(h, leased=True) for h in rows.script_rows(raw)]
+
+    async def renew_deliveries(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each held (delivery id, token) to lease-clock now + lease, in one script."""
+        return await self._renew("renew_deliveries", leases, now, lease)
+
+    async def record_delivery(
+        self, delivery: Delivery, *, token: str, now: float, alerts: Sequence[Delivery] = ()
+    ) -> bool:
+        """Write the delivery's new state, end the lease and insert `alerts`, in one script."""
         recorded = await self._run(
-            "record_delivery", delivery.id, owner, DeliveryState(delivery.state).value,
-            delivery.attempts, _num(delivery.next_attempt_at), _dumps(delivery.last_error),
+            "record_delivery", now, delivery.id, token, DeliveryState(delivery.state).value,
+            delivery.attempts, rows.num(delivery.next_attempt_at), rows.dumps(delivery.last_error),
+            *rows.delivery_args(alerts),
         )  # fmt: skip
         return bool(recorded)
 
-    async def list_deliveries(self, job_ids: Iterable[str] | None = None) -> list[Delivery]:
-        """Deliveries of these jobs (all deliveries when None), oldest first."""
+    async def release_delivery(self, delivery_id: str, *, token: str) -> None:
+        """Give a delivery's lease back unchanged: due again at once."""
+        await self._run("release_delivery", None, delivery_id, token)
+
+    async def list_deliveries(
+        self, job_ids: Iterable[str] | None = None, *, with_events: bool = True
+    ) -> list[Delivery]:
+        """Deliveries of these jobs (all when None), oldest first; bodies only `with_events`."""
         with self._errors():
             if job_ids is None:
-                ids = _strs(await self._r.zrange(self._key("dlvs:all"), 0, -1))
+                ids = cast("list[str]", await self._r.zrange(self._key("dlvs:all"), 0, -1))
             else:
                 pipe = self._r.pipeline(transaction=False)
                 for job_id in set(job_ids):
                     pipe.smembers(self._key(f"dlvs:job:{job_id}"))
                 ids = [did for members in await pipe.execute() for did in members]
-        found = [_delivery(h) for h in await self._hashes("dlv", ids)]
+        fields = () if with_events else rows.DELIVERY_FIELDS_NO_EVENT
+        found = [rows.delivery(h) for h in await self._hashes("dlv", ids, fields)]
         return sorted(found, key=lambda d: (d.created_at, d.id))
 
     async def next_delivery_due_at(self) -> float | None:
@@ -393,3 +313,11 @@ class RedisStore:
         with self._errors():
             value = await self._r.hget(self._key("meta"), key)
         return None if value is None else str(value)
+
+    async def transition_meta(
+        self, key: str, *, expected: str | None, value: str, deliveries: Sequence[Delivery] = ()
+    ) -> bool:
+        """Set `key` to `value` and insert `deliveries` in one script, if it holds `expected`."""
+        held = ["0", ""] if expected is None else ["1", expected]
+        transitioned = await self._run("transition_meta", None, key, *held, value, *rows.delivery_args(deliveries))
+        return bool(transitioned)
