@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watcher.models import JobState, Outcome, Snapshot
 from watcher.policy import (
     Finish,
     NotFound,
+    Observation,
     PollPolicy,
     Refused,
     Reschedule,
@@ -40,8 +45,13 @@ def test_first_poll_waits_initial_delay() -> None:
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [("completed", Outcome.COMPLETED), ("errored", Outcome.ERRORED), ("failed", Outcome.FAILED),
-     ("Completed", Outcome.COMPLETED), (" FAILED ", Outcome.FAILED)],
+    [
+        ("completed", Outcome.COMPLETED),
+        ("errored", Outcome.ERRORED),
+        ("failed", Outcome.FAILED),
+        ("Completed", Outcome.COMPLETED),
+        (" FAILED ", Outcome.FAILED),
+    ],
 )
 def test_terminal_status_finishes(status: str, outcome: Outcome) -> None:
     """A terminal status ends the job, compared case-insensitively, and counts as a poll."""
@@ -144,3 +154,63 @@ def test_transient_past_deadline_times_out() -> None:
     last = Snapshot(status="pending")
     decision = decide(POLICY, job(polls=5, snapshot=last), Transient(), ADDED + 3601, 0.5)
     assert Finish(Outcome.TIMED_OUT, 5, last) == decision
+
+
+def test_retry_after_is_clamped_to_max_interval() -> None:
+    """A Retry-After longer than max_interval waits max_interval: no header leaves a job unwatched for hours."""
+    decision = decide(POLICY, job(), Transient(retry_after=99_999.0), ADDED + 10, 0.0)
+    assert isinstance(decision, Reschedule)
+    assert ADDED + 310 == decision.next_poll_at
+
+
+def test_retry_after_never_past_deadline() -> None:
+    """A Retry-After reaching past the deadline polls at the deadline."""
+    decision = decide(POLICY, job(), Transient(retry_after=200.0), ADDED + 3500, 0.0)
+    assert isinstance(decision, Reschedule)
+    assert ADDED + 3600 == decision.next_poll_at
+
+
+def test_refused_key_waits_at_most_max_interval() -> None:
+    """The refused-key wait jitters below max_interval, never above it."""
+    decision = decide(POLICY, job(), Refused(), ADDED + 10, 0.999)
+    assert isinstance(decision, Reschedule)
+    assert ADDED + 310 == decision.next_poll_at
+
+
+def test_not_found_grace_longer_than_deadline_stops_at_deadline() -> None:
+    """With a grace longer than the deadline, a 404 is polled at the deadline and then timed out."""
+    policy = PollPolicy(min_interval=5, max_interval=300, deadline=100, not_found_grace=1000)
+    decision = decide(policy, job(), NotFound(), ADDED + 98, 0.5)
+    assert Reschedule(ADDED + 100, 1, 0, None) == decision
+    assert Finish(Outcome.TIMED_OUT, 2, None) == decide(policy, job(polls=1), NotFound(), ADDED + 100, 0.5)
+
+
+observations = st.one_of(
+    st.sampled_from(["pending", "processing", "completed"]).map(lambda status: Seen(Snapshot(status=status))),
+    st.just(NotFound()),
+    st.just(Refused()),
+    st.builds(Transient, st.none() | st.just(math.nan) | st.floats(min_value=-10, max_value=1e9)),
+)
+
+
+@settings(max_examples=500)
+@given(
+    seen=observations,
+    age=st.floats(min_value=0, max_value=4000),
+    draw=st.floats(min_value=0, max_value=1, exclude_max=True),
+    streak=st.integers(0, 60),
+    shown=st.booleans(),
+)
+def test_every_wait_is_bounded(seen: Observation, age: float, draw: float, streak: int, shown: bool) -> None:
+    """Every reschedule is ahead of now, at most max_interval ahead, never past the deadline; a running job waits at least min_interval unless the deadline comes first."""
+    now = ADDED + age
+    state = job(transient_errors=streak, snapshot=Snapshot(status="pending") if shown else None)
+    decision = decide(POLICY, state, seen, now, draw)
+    if isinstance(decision, Finish):
+        return
+    deadline_at = ADDED + POLICY.deadline
+    wait = decision.next_poll_at - now
+    assert 0 < wait <= POLICY.max_interval
+    assert decision.next_poll_at <= deadline_at
+    if isinstance(seen, Seen | Refused):
+        assert wait >= POLICY.min_interval or decision.next_poll_at == deadline_at

@@ -88,12 +88,21 @@ def test_reset_seconds(value: str | None, seconds: float | None) -> None:
         (formatdate(START + 45, usegmt=True), 45.0),
         (formatdate(START - 45, usegmt=True), 0.0),
         ("86400000", MAX_WAIT),
+        ("9" * 400, MAX_WAIT),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_WAIT),
+        ("Sat, 15 Jan 2027 08:00:45 -0000", 45.0),
         ("tomorrow", None),
+        ("-5", None),
+        ("nan", None),
+        ("inf", None),
+        ("1e400", None),
+        ("1_000", None),
+        ("", None),
         (None, None),
     ],
 )
 def test_retry_after_seconds(value: str | None, seconds: float | None) -> None:
-    """Retry-After is delta seconds or an HTTP date, capped at MAX_WAIT."""
+    """Retry-After is delta seconds or an HTTP date, within [0, MAX_WAIT]; anything else is no value."""
     assert seconds == retry_after_seconds(value, START)
 
 
@@ -106,7 +115,7 @@ def test_read_signal_ignores_header_case() -> None:
 def test_read_signal_retry_after_wins() -> None:
     """On a 429 with Retry-After, the window headers of that answer are not used."""
     headers = {"Retry-After": "2", **window(0, "60", 10)}
-    assert RateSignal(10.0, None, None, START + 2) == read_signal(headers, 429, START)
+    assert RateSignal(10.0, None, None, START + 2, asked=2.0) == read_signal(headers, 429, START)
 
 
 # --- LocalRateBudget -------------------------------------------------------------
@@ -299,11 +308,14 @@ async def test_cancelled_waiter_takes_nothing(clock: ManualClock) -> None:
 
 
 async def test_hostile_reset_is_capped(clock: ManualClock) -> None:
-    """A reset years away blocks for MAX_WAIT at most."""
-    budget = LocalRateBudget(max_rate=None, clock=clock)
+    """A reset years away blocks for max_wait at most."""
+    budget = LocalRateBudget(max_rate=None, clock=clock, max_wait=60)
     budget.observe(window(0, str(int(START) + 10**8)), 200)
     tasks = start(budget, 1)
-    clock.advance(MAX_WAIT)
+    clock.advance(59.9)
+    await settle()
+    assert 0 == done(tasks)
+    clock.advance(0.1)
     await settle()
     assert 1 == done(tasks)
 
@@ -444,46 +456,3 @@ async def test_redis_down_is_store_unavailable(clock: ManualClock) -> None:
     with pytest.raises(StoreUnavailable):
         await budget.flush()  # what it observed is kept for the next attempt
     await budget.aclose()
-
-
-async def test_redis_unanswered_requests_do_not_starve_later_windows() -> None:
-    """Requests that never get an answer (timeouts, a killed replica) shrink at most one window, not all."""
-    import uuid
-
-    import redis.asyncio as aioredis
-
-    from watcher.clock import ManualClock
-    from watcher.ratelimit import RedisRateBudget
-
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/15")
-    try:
-        await client.ping()
-    except Exception:
-        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
-    key = f"test-ratelimit-{uuid.uuid4().hex}"
-    clock = ManualClock(start=1_800_000_000.0)
-    budget = RedisRateBudget(client, key=key, max_rate=None, clock=clock)
-    try:
-        await budget.acquire()
-        budget.observe({"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "4", "X-RateLimit-Reset": "1"}, 200)
-        budget.release()
-        for _ in range(4):  # the rest of the window: requests whose answers never come
-            await budget.acquire()
-            budget.release()
-        granted = 0
-        for _ in range(3):
-            clock.advance(1.0)
-            for _ in range(5):
-                task = asyncio.ensure_future(budget.acquire())
-                await asyncio.sleep(0.02)
-                if task.done():
-                    granted += 1
-                    budget.release()
-                else:
-                    task.cancel()
-                    break
-        # Unfixed, the four lost answers (and these unanswered grants) pin every window near zero.
-        assert granted >= 5
-    finally:
-        await client.delete(key)
-        await client.aclose()

@@ -15,9 +15,15 @@ The formula (also in the README):
   again, at the latest when the grace ends); after it, ``not_found``;
 * transient failures (429, 5xx, timeouts, malformed answers) retry on their own
   schedule, ``min(max_interval, transient_base * 2**(k-1))`` with full jitter
-  over its upper half, never sooner than the server's ``Retry-After``; they are
-  not counted as polls;
-* a refused key (401/403) waits ``max_interval`` between attempts.
+  over its upper half (it may start below ``min_interval``: a blip should cost
+  seconds, not a poll interval), never sooner than the server's ``Retry-After``
+  up to ``max_interval``; they are not counted as polls;
+* a refused key (401/403) waits about ``max_interval`` (jittered downwards only)
+  between attempts.
+
+Every wait is at most ``max_interval`` and no poll is scheduled past the
+deadline: a ``Retry-After`` asking for more is suspicious, and the rate budget,
+which every request goes through, clamps it to the same bound.
 """
 
 from __future__ import annotations
@@ -114,20 +120,23 @@ def decide(policy: PollPolicy, job: JobState, seen: Observation, now: float, dra
         grace_end = job.added_at + policy.not_found_grace
         if now >= grace_end:
             return Finish(Outcome.NOT_FOUND, polls, None)
-        at = min(now + running_interval(policy, age, draw), grace_end)
+        if now >= deadline_at:
+            return Finish(Outcome.TIMED_OUT, polls, None)
+        at = min(now + running_interval(policy, age, draw), grace_end, deadline_at)
         return Reschedule(at, polls, 0, None)
     if now >= deadline_at:
         return Finish(Outcome.TIMED_OUT, job.polls, job.snapshot)
     if isinstance(seen, Refused):
-        at = now + policy.max_interval * _jitter(policy, draw)
-        return Reschedule(min(at, deadline_at), job.polls, job.transient_errors, job.snapshot)
+        wait = min(policy.max_interval * _jitter(policy, draw), policy.max_interval)
+        return Reschedule(min(now + wait, deadline_at), job.polls, job.transient_errors, job.snapshot)
     # Transient, or a 404 for a job SendGrid has shown us before (a lagging replica on their side).
     streak = job.transient_errors + 1
-    retry_after = seen.retry_after if isinstance(seen, Transient) else None
     delay = transient_delay(policy, streak, draw)
-    if retry_after is not None:
-        # The server's word wins over both our backoff and our deadline.
-        return Reschedule(now + max(delay, retry_after), job.polls, streak, job.snapshot)
+    retry_after = seen.retry_after if isinstance(seen, Transient) else None
+    if retry_after is not None and retry_after > delay:  # False for NaN
+        # The server's word wins over our backoff, up to max_interval: an hour-long
+        # Retry-After would leave the job unwatched past any sane bound.
+        delay = min(retry_after, policy.max_interval)
     return Reschedule(min(now + delay, deadline_at), job.polls, streak, job.snapshot)
 
 

@@ -14,15 +14,21 @@ the responses arrive in, and an answer from a later window starts afresh. Until
 a first answer arrives, one request at a time probes, so a cold start does not
 fire max_concurrency requests into an unknown limit.
 
+No header makes anyone wait longer than `max_wait` (the daemon passes
+polling.max_interval): a longer Retry-After or reset is clamped, logged once as
+`ratelimit.suspicious_wait`, and after the wait one request probes first.
+
 The package holds one module per part: `signals` reads the headers into a
-`RateSignal`; `budget` holds the `RateBudget` protocol and what both budgets share
-(the ticket context variable, the GCRA slack, the window rules); `local` is
-`LocalRateBudget`; `shared` is `RedisRateBudget` and its Lua script.
+`RateSignal`; `budget` holds the `RateBudget` protocol and the ticket context
+variable; `window` is the one window rule (pure functions on a frozen state) and
+`_lua` its Lua mirror; `bounded` clamps waits; `local` is `LocalRateBudget`;
+`shared` is `RedisRateBudget`.
 """
 
+from watcher.ratelimit.bounded import DEFAULT_MAX_WAIT
 from watcher.ratelimit.budget import MAX_EARLY, SAME_WINDOW, WAIT_SLICE, RateBudget
 from watcher.ratelimit.local import LocalRateBudget
-from watcher.ratelimit.shared import PROBE_POLL, PROBE_TIMEOUT, RedisRateBudget
+from watcher.ratelimit.shared import PROBE_POLL, RedisRateBudget
 from watcher.ratelimit.signals import (
     DEFAULT_WINDOW,
     EPOCH_THRESHOLD,
@@ -32,8 +38,10 @@ from watcher.ratelimit.signals import (
     reset_seconds,
     retry_after_seconds,
 )
+from watcher.ratelimit.window import PROBE_TIMEOUT
 
 __all__ = [
+    "DEFAULT_MAX_WAIT",
     "DEFAULT_WINDOW",
     "EPOCH_THRESHOLD",
     "MAX_EARLY",

@@ -1,4 +1,4 @@
-"""What both request budgets share: the `RateBudget` protocol, the request ticket and the window rules."""
+"""What both request budgets share: the `RateBudget` protocol, the request ticket and the window constants."""
 
 from __future__ import annotations
 

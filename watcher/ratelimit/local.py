@@ -1,4 +1,4 @@
-"""The request budget of one process: `LocalRateBudget`."""
+"""The request budget of one process: `LocalRateBudget`, the window rule of `window.py` in memory."""
 
 from __future__ import annotations
 
@@ -6,67 +6,64 @@ import asyncio
 from collections.abc import Mapping
 
 from watcher.clock import Clock
-from watcher.ratelimit.budget import _TICKET, MAX_EARLY, SAME_WINDOW, WAIT_SLICE
-from watcher.ratelimit.signals import DEFAULT_WINDOW, read_signal
+from watcher.ratelimit import window
+from watcher.ratelimit.bounded import DEFAULT_MAX_WAIT, BoundedWaits
+from watcher.ratelimit.budget import _TICKET, MAX_EARLY, WAIT_SLICE
+from watcher.ratelimit.signals import read_signal
 
 
 class LocalRateBudget:
     """The budget of one process: O(1) per request, FIFO waiters, no tasks."""
 
-    def __init__(self, *, max_rate: float | None, clock: Clock) -> None:
+    def __init__(self, *, max_rate: float | None, clock: Clock, max_wait: float = DEFAULT_MAX_WAIT) -> None:
         if max_rate is not None and not max_rate > 0:
             raise ValueError("max_rate must be positive or None")
         self._clock = clock
-        self._interval = 1.0 / max_rate if max_rate else 0.0
-        self._early = min(self._interval, MAX_EARLY)
+        interval = 1.0 / max_rate if max_rate else 0.0
+        self._params = window.Params(interval=interval, early=min(interval, MAX_EARLY))
+        self._state = window.WindowState()
+        self._bounded = BoundedWaits(max_wait, key="local")
         # asyncio.Lock wakes waiters in FIFO order and survives cancellation.
         self._gate = asyncio.Lock()
-        self._next_at = 0.0  # GCRA theoretical arrival time
-        self._blocked_until = 0.0
-        self._limit: float | None = None
-        self._remaining: float | None = None  # set only together with _reset_at
-        self._reset_at: float | None = None
-        self._window = DEFAULT_WINDOW
-        self._issued = 0
-        self._seen = 0  # newest request whose answer gave a window estimate
         self._in_flight = 0
-        # Until a first answer shows whether and how SendGrid limits us, one request
-        # at a time finds out: a blind burst of max_concurrency would earn 429s.
-        self._probing = True
-        self._answered = asyncio.Event()
+        self._answered = asyncio.Event()  # set by every answer and release: a probe may have ended
         self._queued = 0  # callers holding or waiting for the gate
         self._id = id(self)
 
     def __repr__(self) -> str:
-        return f"LocalRateBudget(remaining={self._remaining}, in_flight={self._in_flight})"
+        return f"LocalRateBudget(remaining={self.remaining}, in_flight={self._in_flight})"
 
     @property
     def remaining(self) -> float | None:
-        return self._remaining
+        return self._state.remaining
 
     @property
     def in_flight(self) -> int:
         """Requests acquired and not released yet."""
         return self._in_flight
 
+    @property
+    def max_wait(self) -> float:
+        """The longest wait any header can impose."""
+        return self._bounded.max_wait
+
     async def acquire(self) -> None:
-        now = self._clock.now()
-        if self._may_skip_gate(now):
-            self._take(now)
+        if self._may_skip_gate(self._clock.now()):
+            self._take()
             return
         self._queued += 1
         try:
             async with self._gate:
                 while True:
-                    if self._probing and self._in_flight:
+                    wait, probe_out = self._delay(self._clock.now())
+                    if wait <= 0:
+                        break
+                    if probe_out:
                         self._answered.clear()  # only the gate holder waits on it
                         await self._answered.wait()
-                        continue
-                    delay = self._delay(self._clock.now())
-                    if delay <= 0:
-                        break
-                    await self._clock.sleep(min(delay, WAIT_SLICE))
-                self._take(self._clock.now())
+                    else:
+                        await self._clock.sleep(min(wait, WAIT_SLICE))
+                self._take()
         finally:
             self._queued -= 1
 
@@ -80,93 +77,40 @@ class LocalRateBudget:
         caller, goes straight out: it never takes a slot a queued caller could use, so
         callers waiting for budget still leave in the order they arrived.
         """
-        if self._probing:
-            return not self._queued and not self._in_flight and self._delay(now) <= 0
-        if self._delay(now) > 0:
+        if self._delay(now)[0] > 0:
             return False
         if not self._queued:
             return True
-        if self._interval:
-            return False  # max_rate spaces every request: a queued caller is owed the next slot
-        return self._remaining is None or self._remaining - self._queued >= 1
+        if not self._state.known or self._params.interval:
+            return False  # a queued caller is owed the probe, or the next max_rate slot
+        remaining = self._state.remaining
+        return remaining is None or remaining - self._queued >= 1
+
+    def _delay(self, now: float) -> tuple[float, bool]:
+        self._state = window.roll(self._state, now)
+        return window.delay(self._state, now, self._params)
+
+    def _take(self) -> None:
+        self._state, answer = window.take(self._state, self._clock.now(), self._params)
+        self._in_flight += 1
+        _TICKET.set((self._id, answer.seq))
 
     def release(self) -> None:
         self._in_flight = max(0, self._in_flight - 1)
+        self._state = window.finish(self._state, self._seq())
         self._answered.set()  # a probe that failed lets the next caller probe
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:
         now = self._clock.now()
-        signal = read_signal(headers, status, now)
-        self._probing = False
+        seq = self._seq()
+        later = 0 if seq is not None else max(0, self._in_flight - 1)
+        seen = self._bounded.observation(read_signal(headers, status, now), seq, later, now)
+        self._state = window.learn(self._state, seen, now, self._params)
         self._answered.set()
-        if signal.limit is not None:
-            self._limit = signal.limit
-        if signal.blocked_until is not None:
-            self._blocked_until = max(self._blocked_until, signal.blocked_until)
-        if signal.remaining is None:
-            return
-        reset_at = signal.reset_at
-        if reset_at is None:
-            known = self._reset_at
-            reset_at = known if known is not None and known > now else now + DEFAULT_WINDOW
-        if reset_at <= now:
-            return  # an answer from a window that is already over
-        seq, later = self._position()
-        self._learn(reset_at, max(0.0, signal.remaining - later), seq)
 
-    def _learn(self, reset_at: float, remaining: float, seq: int) -> None:
-        """Fold one answer's estimate of the window into ours."""
-        current = self._reset_at
-        if current is None or self._remaining is None or reset_at - current >= SAME_WINDOW:
-            if current is not None and reset_at - current >= SAME_WINDOW:
-                self._window = reset_at - current  # a later window: measure its length
-            self._remaining, self._reset_at = remaining, reset_at
-        elif current - reset_at < SAME_WINDOW:
-            # Same window: answers overtaking each other can each miss a request the
-            # other counted, so the lowest estimate is the safe one.
-            self._remaining = min(self._remaining, remaining)
-        elif seq > self._seen:
-            self._remaining, self._reset_at = remaining, reset_at  # our guess ran long
-        self._seen = max(self._seen, seq)
-
-    def _position(self) -> tuple[int, int]:
-        """(sequence number, requests sent after it) of the request this task answers."""
+    def _seq(self) -> int | None:
+        """The sequence number of the request this task acquired last, if it was ours."""
         ticket = _TICKET.get()
-        if ticket is not None and ticket[0] == id(self) and ticket[1] <= self._issued:
-            return ticket[1], self._issued - ticket[1]
-        # Observed outside the acquiring task: assume the oldest request in flight.
-        later = max(0, self._in_flight - 1)
-        return self._issued - later, later
-
-    def _delay(self, now: float) -> float:
-        """Seconds before the next request may leave (<= 0: now)."""
-        self._roll_window(now)
-        delay = self._blocked_until - now
-        if self._remaining is not None and self._remaining < 1 and self._reset_at is not None:
-            delay = max(delay, self._reset_at - now)
-        if self._interval:
-            delay = max(delay, self._next_at - self._early - now)
-        return delay
-
-    def _roll_window(self, now: float) -> None:
-        if self._reset_at is None or now < self._reset_at:
-            return
-        if self._limit is None:
-            self._remaining = self._reset_at = None
-            self._probing = True
-            return
-        # A fresh window holds `limit`, less the requests still in flight: those that
-        # reach SendGrid after its reset count there. Guess the window's end until told.
-        self._remaining = max(0.0, self._limit - self._in_flight)
-        self._reset_at += self._window
-        if self._reset_at <= now:
-            self._reset_at = now + self._window
-
-    def _take(self, now: float) -> None:
-        self._issued += 1
-        self._in_flight += 1
-        _TICKET.set((self._id, self._issued))
-        if self._interval:
-            self._next_at = max(self._next_at, now) + self._interval
-        if self._remaining is not None:
-            self._remaining -= 1
+        if ticket is not None and ticket[0] == self._id and ticket[1] <= self._state.issued:
+            return ticket[1]
+        return None
