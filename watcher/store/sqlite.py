@@ -7,16 +7,20 @@ Other processes (`import-watcher add`) are serialised by WAL + busy_timeout.
 
 Leases: `due_at` is next_poll_at (or next_attempt_at) while a row is free and
 the lease expiry while it is claimed, so one partial index answers "what is
-due and unclaimed", and an expired lease simply becomes due again.
+due and unclaimed", and an expired lease simply becomes due again. The lease
+owner column holds the claim's fencing token; lease times are the caller's clock
+(one process's), so replicas on one file share it.
 
-Around this module: sqlite_schema (tables, migrations), sqlite_db (the connection
-and its transactions) and sqlite_rows (rows to models and back, and their memos).
+Around this module: sqlite_schema (tables, migrations), sqlite_db (the connection,
+its transactions and error classes), sqlite_outbox (deliveries and meta) and
+sqlite_rows (rows to models and back, and their memos).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from watcher.models import (
@@ -25,19 +29,22 @@ from watcher.models import (
     DeliveryState,
     JobRef,
     JobState,
+    Lease,
     Outcome,
     PollUpdate,
     Snapshot,
     StoreCounts,
+    Tombstone,
+    TombstoneReason,
 )
-from watcher.store.sqlite_db import BUSY_TIMEOUT_MS, SqliteDatabase
+from watcher.store.base import HOUSEKEEPING_BATCH
+from watcher.store.sqlite_db import BUSY_TIMEOUT_MS
+from watcher.store.sqlite_outbox import PARAMS_CHUNK, SqliteOutbox
 from watcher.store.sqlite_rows import (
-    _DELIVERY_COLUMNS,
     _INSERT_DELIVERY,
     _JOB_COLUMNS,
     LABELS_MEMO,
     SNAPSHOT_MEMO,
-    _delivery,
     _delivery_params,
     _dumps,
     _job,
@@ -46,6 +53,7 @@ from watcher.store.sqlite_rows import (
     _SnapshotMemo,
 )
 from watcher.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from watcher.store.tokens import new_token
 
 # Re-exported: these lived here before the schema, connection and row helpers moved out.
 __all__ = [
@@ -59,9 +67,14 @@ __all__ = [
     "migrate",
 ]
 
-_ADD_JOB = (
-    "INSERT OR IGNORE INTO jobs (id, labels, notify, added_at, next_poll_at, due_at) VALUES (?, ?, ?, ?, ?, ?)"
+_JOB_FIELDS = "(id, labels, notify, added_at, next_poll_at, due_at)"
+_ADD_JOB = f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
+# A tombstoned id stays out unless the caller asks again (then the tombstone goes first).
+_ADD_UNBURIED = (
+    f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} SELECT ?, ?, ?, ?, ?, ?"  # noqa: S608
+    " WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?)"
 )
+_BURY = "INSERT OR REPLACE INTO tombstones (id, at, reason) VALUES (?, ?, ?)"
 
 
 def _add_params(ref: JobRef, now: float, first_poll_at: float) -> tuple[Any, ...]:
@@ -69,10 +82,20 @@ def _add_params(ref: JobRef, now: float, first_poll_at: float) -> tuple[Any, ...
     return (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at)
 
 
+# Fencing: only the current token, and only while its lease lives.
+_HELD = "id = ? AND outcome IS NULL AND lease_owner = ? AND lease_until > ?"
 _RECORD_POLL = (
-    "UPDATE jobs SET next_poll_at = ?, due_at = ?, polls = ?, transient_errors = ?,"
-    " snapshot = ?, lease_owner = NULL, lease_until = NULL"
-    " WHERE id = ? AND outcome IS NULL AND lease_owner = ?"
+    "UPDATE jobs SET next_poll_at = ?, due_at = ?, polls = ?, transient_errors = ?,"  # noqa: S608
+    f" snapshot = ?, lease_owner = NULL, lease_until = NULL WHERE {_HELD}"
+)
+_RECORD_OUTCOME = (
+    "UPDATE jobs SET outcome = ?, snapshot = ?, polls = ?, detected_at = ?,"  # noqa: S608
+    f" lease_owner = NULL, lease_until = NULL WHERE {_HELD}"
+)
+_PURGEABLE = (
+    "SELECT id FROM jobs WHERE outcome IS NOT NULL AND detected_at < ? AND NOT EXISTS ("
+    " SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id AND d.state = 'pending')"
+    " ORDER BY detected_at, id LIMIT ?"
 )
 
 SPREAD_CHUNK = 10_000
@@ -85,37 +108,59 @@ _SPREAD_CHUNK = (
 )
 
 
-class SqliteStore(SqliteDatabase):
+class SqliteStore(SqliteOutbox):
     """A StateStore in one SQLite file (or ":memory:")."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
-        # record_poll group commit: the polls recorded in one event-loop iteration.
-        self._poll_batch: list[tuple[tuple[Any, ...], asyncio.Future[bool], Snapshot | None]] = []
         self._snapshots = _SnapshotMemo()
         self._labels = _LabelsMemo()
 
-    # --- plumbing (the rest is SqliteDatabase's) ------------------------------
-
     async def close(self) -> None:
-        if self._poll_batch:
-            self._write_polls()
         await super().close()
         self._snapshots.clear()
 
     # --- jobs ---------------------------------------------------------------
 
-    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float) -> bool:
-        """Track a job; False (and nothing changes) when the id is already known."""
-        return self._update(_ADD_JOB, _add_params(ref, now, first_poll_at)) == 1
+    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
+        """Track a job; see StateStore.add_job for tombstones and `again`."""
+        return (await self.add_jobs([ref], now=now, first_poll_at=first_poll_at, again=again))[0]
 
-    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+    async def add_jobs(
+        self, refs: Sequence[JobRef], *, now: float, first_poll_at: float, again: bool = False
+    ) -> list[bool]:
         """`add_job` for each ref, in order, in one transaction."""
         if not refs:
             return []
         with self._write() as conn:
-            execute = conn.cursor().execute
-            return [execute(_ADD_JOB, _add_params(ref, now, first_poll_at)).rowcount == 1 for ref in refs]
+            cursor = conn.cursor()
+            if not again:
+                return [
+                    cursor.execute(_ADD_UNBURIED, (*_add_params(ref, now, first_poll_at), ref.id)).rowcount == 1
+                    for ref in refs
+                ]
+            added = [self._add_again(cursor, ref, now, first_poll_at) for ref in refs]
+        for ref, new in zip(refs, added, strict=True):
+            if new:
+                self._snapshots.forget(ref.id)
+        return added
+
+    @staticmethod
+    def _add_again(cursor: sqlite3.Cursor, ref: JobRef, now: float, first_poll_at: float) -> bool:
+        """Lift the tombstone; replace a final job by a fresh watch; leave a watching one be."""
+        cursor.execute("DELETE FROM tombstones WHERE id = ?", (ref.id,))
+        row = cursor.execute("SELECT outcome FROM jobs WHERE id = ?", (ref.id,)).fetchone()
+        if row is not None:
+            if row[0] is None:
+                return False
+            # Old deliveries still pending keep going (their ids differ from the new watch's).
+            pending = cursor.execute(
+                "SELECT 1 FROM deliveries WHERE job_id = ? AND state = 'pending' LIMIT 1", (ref.id,)
+            ).fetchone()
+            if pending is None:
+                cursor.execute("DELETE FROM deliveries WHERE job_id = ?", (ref.id,))
+            cursor.execute("DELETE FROM jobs WHERE id = ?", (ref.id,))
+        return cursor.execute(_ADD_JOB, _add_params(ref, now, first_poll_at)).rowcount == 1
 
     async def get_job(self, job_id: str) -> JobState | None:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
@@ -123,31 +168,41 @@ class SqliteStore(SqliteDatabase):
         return _job(rows[0], self._labels) if rows else None
 
     async def list_jobs(
-        self, *, state: str | None = None, limit: int | None = None
+        self,
+        *,
+        state: str | None = None,
+        limit: int | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[JobState]:
-        """Jobs ordered by added_at; `state` is "watching" or an outcome value."""
-        where, params = "", []
+        """Jobs ordered by (added_at, id) after the cursor; `state` is "watching" or an outcome."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            clauses.append("(added_at, id) > (?, ?)")  # a range on the jobs_added index
+            params += [after[0], after[1]]
         if state == WATCHING:
-            where = "WHERE outcome IS NULL"
+            clauses.append("outcome IS NULL")
         elif state is not None:
-            where, params = "WHERE outcome = ?", [state]
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY added_at, id LIMIT ?"  # noqa: S608
+            clauses.append("outcome = ?")
+            params.append(state)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_added {where} ORDER BY added_at, id LIMIT ?"  # noqa: S608
         rows = self._query(sql, [*params, -1 if limit is None else max(0, limit)])
         return [_job(row, self._labels) for row in rows]
 
-    async def remove_job(self, job_id: str) -> bool:
-        """Delete the job and every delivery of it, so no orphaned outbox rows remain."""
+    async def remove_job(self, job_id: str, *, now: float) -> bool:
+        """Delete the job and its deliveries and leave a STOPPED tombstone, in one transaction."""
         with self._write() as conn:
             if conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 0:
                 return False
             conn.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
+            conn.execute(_BURY, (job_id, now, TombstoneReason.STOPPED.value))
         self._snapshots.forget(job_id)
         return True
 
-    async def claim_due_jobs(
-        self, *, now: float, limit: int, owner: str, lease: float
-    ) -> list[JobState]:
+    async def claim_due_jobs(self, *, now: float, limit: int, owner: str, lease: float) -> list[JobState]:
         """Unfinished jobs with next_poll_at <= now and no live lease, earliest first."""
+        until = now + lease
         with self._write() as conn:
             cursor = conn.cursor()
             cursor.row_factory = None  # plain tuples: _job reads by position
@@ -156,50 +211,44 @@ class SqliteStore(SqliteDatabase):
                 " ORDER BY due_at, id LIMIT ?",
                 (now, max(0, limit)),
             ).fetchall()
-            until = now + lease
+            tokens = [new_token(owner) for _ in rows]
             conn.executemany(
                 "UPDATE jobs SET lease_owner = ?, lease_until = ?, due_at = ? WHERE id = ?",
-                [(owner, until, until, row[0]) for row in rows],
+                [(token, until, until, row[0]) for token, row in zip(tokens, rows, strict=True)],
             )
         snapshots, labels = self._snapshots, self._labels
-        return [_job(row, labels, snapshots.snapshot(row[0], row[7])) for row in rows]
+        return [
+            _job(row, labels, snapshots.snapshot(row[0], row[7]), Lease(token, until))
+            for token, row in zip(tokens, rows, strict=True)
+        ]
 
-    async def record_poll(self, job_id: str, update: PollUpdate, *, owner: str) -> bool:
-        """Store a non-final poll and release the lease; False if `owner` lost the lease.
+    async def renew_jobs(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each (job id, token) held within its lease to now + lease."""
+        if not leases:
+            return []
+        until = now + lease
+        sql = f"UPDATE jobs SET lease_until = ?, due_at = ? WHERE {_HELD}"  # noqa: S608
+        with self._write() as conn:
+            execute = conn.cursor().execute
+            return [execute(sql, (until, until, job_id, token, now)).rowcount == 1 for job_id, token in leases]
 
-        Group commit: the polls recorded during one event-loop iteration are written in
-        one transaction at the start of the next, and each call returns once that
-        transaction has committed, with its own answer. A busy engine finishes many polls
-        per iteration, and a commit each was the largest share of a poll's CPU. The update is
-        written even if the caller is cancelled while it waits, as when the write was
-        synchronous.
-        """
-        params = self._poll_params(job_id, update, owner)
-        self._db  # noqa: B018 - raise StoreUnavailable now if the store is closed
-        loop = asyncio.get_running_loop()
-        written: asyncio.Future[bool] = loop.create_future()
-        self._poll_batch.append((params, written, update.snapshot))
-        if len(self._poll_batch) == 1:
-            loop.call_soon(self._write_polls)
-        return await written
+    async def record_poll(self, job_id: str, update: PollUpdate, *, token: str, now: float) -> bool:
+        """Store a non-final poll and end the lease; False when `token` holds no live lease."""
+        return (await self.record_polls([(job_id, token, update)], now=now))[0]
 
-    async def record_polls(self, updates: Sequence[tuple[str, PollUpdate]], *, owner: str) -> list[bool]:
-        """`record_poll` for each (job id, update) in one transaction; False where `owner` lost the lease."""
+    async def record_polls(self, updates: Sequence[tuple[str, str, PollUpdate]], *, now: float) -> list[bool]:
+        """`record_poll` for each (job id, token, update) in one transaction; the answers in order."""
         if not updates:
             return []
-        return self._write_poll_rows(
-            [(self._poll_params(job_id, update, owner), update.snapshot) for job_id, update in updates]
-        )
-
-    def _poll_params(self, job_id: str, update: PollUpdate, owner: str) -> tuple[Any, ...]:
-        """_RECORD_POLL's parameters; the snapshot text is the remembered one when it is unchanged."""
-        return (
-            update.next_poll_at, update.next_poll_at, update.polls, update.transient_errors,
-            self._snapshots.text(job_id, update.snapshot), job_id, owner,
-        )  # fmt: skip
-
-    def _write_poll_rows(self, rows: Sequence[tuple[tuple[Any, ...], Snapshot | None]]) -> list[bool]:
-        """Run _RECORD_POLL for each (params, snapshot) in one transaction; remember what was written."""
+        text = self._snapshots.text
+        rows = [
+            (
+                (u.next_poll_at, u.next_poll_at, u.polls, u.transient_errors, text(job_id, u.snapshot),
+                 job_id, token, now),
+                u.snapshot,
+            )
+            for job_id, token, u in updates
+        ]  # fmt: skip
         with self._write() as conn:
             execute = conn.cursor().execute  # one cursor for the batch, not one per row
             changed = [execute(_RECORD_POLL, params).rowcount == 1 for params, _ in rows]
@@ -209,63 +258,39 @@ class SqliteStore(SqliteDatabase):
                 remember(params[5], params[4], snapshot)
         return changed
 
-    def _write_polls(self) -> None:
-        """Write every queued record_poll in one transaction and answer each caller."""
-        batch, self._poll_batch = self._poll_batch, []
-        if not batch:
-            return
-        try:
-            changed = self._write_poll_rows([(params, snapshot) for params, _, snapshot in batch])
-        except BaseException as exc:
-            for _, written, _ in batch:
-                if not written.done():
-                    written.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, written, _), ok in zip(batch, changed, strict=True):
-            if not written.done():
-                written.set_result(ok)
-
     async def record_outcome(
         self,
         job_id: str,
         *,
+        token: str,
+        now: float,
         outcome: Outcome,
         snapshot: Snapshot | None,
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
-        owner: str,
     ) -> bool:
         """Set the final outcome and insert its deliveries in one transaction."""
+        params = (Outcome(outcome).value, _snapshot_json(snapshot), polls, detected_at, job_id, token, now)
         with self._write() as conn:
-            changed = conn.execute(
-                "UPDATE jobs SET outcome = ?, snapshot = ?, polls = ?, detected_at = ?,"
-                " lease_owner = NULL, lease_until = NULL"
-                " WHERE id = ? AND outcome IS NULL AND lease_owner = ?",
-                (Outcome(outcome).value, _snapshot_json(snapshot), polls, detected_at,
-                 job_id, owner),
-            ).rowcount  # fmt: skip
-            if changed == 1:
+            changed = conn.execute(_RECORD_OUTCOME, params).rowcount == 1
+            if changed:
                 conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in deliveries])
-        if changed == 1:
+        if changed:
             self._snapshots.forget(job_id)  # final: never claimed again
-        return changed == 1
+        return changed
 
-    async def release_job(self, job_id: str, *, owner: str) -> None:
-        """Give a lease back unchanged (shutdown with the poll not made)."""
+    async def release_job(self, job_id: str, *, token: str) -> None:
+        """Give a lease back unchanged; only the token decides, so a stale holder frees nothing."""
         self._update(
             "UPDATE jobs SET due_at = next_poll_at, lease_owner = NULL, lease_until = NULL"
             " WHERE id = ? AND outcome IS NULL AND lease_owner = ?",
-            (job_id, owner),
+            (job_id, token),
         )
 
     async def spread_overdue(self, *, now: float, window: float) -> int:
         """Reschedule overdue unfinished jobs evenly over [now, now + window); returns how many."""
-        total = self._query(
-            "SELECT count(*) FROM jobs WHERE outcome IS NULL AND due_at < ?", (now,)
-        )[0][0]
+        total = self._query("SELECT count(*) FROM jobs WHERE outcome IS NULL AND due_at < ?", (now,))[0][0]
         done = 0
         # Row k of `total` (in due order) goes to now + window * k / total: the backlog
         # keeps its order but loses its burst. Chunks bound how long one transaction
@@ -282,110 +307,49 @@ class SqliteStore(SqliteDatabase):
 
     async def next_job_due_at(self) -> float | None:
         """Earliest due time among unfinished jobs (a leased job counts at its lease expiry)."""
-        rows = self._query("SELECT min(due_at) FROM jobs WHERE outcome IS NULL")
-        value = rows[0][0]
+        value = self._query("SELECT min(due_at) FROM jobs WHERE outcome IS NULL")[0][0]
         return None if value is None else float(value)
 
-    async def purge_finished(self, *, before: float) -> int:
-        """Delete final jobs detected before `before` whose deliveries are all settled."""
-        # Deleting the deliveries first cannot change which jobs qualify: only
-        # deliveries of already-qualifying jobs (all settled) are removed.
-        qualifies = (
-            "outcome IS NOT NULL AND detected_at < ? AND NOT EXISTS ("
-            " SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id AND d.state = 'pending')"
-        )
+    # --- retention and tombstones -----------------------------------------------
+
+    async def purge_finished(self, *, before: float, now: float, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Delete at most `limit` settled final jobs detected before `before`, oldest first, each
+        leaving a FINISHED tombstone: one short transaction, so other writers wait little."""
         with self._write() as conn:
-            conn.execute(
-                f"DELETE FROM deliveries WHERE job_id IN (SELECT id FROM jobs WHERE {qualifies})",  # noqa: S608
-                (before,),
-            )
-            purged: int = conn.execute(f"DELETE FROM jobs WHERE {qualifies}", (before,)).rowcount  # noqa: S608
-        return purged
+            ids = [(row[0],) for row in conn.execute(_PURGEABLE, (before, max(0, limit)))]
+            conn.executemany("DELETE FROM deliveries WHERE job_id = ?", ids)
+            conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+            conn.executemany(_BURY, [(job_id, now, TombstoneReason.FINISHED.value) for (job_id,) in ids])
+        for (job_id,) in ids:
+            self._snapshots.forget(job_id)
+        return len(ids)
 
-    # --- outbox -------------------------------------------------------------
-
-    async def add_deliveries(self, deliveries: Iterable[Delivery]) -> int:
-        """Insert deliveries not tied to an outcome (alerts); ids already present are skipped."""
-        params = [_delivery_params(d) for d in deliveries]
-        with self._write() as conn:
-            before = conn.total_changes
-            conn.executemany(_INSERT_DELIVERY, params)
-            return conn.total_changes - before
-
-    async def claim_due_deliveries(
-        self, *, now: float, limit: int, owner: str, lease: float
-    ) -> list[Delivery]:
-        """Pending deliveries with next_attempt_at <= now and no live lease."""
-        with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608
-                " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?",
-                (now, max(0, limit)),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE deliveries SET lease_owner = ?, lease_until = ?, due_at = ? WHERE id = ?",
-                [(owner, now + lease, now + lease, row["id"]) for row in rows],
-            )
-        return [_delivery(row) for row in rows]
-
-    async def record_delivery(self, delivery: Delivery, *, owner: str) -> bool:
-        """Write state, attempts, next_attempt_at and last_error; release the lease."""
-        changed = self._update(
-            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, due_at = ?,"
-            " last_error = ?, lease_owner = NULL, lease_until = NULL"
-            " WHERE id = ? AND lease_owner = ?",
-            (
-                DeliveryState(delivery.state).value, delivery.attempts, delivery.next_attempt_at,
-                delivery.next_attempt_at, delivery.last_error, delivery.id, owner,
-            ),
-        )  # fmt: skip
-        return changed == 1
-
-    async def list_deliveries(self, job_ids: Iterable[str] | None = None) -> list[Delivery]:
-        """Deliveries of these jobs (all deliveries when None), oldest first."""
-        if job_ids is None:
-            rows = self._query(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries ORDER BY created_at, id"  # noqa: S608
-            )
-            return [_delivery(row) for row in rows]
-        found: list[Delivery] = []
+    async def tombstones(self, job_ids: Sequence[str]) -> Mapping[str, Tombstone]:
+        """The tombstones among these ids."""
+        found: dict[str, Tombstone] = {}
         ids = sorted(set(job_ids))
-        # Chunks stay under SQLite's bound-parameter limit on old builds (999).
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), PARAMS_CHUNK):
+            chunk = ids[start : start + PARAMS_CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows = self._query(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE job_id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            found.extend(_delivery(row) for row in rows)
-        return sorted(found, key=lambda d: (d.created_at, d.id))
+            sql = f"SELECT id, at, reason FROM tombstones WHERE id IN ({marks})"  # noqa: S608
+            for row in self._query(sql, chunk):
+                found[row[0]] = Tombstone(row[0], row[1], TombstoneReason(row[2]))
+        return found
 
-    async def next_delivery_due_at(self) -> float | None:
-        """Earliest due time among pending deliveries (a leased one counts at its lease expiry)."""
-        value = self._query("SELECT min(due_at) FROM deliveries WHERE state = 'pending'")[0][0]
-        return None if value is None else float(value)
+    async def purge_tombstones(self, *, before: float, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Forget at most `limit` tombstones buried before `before`, oldest first."""
+        return self._update(
+            "DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE at < ? ORDER BY at LIMIT ?)",
+            (before, max(0, limit)),
+        )
 
     # --- bookkeeping ----------------------------------------------------------
 
     async def counts(self) -> StoreCounts:
         jobs: dict[str, int] = dict.fromkeys([WATCHING, *(o.value for o in Outcome)], 0)
-        for row in self._query(
-            "SELECT coalesce(outcome, ?), count(*) FROM jobs GROUP BY outcome", (WATCHING,)
-        ):
+        for row in self._query("SELECT coalesce(outcome, ?), count(*) FROM jobs GROUP BY outcome", (WATCHING,)):
             jobs[row[0]] = row[1]
         deliveries: dict[str, int] = dict.fromkeys((s.value for s in DeliveryState), 0)
         for row in self._query("SELECT state, count(*) FROM deliveries GROUP BY state"):
             deliveries[row[0]] = row[1]
         return StoreCounts(jobs_by_state=jobs, deliveries_by_state=deliveries)
-
-    async def set_meta(self, key: str, value: str) -> None:
-        self._update(
-            "INSERT INTO meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-    async def get_meta(self, key: str) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None

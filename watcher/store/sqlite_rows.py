@@ -12,16 +12,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from watcher.models import Delivery, DeliveryState, JobState, Outcome, Snapshot
+from watcher.models import Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
 
-_JOB_COLUMNS = (
-    "id, labels, notify, added_at, next_poll_at, polls, transient_errors,"
-    " snapshot, outcome, detected_at"
-)
-_DELIVERY_COLUMNS = (
-    "id, notifier, event, created_at, next_attempt_at, deadline_at, job_id,"
-    " state, attempts, last_error"
-)
+_JOB_COLUMNS = "id, labels, notify, added_at, next_poll_at, polls, transient_errors, snapshot, outcome, detected_at"
+_DELIVERY_COLUMNS = "id, notifier, event, created_at, next_attempt_at, deadline_at, job_id, state, attempts, last_error"
+# The same columns with the body left unread: job views never need it, and it is the large part.
+_DELIVERY_COLUMNS_NO_EVENT = _DELIVERY_COLUMNS.replace("event,", "'{}' AS event,")
 _INSERT_DELIVERY = (
     f"INSERT OR IGNORE INTO deliveries ({_DELIVERY_COLUMNS}, due_at) VALUES"  # noqa: S608
     " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -63,7 +59,10 @@ class _LabelsMemo:
 
 
 def _job(
-    row: Sequence[Any], labels_of: Callable[[str], Any] = json.loads, snapshot: Snapshot | None = None
+    row: Sequence[Any],
+    labels_of: Callable[[str], Any] = json.loads,
+    snapshot: Snapshot | None = None,
+    lease: Lease | None = None,
 ) -> JobState:
     """A row of _JOB_COLUMNS (by position: a tuple or a sqlite3.Row) as a JobState.
 
@@ -81,6 +80,7 @@ def _job(
         _snapshot(text) if snapshot is None else snapshot,
         None if outcome is None else Outcome(outcome),
         detected_at,
+        lease,
     )
 
 
@@ -161,7 +161,7 @@ class _SnapshotMemo:
         self._entries.clear()
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
+def _delivery(row: sqlite3.Row, lease: Lease | None = None) -> Delivery:
     return Delivery(
         id=row["id"],
         notifier=row["notifier"],
@@ -173,6 +173,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         state=DeliveryState(row["state"]),
         attempts=row["attempts"],
         last_error=row["last_error"],
+        lease=lease,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from watcher.errors import WatcherError
+from watcher.errors import StoreBroken
 
 _SCHEMA_V1 = """
 CREATE TABLE jobs (
@@ -32,8 +32,17 @@ CREATE INDEX deliveries_created ON deliveries (created_at, id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Tombstones keep deleted and purged ids from coming back; the two delivery indexes let a
+# claim filter by notifier and find expired deliveries without scanning the outbox.
+_SCHEMA_V2 = """
+CREATE TABLE tombstones (id TEXT PRIMARY KEY, at REAL NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX tombstones_at ON tombstones (at);
+CREATE INDEX deliveries_notifier_due ON deliveries (notifier, due_at, id) WHERE state = 'pending';
+CREATE INDEX deliveries_deadline ON deliveries (deadline_at, id) WHERE state = 'pending';
+"""
+
 #: Migration N takes a database from user_version N to N + 1; append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -45,7 +54,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             # Read inside the write lock: two processes opening at once migrate once.
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
-                raise WatcherError(
+                raise StoreBroken(
                     f"state database schema version {version} is newer than this"
                     f" import-watcher supports ({SCHEMA_VERSION}); upgrade import-watcher"
                 )
@@ -59,5 +68,6 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
