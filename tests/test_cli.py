@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher.cli import main
+from watcher.cli import build_parser, main, package_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,13 +109,113 @@ def test_add_rejects_unknown_notifier(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_healthcheck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """healthcheck fails without a heartbeat, passes with a fresh one and fails with a stale one."""
+    """healthcheck fails without a heartbeat, passes with a fresh healthy one, fails on a stale or unhealthy one."""
     config = str(write_config(tmp_path))
     assert 1 == main(["healthcheck", "-c", config])
-    (tmp_path / "hb").write_text(f"{time.time()} me\n", encoding="utf-8")
+    beat = {"at": time.time(), "owner": "me", "healthy": True, "reason": None}
+    (tmp_path / "hb").write_text(json.dumps(beat) + "\n", encoding="utf-8")
     assert 0 == main(["healthcheck", "-c", config])
-    (tmp_path / "hb").write_text(f"{time.time() - 120} me\n", encoding="utf-8")
+    (tmp_path / "hb").write_text(json.dumps({**beat, "at": time.time() - 120}) + "\n", encoding="utf-8")
     assert 1 == main(["healthcheck", "-c", config])
+    (tmp_path / "hb").write_text(json.dumps({**beat, "healthy": False, "reason": "engine loop down"}) + "\n")
+    assert 1 == main(["healthcheck", "-c", config])
+    assert "unhealthy: daemon reports: engine loop down" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--version` prints `import-watcher <version>` and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert (0, f"import-watcher {package_version()}\n") == (info.value.code, capsys.readouterr().out)
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", package_version())
+
+
+def test_every_command_and_argument_has_help() -> None:
+    """Each subcommand and each of its arguments carries a --help text."""
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [a.dest for a in commands._choices_actions if not a.help]
+    for name, sub in commands.choices.items():
+        missing += [f"{name} {a.dest}" for a in sub._actions if not a.help]
+    assert [] == missing
+    assert {"run", "check", "add", "status", "notify-test", "healthcheck", "demo", "fake-sendgrid"} == set(
+        commands.choices
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "add"])
+def test_an_invalid_id_is_a_usage_error_in_every_command(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status ../x` is exit 2 with the invalid-id message, like `add ../x`, not "not tracked"."""
+    assert 2 == main([command, "-c", str(write_config(tmp_path)), "../x"])
+    assert "invalid job id '../x'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///:memory:"])
+def test_add_refuses_a_store_that_keeps_nothing(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`add` against an in-memory store exits 2 instead of saying "now watching" and keeping nothing."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace(f"sqlite:///{tmp_path}/state.db", f"'{url}'"))
+    assert 2 == main(["add", "-c", str(config), "j1"])
+    captured = capsys.readouterr()
+    assert ("", 1) == (captured.out, len(captured.err.splitlines()))
+    assert "nothing `add` stores would be kept" in captured.err
+
+
+async def _bury(config: str, job_id: str) -> None:
+    from watcher.config import load_config
+    from watcher.store import open_store
+
+    store = open_store(load_config(config).state.url)
+    await store.open()
+    assert await store.remove_job(job_id, now=time.time())
+    await store.close()
+
+
+def test_add_of_a_stopped_job_needs_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped job is not watched again by a plain `add` (exit 0, nothing new); `add --again` starts a new watch."""
+    config = str(write_config(tmp_path))
+    assert 0 == main(["add", "-c", config, "j1"])
+    asyncio.run(_bury(config, "j1"))
+    capsys.readouterr()
+    assert 0 == main(["add", "-c", config, "j1"])
+    out = capsys.readouterr().out
+    assert out.startswith("j1: was stopped at ") and "add --again starts a new watch" in out
+    assert 1 == main(["status", "-c", config, "j1"])
+    assert "job j1 is not tracked: it was stopped at" in capsys.readouterr().err
+    assert 0 == main(["add", "-c", config, "j1", "--again"])
+    assert "j1: now watching\n" == capsys.readouterr().out
+    assert 0 == main(["status", "-c", config, "j1", "--json"])
+    assert ["watching"] == [view["state"] for view in json.loads(capsys.readouterr().out)]
+
+
+def test_check_warns_without_notifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config with no notifier passes `check` (exit 0) with a warning on stderr."""
+    path = tmp_path / "quiet.yaml"
+    path.write_text("sendgrid:\n  api_key: SG.k-1234\n", encoding="utf-8")
+    assert 0 == main(["check", "-c", str(path)])
+    captured = capsys.readouterr()
+    assert "OK (0 notifiers" in captured.out
+    assert [f"{path.resolve()}: warning: no notifiers configured: outcomes are recorded but nobody is told"] == (
+        captured.err.splitlines()
+    )
+
+
+def test_check_fails_a_template_that_breaks_only_on_completed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A template reading `data.errors` works for errored jobs but breaks on completed ones: `check` exits 2."""
+    config = write_config(tmp_path).read_text().replace(
+        "  out: {type: console}\n",
+        "  out:\n    type: console\n    templates:\n"
+        "      text: \"{% if outcome != 'alert' %}{{ data.errors.rows }} rows rejected{% endif %}\"\n",
+    )
+    path = tmp_path / "t.yaml"
+    path.write_text(config)
+    assert 2 == main(["check", "-c", str(path)])
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{path}:9: notifiers.out.templates.text: template fails on a sample completed event")
 
 
 def test_status_never_shows_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

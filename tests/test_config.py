@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
     problems = problems_of(path)
     assert [
         f"{path}:3: sendgrid.max_concurrency: expected a whole number, got str 'lots'",
-        f"{path}:4: sendgrid.colour: unknown key (expected one of api_key, base_url, max_concurrency, max_rate, on_behalf_of, request_timeout)",
+        f"{path}:4: sendgrid.colour: unknown key (expected one of allow_insecure, allow_private, api_key, base_url, max_concurrency, max_rate, on_behalf_of, request_timeout)",
         f"{path}:6: polling.min_interval: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '5 parsecs'",
         f"{path}:7: polling.deadline: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '-3s'",
         f"{path}:12: notifiers.hook.retries: unknown key (expected one of allow_insecure, headers, secret, timeout, url)",
@@ -200,7 +201,7 @@ def test_job_file_problems(tmp_path: Path) -> None:
         f"{path}:4: jobs[2].notify: unknown notifier 'ghost'",
         f"{path}:5: jobs[3]: unknown key 'colour' (expected id, labels, notify)",
         f"{path}:6: jobs[4]: job good-1 is listed twice",
-        f"{path}:7: jobs[5]: expected a job id or a mapping with `id`",
+        f"{path}:7: jobs[5]: a job id must be a string, got the number 12345: quote it, e.g. '12345'",
     ] == problems
 
 
@@ -216,9 +217,11 @@ def test_hostile_yaml_is_refused_quickly(tmp_path: Path) -> None:
 
 
 def test_python_tags_construct_nothing(tmp_path: Path) -> None:
-    """YAML tags that would build Python objects are never executed."""
-    path = write(tmp_path, "sendgrid: !!python/object/apply:os.system ['echo pwned']\n")
+    """YAML tags that would build Python objects are never executed: the command they name never runs."""
+    marker = tmp_path / "pwned"
+    path = write(tmp_path, f"sendgrid: !!python/object/apply:os.system ['touch {marker}']\n")
     assert problems_of(path)[0].startswith(f"{path}:1: ")
+    assert not marker.exists()  # an unsafe loader would have run `touch` before any problem was found
 
 
 def test_text_libyaml_cannot_take_is_a_located_problem() -> None:
@@ -228,3 +231,121 @@ def test_text_libyaml_cannot_take_is_a_located_problem() -> None:
     assert None is load_located("a: b\nc: \ud800\n", problems, env={})
     [problem] = problems.sorted()
     assert problem.startswith("f.yaml:1: not valid YAML: unacceptable character #xd800")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{type: file}", "sources[0]: missing required key `path`"),
+        ("{type: file, path: ''}", "sources[0].path: must not be empty"),
+        ("{type: file, path: [a, b]}", "sources[0].path: expected a string, got a list"),
+        ("{type: file, path: 5}", "sources[0].path: expected a string, got int 5"),
+        ("{type: file, path: \"a\\0b\"}", "sources[0].path: a file path must not contain NUL bytes"),
+        ("{type: redis}", "sources[0]: missing required key `url`"),
+        ("{type: redis, url: ''}", "sources[0].url: must not be empty"),
+        ("{type: redis, url: {a: 1}}", "sources[0].url: expected a string, got a mapping"),
+        ("{type: redis, url: 'redis://h:1/0', stream: 7}", "sources[0].stream: expected a string, got int 7"),
+        ("{type: redis, url: 'redis://h:1/0', group: ' '}", "sources[0].group: must not be empty"),
+        ("just-a-string", "sources[0]: expected a mapping with `type: file` or `type: redis`"),
+        ("{type: [file]}", "sources[0].type: unknown source type ['file'] (expected file or redis)"),
+    ],
+)
+def test_every_source_field_is_validated(tmp_path: Path, source: str, message: str) -> None:
+    """A source with a missing, empty or mistyped field is one located problem, never a traceback."""
+    path = write(tmp_path, MINIMAL + f"sources:\n  - {source}\n")
+    assert [f"{path}:4: {message}"] == problems_of(path)
+
+
+def test_a_short_token_off_loopback_is_refused(tmp_path: Path) -> None:
+    """A token shorter than 32 characters is an error when the API listens beyond loopback, fine on loopback."""
+    path = write(tmp_path, MINIMAL + "server:\n  listen: 0.0.0.0:8080\n  token: x\n")
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}:5: server.token: must be at least 32 characters")
+    assert "x" not in problem.rpartition(":")[2].split()
+    long_enough = write(tmp_path, MINIMAL + "server:\n  listen: 0.0.0.0:8080\n  token: " + "t" * 32 + "\n", "b.yaml")
+    assert load_config(long_enough, env={}).server is not None
+    loopback = write(tmp_path, MINIMAL + "server:\n  listen: 127.0.0.1:8080\n  token: x\n", "c.yaml")
+    assert load_config(loopback, env={}).server is not None
+
+
+@pytest.mark.parametrize(
+    ("base_url", "fragment"),
+    [
+        ("http://api.sendgrid.com", "must use https"),
+        ("https://api.sendgrid.com/v3", "must not end in /v3"),
+        ("https://api.sendgrid.com/v3/", "must not end in /v3"),
+        ("https://user:pw@api.sendgrid.com", "user name or password"),
+    ],
+)
+def test_base_url_follows_the_url_policy(tmp_path: Path, base_url: str, fragment: str) -> None:
+    """sendgrid.base_url in plain http off loopback, with /v3 or with userinfo is a located error."""
+    path = write(tmp_path, MINIMAL + f"  base_url: {base_url}\n")
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}:3: sendgrid.base_url: ") and fragment in problem
+    assert "pw" not in problem
+
+
+def test_plain_http_base_url_on_loopback_or_allowed(tmp_path: Path) -> None:
+    """Plain http is fine to loopback (the fake SendGrid) and elsewhere with allow_insecure."""
+    for i, extra in enumerate(["  base_url: http://127.0.0.1:3030\n",
+                               "  base_url: http://mirror.internal\n  allow_insecure: true\n"]):
+        assert load_config(write(tmp_path, MINIMAL + extra, f"{i}.yaml"), env={}).sendgrid.base_url
+
+
+def test_the_lease_must_outlast_a_request(tmp_path: Path) -> None:
+    """state.lease not longer than sendgrid.request_timeout is refused; slow notifiers are not its concern (renewal)."""
+    path = write(tmp_path, MINIMAL + textwrap.dedent("""\
+          request_timeout: 20s
+        state:
+          lease: 15s
+        notifiers:
+          slow: {type: webhook, url: 'https://hooks.example.com/x', timeout: 30s}
+        """))
+    assert [f"{path}:5: state.lease: must be longer than sendgrid.request_timeout (20s)"] == problems_of(path)
+    fine = write(tmp_path, MINIMAL + "  request_timeout: 1s\nstate:\n  lease: 2s\n", "b.yaml")
+    assert 2.0 == load_config(fine, env={}).state.lease
+
+
+@pytest.mark.parametrize("value", ["${SENDGRID_API_KEY", "pre-${1BAD}", "${}", "${A:-x"])
+def test_a_malformed_variable_is_an_error(tmp_path: Path, value: str) -> None:
+    """An unclosed or malformed `${` never becomes the value itself."""
+    path = write(tmp_path, f"sendgrid:\n  api_key: '{value}'\n")
+    [problem] = problems_of(path, env={"SENDGRID_API_KEY": "SG.real-key", "A": "a"})
+    assert problem.startswith(f"{path}:2: sendgrid.api_key: malformed ${{...}}")
+
+
+def test_dollars_still_work(tmp_path: Path) -> None:
+    """`$$` is a literal dollar and a `$` not followed by `{` stays as written."""
+    path = write(tmp_path, "sendgrid:\n  api_key: 'pa$$word-$x-${K}'\n")
+    assert "pa$word-$x-v" == load_config(path, env={"K": "v"}).sendgrid.api_key.reveal()
+
+
+def test_config_and_secret_files_must_be_small_regular_files(tmp_path: Path) -> None:
+    """A FIFO, a device, a directory or an oversized file is refused at once with a located message."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as out:
+        out.truncate(1024 * 1024 + 1)
+    for path, why in [(fifo, "not a regular file (a FIFO)"), (Path("/dev/zero"), "a character device"),
+                      (tmp_path, "a directory"), (big, "too large: 1048577 bytes")]:
+        [problem] = problems_of(path)
+        assert problem.startswith(f"{path}:1: cannot read the config file: ") and why in problem
+    secret = write(tmp_path, f"sendgrid:\n  api_key_file: {fifo}\n", "s.yaml")
+    assert [f"{secret}:2: sendgrid.api_key_file: cannot read secret file {fifo}: not a regular file (a FIFO)"] == (
+        problems_of(secret)
+    )
+
+
+def test_a_url_with_a_bad_port_is_located(tmp_path: Path) -> None:
+    """A source URL whose port is no number is a config problem (its password not shown), not a crash later."""
+    path = write(tmp_path, MINIMAL + "sources:\n  - {type: redis, url: 'redis://:pw@h:notaport/0'}\n")
+    assert [f"{path}:4: sources[0].url: the port is not a number from 0 to 65535 in redis://h:notaport/…"] == (
+        problems_of(path)
+    )
+
+
+def test_a_state_url_with_a_bad_port_is_located(tmp_path: Path) -> None:
+    """state.url naming Redis with a port that is no number is a config problem, its password not shown."""
+    path = write(tmp_path, MINIMAL + "state:\n  url: 'redis://:pw@h:99999/0'\n")
+    assert [f"{path}:4: state.url: the port is not a number from 0 to 65535 in redis://h:99999/…"] == problems_of(path)

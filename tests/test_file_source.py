@@ -56,12 +56,14 @@ class FlakyStore(MemoryStore):
         self.fail_after = fail_after
         self.batches: list[int] = []
 
-    async def add_jobs(self, refs: Sequence[JobRef], *, now: float, first_poll_at: float) -> list[bool]:
+    async def add_jobs(
+        self, refs: Sequence[JobRef], *, now: float, first_poll_at: float, again: bool = False
+    ) -> list[bool]:
         if len(self.batches) == self.fail_after:
             self.fail_after = -1
             raise StoreUnavailable("database is locked")
         self.batches.append(len(refs))
-        return await super().add_jobs(refs, now=now, first_poll_at=first_poll_at)
+        return await super().add_jobs(refs, now=now, first_poll_at=first_poll_at, again=again)
 
 
 async def test_jobs_are_added_in_batches_and_an_outage_is_retried(tmp_path: Path) -> None:

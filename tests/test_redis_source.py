@@ -41,11 +41,11 @@ class FlakyStore(MemoryStore):
         self.down = False
         self.refused: list[str] = []
 
-    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float) -> bool:
+    async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
         if self.down:
             self.refused.append(ref.id)
             raise StoreUnavailable("store down for this test")
-        return await super().add_job(ref, now=now, first_poll_at=first_poll_at)
+        return await super().add_job(ref, now=now, first_poll_at=first_poll_at, again=again)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -166,8 +166,12 @@ MALFORMED = [
     ({"id": b"\xff\xfe"}, "not UTF-8"),
     ({"colour": "blue"}, "missing field"),
     ({"job": json.dumps({"labels": {"a": "b"}})}, "missing `id`"),
-    ({"job": json.dumps({"id": "ok-id", "notify": ["nobody"]})}, "unknown notifier 'nobody'"),
     ({"job": json.dumps({"id": "ok-id", "colour": "blue"})}, "unknown key 'colour'"),
+    ({"job": json.dumps({"id": "ok-id", "again": True})}, "unknown key 'again'"),
+    ({"job": '{"id": "ok-id", "labels": {"n": NaN}}'}, "finite numbers"),
+    ({"job": '{"id": "ok-id", "labels": {"n": "\\ud800"}}'}, "valid Unicode text"),
+    ({"job": json.dumps({"id": 12345})}, "quote it"),
+    ({"id": "ok-id", "padding": "x" * (64 * 1024)}, "entry larger than 65536 bytes"),
 ]
 
 
@@ -190,6 +194,38 @@ async def test_malformed_entries_go_to_the_dead_letter_stream(
             assert expected == letter[key]
     assert 0 == await pending(redis_client, settings)
     assert len(MALFORMED) == source.stats["dead"]
+
+
+async def test_an_entry_naming_a_notifier_unknown_here_is_stored(
+    make_source: SourceFactory, redis_client: aioredis.Redis, settings: RedisSourceSettings, store: FlakyStore
+) -> None:
+    """A notifier this replica does not know (a config not yet rolled out) is stored, not dead-lettered."""
+    await redis_client.xadd(settings.stream, {"job": json.dumps({"id": "new-cfg", "notify": ["pager"]})})
+    source = await make_source()
+    with structlog.testing.capture_logs() as logs:
+        await eventually(source.idle)
+    job = await store.get_job("new-cfg")
+    assert (("pager",), [], 0) == (
+        job.notify if job else None, await dead_letters(redis_client, settings), await pending(redis_client, settings)
+    )
+    assert ["pager"] == next(e["notifiers"] for e in logs if e["event"] == "source.notifier_unknown_here")
+
+
+async def test_a_tombstoned_job_is_not_brought_back_and_logged_once(
+    make_source: SourceFactory, redis_client: aioredis.Redis, settings: RedisSourceSettings, store: FlakyStore
+) -> None:
+    """An entry for a stopped job is acknowledged without a new watch; the tombstone is logged once."""
+    await store.add_job(JobRef("stopped-1"), now=time.time(), first_poll_at=time.time())
+    assert await store.remove_job("stopped-1", now=time.time())
+    for _ in range(3):
+        await redis_client.xadd(settings.stream, {"id": "stopped-1"})
+    source = await make_source()
+    with structlog.testing.capture_logs() as logs:
+        await eventually(source.idle)
+    assert ([], 0) == (await store.list_jobs(), await pending(redis_client, settings))
+    assert [("stopped-1", "stopped")] == [
+        (e["job_id"], e["reason"]) for e in logs if e["event"] == "source.job_tombstoned"
+    ]
 
 
 async def test_entries_pushed_before_the_group_existed_are_read(

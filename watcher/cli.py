@@ -1,4 +1,8 @@
-"""The `import-watcher` command line: run, check, add, status, notify-test, healthcheck, demo, fake-sendgrid."""
+"""The `import-watcher` command line: run, check, add, status, notify-test, healthcheck, demo, fake-sendgrid.
+
+Every failure a user can cause (a bad config, an invalid id, a corrupt state file, a
+state URL that is not Redis) is one clear line on stderr and an exit code, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,26 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import AsyncIterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, NoReturn
 
 from watcher.config import Config, FileSourceSettings, load_config
-from watcher.errors import ConfigError, InvalidJobId, StoreUnavailable, WatcherError
+from watcher.errors import ConfigError, InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
+from watcher.models import validate_job_id
+
+if TYPE_CHECKING:
+    from watcher.store.base import StateStore
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def package_version() -> str:
+    """The installed distribution's version (`0+unknown` when run from an uninstalled tree)."""
+    try:
+        return version("import-watcher")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,34 +42,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command and argument, each with its --help text."""
     parser = _Parser(prog="import-watcher", description="Watch SendGrid contact import jobs and notify people.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"import-watcher {package_version()}",
+                        help="print `import-watcher <version>` and exit")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("-c", "--config", default=os.environ.get("WATCHER_CONFIG"),
-                         help="config file (default: $WATCHER_CONFIG)")
+        sub.add_argument("-c", "--config", default=os.environ.get("WATCHER_CONFIG"), metavar="FILE",
+                         help="the YAML config file (default: $WATCHER_CONFIG)")
         return sub
 
-    run = with_config("run", "run the daemon")
-    run.add_argument(
-        "--until-idle", action="store_true", help="exit 0 once every job is final and every notification settled"
-    )
-    with_config("check", "validate the configuration; exit 2 listing every problem")
-    add = with_config("add", "start watching a job (idempotent)")
-    add.add_argument("job_id")
-    add.add_argument("--label", action="append", default=[], metavar="K=V")
-    add.add_argument("--notify", action="append", default=None, metavar="NAME")
-    status = with_config("status", "show tracked jobs")
-    status.add_argument("job_id", nargs="?")
-    status.add_argument("--json", action="store_true")
+    run = with_config("run", "run the daemon until SIGTERM or SIGINT")
+    run.add_argument("--until-idle", action="store_true",
+                     help="exit 0 once every job is final and every notification delivered or dead")
+    with_config("check", "validate the configuration and its job files; exit 2 listing every problem")
+    add = with_config("add", "start watching a job (idempotent), straight in the state store")
+    add.add_argument("job_id", metavar="JOB_ID", help="the SendGrid import job id (1 to 64 of A-Z a-z 0-9 - _)")
+    add.add_argument("--label", action="append", default=[], metavar="K=V",
+                     help="a label shown in notifications and usable in routes (repeatable)")
+    add.add_argument("--notify", action="append", default=None, metavar="NAME",
+                     help="notify only this configured notifier, instead of the routes (repeatable)")
+    add.add_argument("--again", action="store_true",
+                     help="start a new watch even if the job was stopped or has finished")
+    status = with_config("status", "show tracked jobs: state, polls, next poll, deliveries")
+    status.add_argument("job_id", nargs="?", metavar="JOB_ID", help="show only this job (exit 1 if not tracked)")
+    status.add_argument("--json", action="store_true", help="print a JSON array, one object per job")
     test = with_config("notify-test", "send a sample notification through one or all notifiers")
-    test.add_argument("name", nargs="?")
-    with_config("healthcheck", "exit 0 if the daemon's heartbeat is fresh")
-    commands.add_parser("demo", help="watch sample jobs on the bundled fake SendGrid; no setup, no network")
-    fake = commands.add_parser("fake-sendgrid", help="serve the bundled fake SendGrid API")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=3030)
+    test.add_argument("name", nargs="?", metavar="NAME", help="only this notifier (default: every one)")
+    with_config("healthcheck", "exit 0 if the daemon is fully started and its heartbeat is fresh")
+    commands.add_parser("demo", help="watch sample jobs on the bundled fake SendGrid; no setup, no network",
+                        description="watch sample jobs on the bundled fake SendGrid; no setup, no network")
+    fake = commands.add_parser("fake-sendgrid", help="serve the bundled fake SendGrid API",
+                               description="serve the bundled fake SendGrid API, for your own tests")
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=3030, help="port to listen on (default: 3030)")
     return parser
 
 
@@ -66,13 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
     except (InvalidJobId, ValueError) as exc:
-        print(f"import-watcher: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_USAGE
+    except StoreBroken as exc:
+        _say(f"the state store cannot be used: {exc}")
+        return EXIT_RUNTIME
     except StoreUnavailable as exc:
-        print(f"import-watcher: state store unavailable: {exc}", file=sys.stderr)
+        _say(f"state store unavailable: {exc}")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _say(message: str) -> None:
+    from watcher.net import mask_urls_in_text
+    from watcher.schema import redact
+
+    print(f"import-watcher: {redact(mask_urls_in_text(message))}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -82,13 +117,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo())
     if args.command == "fake-sendgrid":
         return _fake_sendgrid(args.host, args.port)
+    # An invalid id is a usage error before the config is even read, in every command.
+    if getattr(args, "job_id", None) is not None:
+        validate_job_id(args.job_id)
     config = _load(args.config)
+    _configure_logging(config)
     if args.command == "check":
         return _check(config)
     if args.command == "run":
         return _run(config, until_idle=args.until_idle)
     if args.command == "add":
-        return asyncio.run(_add(config, args.job_id, args.label, args.notify))
+        return asyncio.run(_add(config, args.job_id, args.label, args.notify, again=args.again))
     if args.command == "status":
         return asyncio.run(_status(config, args.job_id, as_json=args.json))
     if args.command == "notify-test":
@@ -104,6 +143,27 @@ def _load(path: str | None) -> Config:
     return load_config(path)
 
 
+class _Stderr:
+    """Whatever sys.stderr is at each write: logging set up by one `main()` call must not keep
+    writing to a stream that was swapped out and closed since (embedding, tests)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def _configure_logging(config: Config) -> None:
+    """Every command logs as `run` does, at the configured level (debug lines stay hidden at info)."""
+    from watcher.logs import configure_logging
+
+    configure_logging(config.logging.level, config.logging.format, stream=_Stderr())  # type: ignore[arg-type]
+
+
 def _check(config: Config) -> int:
     from watcher.sources.file import check_job_file
 
@@ -113,67 +173,111 @@ def _check(config: Config) -> int:
             problems += check_job_file(source.path, config.notifier_names)
     if problems:
         raise ConfigError(problems)
+    if not config.notifiers:
+        print(f"{config.path}: warning: no notifiers configured: outcomes are recorded but nobody is told",
+              file=sys.stderr)
     print(f"{config.path}: OK ({len(config.notifiers)} notifiers, {len(config.sources)} sources)")
     return EXIT_OK
 
 
 def _run(config: Config, *, until_idle: bool) -> int:
     from watcher.daemon import Daemon
-    from watcher.logs import configure_logging
 
-    configure_logging(config.logging.level, config.logging.format)
     try:
         return asyncio.run(Daemon(config).run(until_idle=until_idle))
+    except (StoreBroken, StoreUnavailable, ConfigError):
+        raise  # main() prints these
     except WatcherError as exc:
-        print(f"import-watcher: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_RUNTIME
 
 
-async def _add(config: Config, job_id: str, labels: list[str], notify: list[str] | None) -> int:
-    from watcher.clock import SystemClock
-    from watcher.models import JobRef
-    from watcher.sources.base import Intake
+def keeps_nothing(state_url: str) -> bool:
+    """A state URL whose store ends with the process: `add` would keep nothing."""
+    scheme, _, rest = state_url.partition("://")
+    return scheme.lower() == "memory" or (scheme.lower() == "sqlite" and rest in ("", "/:memory:"))
+
+
+@contextlib.asynccontextmanager
+async def _opened(config: Config) -> AsyncIterator[StateStore]:
+    """The configured store, opened and closed again; its errors reach main() as they are."""
     from watcher.store import open_store
 
+    store = open_store(config.state.url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        with contextlib.suppress(StoreUnavailable, StoreBroken):
+            await store.close()
+
+
+def _labels(items: list[str]) -> dict[str, str]:
     parsed: dict[str, str] = {}
-    for item in labels:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--label expects K=V, got {item!r}")
         parsed[key] = value
+    return parsed
+
+
+async def _add(config: Config, job_id: str, labels: list[str], notify: list[str] | None, *, again: bool) -> int:
+    from watcher.clock import SystemClock
+    from watcher.models import JobRef
+    from watcher.sources.base import Intake, check_label_text
+
+    if keeps_nothing(config.state.url):
+        raise ValueError(f"state.url is {config.state.url}: nothing `add` stores would be kept; "
+                         "point state.url at the daemon's SQLite file or Redis")
+    parsed = _labels(labels)
+    check_label_text(parsed)
     ref = JobRef(job_id, parsed, tuple(notify) if notify else None)
-    store = open_store(config.state.url)
-    await store.open()
-    try:
+    async with _opened(config) as store:
         intake = Intake(store, config.polling, SystemClock(), config.notifier_names)
         intake.check_notify(ref.notify)
-        added = await intake.add(ref)
-    finally:
-        await store.close()
-    print(f"{job_id}: {'now watching' if added else 'already tracked'}")
+        if not again and (tomb := (await store.tombstones([job_id])).get(job_id)) is not None:
+            print(f"{job_id}: {_buried(tomb.reason.value, tomb.at)}; nothing new (add --again starts a new watch)")
+            return EXIT_OK
+        if await intake.add(ref, again=again):
+            print(f"{job_id}: now watching")
+            return EXIT_OK
+        job = await store.get_job(job_id)
+    if job is not None and job.outcome is not None and not again:
+        print(f"{job_id}: already finished ({job.outcome.value}); nothing new (add --again starts a new watch)")
+    else:
+        print(f"{job_id}: already tracked")
     return EXIT_OK
+
+
+def _buried(reason: str, at: float) -> str:
+    from watcher.events import iso
+
+    return f"was stopped at {iso(at)}" if reason == "stopped" else f"already finished (purged at {iso(at)})"
 
 
 async def _status(config: Config, job_id: str | None, *, as_json: bool) -> int:
     from watcher.status import job_views, status_table
-    from watcher.store import open_store
 
-    store = open_store(config.state.url)
-    await store.open()
-    try:
+    async with _opened(config) as store:
         if job_id is not None:
             job = await store.get_job(job_id)
             if job is None:
-                print(f"import-watcher: job {job_id} is not tracked", file=sys.stderr)
+                _say(await _untracked(store, job_id))
                 return EXIT_RUNTIME
             jobs = [job]
         else:
             jobs = await store.list_jobs()
         views = await job_views(store, jobs)
-    finally:
-        await store.close()
     print(json.dumps(views, indent=2) if as_json else status_table(views))
     return EXIT_OK
+
+
+async def _untracked(store: StateStore, job_id: str) -> str:
+    tomb = (await store.tombstones([job_id])).get(job_id)
+    if tomb is None:
+        return f"job {job_id} is not tracked"
+    return f"job {job_id} is not tracked: it {_buried(tomb.reason.value, tomb.at)}"
 
 
 async def _notify_test(config: Config, name: str | None) -> int:
@@ -181,8 +285,10 @@ async def _notify_test(config: Config, name: str | None) -> int:
 
     from watcher.events import delivery_id
     from watcher.models import Delivery
+    from watcher.net import mask_urls_in_text
     from watcher.notify.registry import build_notifiers
     from watcher.notify.render import sample_event
+    from watcher.schema import redact
 
     notifiers = build_notifiers(config)
     if name is not None and name not in notifiers:
@@ -200,29 +306,24 @@ async def _notify_test(config: Config, name: str | None) -> int:
             try:
                 await notifier.send(delivery)
                 print(f"{notifier.name}: sent")
-            except Exception as exc:
+            except Exception as exc:  # every failure is reported per notifier, the others still tried
                 failures += 1
-                print(f"{notifier.name}: FAILED: {type(exc).__name__}: {exc}")
+                why = redact(mask_urls_in_text(f"{type(exc).__name__}: {exc}"))
+                print(f"{notifier.name}: FAILED: {why}")
             finally:
                 await notifier.close()
     return EXIT_RUNTIME if failures else EXIT_OK
 
 
 def _healthcheck(config: Config) -> int:
-    from watcher.daemon import HEARTBEAT_STALE, heartbeat_path
+    from watcher.heartbeat import check_health
 
-    path = heartbeat_path(config)
-    try:
-        stamp = float(path.read_text(encoding="utf-8").split()[0])
-    except (OSError, ValueError, IndexError):
-        print(f"unhealthy: no heartbeat at {path}", file=sys.stderr)
-        return EXIT_RUNTIME
-    age = time.time() - stamp
-    if age > HEARTBEAT_STALE:
-        print(f"unhealthy: last heartbeat {age:.0f}s ago", file=sys.stderr)
-        return EXIT_RUNTIME
-    print(f"healthy: last heartbeat {age:.1f}s ago")
-    return EXIT_OK
+    healthy, message = check_health(config)
+    if healthy:
+        print(f"healthy: {message}")
+        return EXIT_OK
+    print(f"unhealthy: {message}", file=sys.stderr)
+    return EXIT_RUNTIME
 
 
 def _fake_sendgrid(host: str, port: int) -> int:
@@ -234,5 +335,3 @@ def _fake_sendgrid(host: str, port: int) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(host, port, on_ready=ready))
     return EXIT_OK
-
-

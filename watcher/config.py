@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watcher import net
 from watcher import schema as s
 from watcher.errors import ConfigError
 from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE
 from watcher.policy import PollPolicy
 from watcher.routing import Route
-from watcher.schema import Field, Secret
+from watcher.schema import Field, Secret, Validator
 from watcher.sendgrid import SendGridSettings
-from watcher.yamlloc import Path_, Problems, load_located
+from watcher.yamlloc import CONFIG_MAX_BYTES, FileRefused, Path_, Problems, load_located, read_capped
 
 DEFAULT_STATE_URL = "sqlite:///import-watcher.db"
+#: A shorter API token off loopback can be guessed; 32 characters is `openssl rand -hex 16`.
+MIN_TOKEN_LENGTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +119,13 @@ STATE_FIELDS = (
     Field("lease", s.duration(1.0), default=60.0),
     Field("tombstone_retention", s.duration(), default=90 * 86400.0),
 )
-FILE_SOURCE_FIELDS = (Field("type", s.string), Field("path", s.string, required=True))
+FILE_SOURCE_FIELDS = (Field("type", s.string), Field("path", s.path_text, required=True))
 REDIS_SOURCE_FIELDS = (
     Field("type", s.string),
     Field("url", s.url("redis", "rediss", "unix"), required=True),
-    Field("stream", s.string, default="import-watcher:jobs"),
-    Field("group", s.string, default="import-watcher"),
-    Field("consumer", s.optional_string),
+    Field("stream", s.name_text, default="import-watcher:jobs"),
+    Field("group", s.name_text, default="import-watcher"),
+    Field("consumer", s.name_text),
     Field("block", s.duration(0.001), default=5.0),
     Field("claim_idle", s.duration(0.001), default=60.0),
 )
@@ -148,11 +150,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     file = Path(path)
     problems = Problems(str(path))
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}:1: cannot read the config file: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}:1: the config file is not UTF-8 text"]) from None
+        text = read_capped(file, CONFIG_MAX_BYTES)
+    except FileRefused as exc:
+        raise ConfigError([f"{path}:1: cannot read the config file: {exc}"]) from None
     data = load_located(text, problems, env=env)
     config = build_config(data, problems, base_dir=file.parent.resolve()) if not problems else None
     if problems or config is None:
@@ -170,7 +170,7 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     for key in data:
         if key not in TOP_LEVEL:
             problems.add((key,), f"unknown key (expected one of {', '.join(sorted(TOP_LEVEL))})")
-    ctx = _Ctx(problems, base_dir)
+    ctx = Validator(problems, base_dir)
     sendgrid = ctx.section(data, ("sendgrid",), SENDGRID_FIELDS, required=True)
     polling = ctx.section(data, ("polling",), POLLING_FIELDS)
     state = ctx.section(data, ("state",), STATE_FIELDS)
@@ -193,8 +193,8 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     if polling and polling["min_interval"] > polling["max_interval"]:
         problems.add(("polling", "min_interval"), "must not be larger than polling.max_interval")
     _check_state_url(ctx, state)
-    if sendgrid and state and state["lease"] <= sendgrid["request_timeout"]:
-        problems.add(("state", "lease"), "must be longer than sendgrid.request_timeout")
+    _check_base_url(ctx, sendgrid)
+    _check_lease(ctx, state, sendgrid, notifiers)
     if problems or sendgrid is None:
         return None
     return Config(
@@ -211,102 +211,7 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     )
 
 
-class _Ctx:
-    """Validation helpers bound to one file's problems and directory."""
-
-    def __init__(self, problems: Problems, base_dir: Path) -> None:
-        self.problems = problems
-        self.base_dir = base_dir
-
-    def resolve(self, path: str) -> Path:
-        # Relative paths are relative to the working directory, as in the state URL
-        # (SQLAlchemy style) and DESIGN.md's `path: config/jobs.yaml`.
-        return Path(path).expanduser().absolute()
-
-    def value(self, data: Mapping[str, Any], path: Path_, parse: s.Parser, default: Any) -> Any:
-        key = str(path[-1])
-        if key not in data or data[key] is None:
-            return default
-        try:
-            return parse(data[key])
-        except ValueError as exc:
-            self.problems.add(path, str(exc))
-            return default
-
-    def section(
-        self,
-        data: Mapping[str, Any],
-        path: Path_,
-        fields: tuple[Field, ...],
-        *,
-        required: bool = False,
-        extra_ok: frozenset[str] = frozenset(),
-    ) -> dict[str, Any] | None:
-        raw = data.get(str(path[-1]))
-        if raw is None:
-            if required:
-                self.problems.add(path, "this section is required")
-                return None
-            raw = {}
-        return self.fields(raw, path, fields, extra_ok=extra_ok)
-
-    def fields(
-        self,
-        raw: Any,
-        path: Path_,
-        fields: tuple[Field, ...],
-        *,
-        extra_ok: frozenset[str] = frozenset(),
-    ) -> dict[str, Any] | None:
-        """Parse a mapping against its fields: unknown keys, required keys, `*_file` secrets."""
-        if not isinstance(raw, dict):
-            self.problems.add(path, "expected a mapping")
-            return None
-        known = {f.name for f in fields}
-        secrets = {f.name for f in fields if f.secret}
-        raw = dict(raw)
-        unreadable: set[str] = set()
-        for key in list(raw):
-            if key.endswith("_file") and key[:-5] in secrets:
-                if not self._read_secret_file(raw, key, path):
-                    unreadable.add(key[:-5])
-            elif key not in known and key not in extra_ok:
-                self.problems.add((*path, key), f"unknown key (expected one of {', '.join(sorted(known))})")
-        out: dict[str, Any] = {}
-        for f in fields:
-            value = raw.get(f.name)
-            if value is None or (value == "" and not f.required):  # `${VAR:-}` means "not set"
-                if f.required and f.name not in unreadable:
-                    self.problems.add(path, f"missing required key `{f.name}`")
-                out[f.name] = f.default
-                continue
-            try:
-                out[f.name] = f.parse(value)
-            except ValueError as exc:
-                self.problems.add((*path, f.name), str(exc))
-                out[f.name] = f.default
-        return out
-
-    def _read_secret_file(self, raw: dict[str, Any], key: str, path: Path_) -> bool:
-        """Put the content of `NAME_file` into `NAME`; False when that was not possible."""
-        name = key[:-5]
-        file_path = raw.pop(key)
-        if raw.get(name) is not None:
-            self.problems.add((*path, key), f"give either `{name}` or `{key}`, not both")
-            return False
-        if not isinstance(file_path, str) or not file_path:
-            self.problems.add((*path, key), "expected a file path")
-            return False
-        try:
-            raw[name] = self.resolve(file_path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable text"
-            self.problems.add((*path, key), f"cannot read secret file {file_path}: {reason}")
-            return False
-        return True
-
-
-def _notifiers(ctx: _Ctx, raw: Any, types: Mapping[str, Any]) -> list[NotifierSettings]:
+def _notifiers(ctx: Validator, raw: Any, types: Mapping[str, Any]) -> list[NotifierSettings]:
     from watcher.notify.render import validate_templates
 
     if raw is None:
@@ -338,7 +243,7 @@ def _notifiers(ctx: _Ctx, raw: Any, types: Mapping[str, Any]) -> list[NotifierSe
     return out
 
 
-def _routes(ctx: _Ctx, raw: Any, names: set[str]) -> list[Route]:
+def _routes(ctx: Validator, raw: Any, names: set[str]) -> list[Route]:
     from watcher.routing import parse_route
 
     if raw is None:
@@ -354,7 +259,7 @@ def _routes(ctx: _Ctx, raw: Any, names: set[str]) -> list[Route]:
     return routes
 
 
-def _sources(ctx: _Ctx, raw: Any) -> list[SourceSettings]:
+def _sources(ctx: Validator, raw: Any) -> list[SourceSettings]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -364,21 +269,29 @@ def _sources(ctx: _Ctx, raw: Any) -> list[SourceSettings]:
     for i, item in enumerate(raw):
         path: Path_ = ("sources", i)
         kind = item.get("type") if isinstance(item, dict) else None
+        before = len(ctx.problems.messages)
         if kind == "file":
             parsed = ctx.fields(item, path, FILE_SOURCE_FIELDS)
-            if parsed:
+            if parsed and len(ctx.problems.messages) == before:
                 out.append(FileSourceSettings(path=ctx.resolve(parsed["path"])))
         elif kind == "redis":
             parsed = ctx.fields(item, path, REDIS_SOURCE_FIELDS)
-            if parsed:
+            if parsed and len(ctx.problems.messages) == before:
                 parsed.pop("type")
                 out.append(RedisSourceSettings(**parsed))
+        elif not isinstance(item, dict):
+            ctx.problems.add(path, "expected a mapping with `type: file` or `type: redis`")
         else:
-            ctx.problems.add((*path, "type"), f"unknown source type {kind!r} (expected file or redis)")
+            ctx.problems.add((*path, "type"), f"unknown source type {_shown(kind)} (expected file or redis)")
     return out
 
 
-def _server(ctx: _Ctx, raw: Any) -> ServerSettings | None:
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _server(ctx: Validator, raw: Any) -> ServerSettings | None:
     if raw is None:
         return None
     parsed = ctx.fields(raw, ("server",), SERVER_FIELDS)
@@ -389,27 +302,59 @@ def _server(ctx: _Ctx, raw: Any) -> ServerSettings | None:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         ctx.problems.add(("server", "listen"), "expected HOST:PORT, e.g. 127.0.0.1:8080")
         return None
-    if parsed["token"] is None and not _is_loopback(host):
-        ctx.problems.add(("server", "token"), "required when server.listen is not a loopback address")
+    token: Secret | None = parsed["token"]
+    if not net.is_loopback_host(host):
+        if token is None:
+            ctx.problems.add(("server", "token"), "required when server.listen is not a loopback address")
+        elif len(token.reveal()) < MIN_TOKEN_LENGTH:
+            ctx.problems.add(
+                ("server", "token"),
+                f"must be at least {MIN_TOKEN_LENGTH} characters when server.listen is not a loopback address "
+                "(e.g. the output of `openssl rand -hex 32`)",
+            )
     return ServerSettings(host, int(port_text), parsed["token"], parsed["max_body"])
 
 
-def _check_state_url(ctx: _Ctx, state: Mapping[str, Any] | None) -> None:
+def _check_state_url(ctx: Validator, state: Mapping[str, Any] | None) -> None:
     url = str((state or {}).get("url") or "")
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "memory://")):
         ctx.problems.add(
             ("state", "url"),
             "expected sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db or memory://",
         )
+    elif url.startswith("redis"):
+        try:
+            s.url("redis", "rediss")(url)
+        except ValueError as exc:
+            ctx.problems.add(("state", "url"), str(exc))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _check_base_url(ctx: Validator, sendgrid: Mapping[str, Any] | None) -> None:
+    """sendgrid.base_url follows the one URL policy: the API key never travels in clear by accident."""
+    if not sendgrid or not sendgrid.get("base_url"):
+        return
+    problem = net.base_url_problem(str(sendgrid["base_url"]), allow_insecure=bool(sendgrid["allow_insecure"]))
+    if problem:
+        ctx.problems.add(("sendgrid", "base_url"), problem)
+
+
+def _check_lease(
+    ctx: Validator,
+    state: Mapping[str, Any] | None,
+    sendgrid: Mapping[str, Any] | None,
+    notifiers: list[NotifierSettings],
+) -> None:
+    """The lease must outlast one SendGrid request, named when it does not.
+
+    Slow sends, errors-file downloads and budget waits do not count: work in flight renews
+    its lease every third of it (watcher.claimloop), so only a request whose answer must be
+    recorded before the first renewal could come back to a lapsed lease.
+    """
+    if not state or not sendgrid:
+        return
+    timeout = float(sendgrid["request_timeout"])
+    if state["lease"] <= timeout:
+        ctx.problems.add(("state", "lease"), f"must be longer than sendgrid.request_timeout ({timeout:g}s)")
 
 
 def _replace_path(config: Config, path: Path) -> Config:

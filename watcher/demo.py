@@ -21,6 +21,8 @@ sendgrid:
   api_key: ${DEMO_API_KEY}
   base_url: ${DEMO_BASE_URL}
   max_concurrency: 8
+  allow_private: true    # the bundled fake serves its errors files on plain-http loopback
+  allow_insecure: true
 polling:
   initial_delay: 200ms
   min_interval: 300ms

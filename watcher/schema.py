@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from watcher.yamlloc import SECRET_FILE_MAX_BYTES, FileRefused, Path_, Problems, read_capped
 
 Parser = Callable[[Any], Any]
 
@@ -71,6 +74,100 @@ class Field:
     doc: str = ""
 
 
+class Validator:
+    """Parses settings against Fields, collecting every problem of one file with its place."""
+
+    def __init__(self, problems: Problems, base_dir: Path) -> None:
+        self.problems = problems
+        self.base_dir = base_dir
+
+    def resolve(self, path: str) -> Path:
+        # Relative paths are relative to the working directory, as in the state URL
+        # (SQLAlchemy style) and DESIGN.md's `path: config/jobs.yaml`.
+        return Path(path).expanduser().absolute()
+
+    def value(self, data: Mapping[str, Any], path: Path_, parse: Parser, default: Any) -> Any:
+        key = str(path[-1])
+        if key not in data or data[key] is None:
+            return default
+        try:
+            return parse(data[key])
+        except ValueError as exc:
+            self.problems.add(path, str(exc))
+            return default
+
+    def section(
+        self,
+        data: Mapping[str, Any],
+        path: Path_,
+        fields: tuple[Field, ...],
+        *,
+        required: bool = False,
+        extra_ok: frozenset[str] = frozenset(),
+    ) -> dict[str, Any] | None:
+        raw = data.get(str(path[-1]))
+        if raw is None:
+            if required:
+                self.problems.add(path, "this section is required")
+                return None
+            raw = {}
+        return self.fields(raw, path, fields, extra_ok=extra_ok)
+
+    def fields(
+        self,
+        raw: Any,
+        path: Path_,
+        fields: tuple[Field, ...],
+        *,
+        extra_ok: frozenset[str] = frozenset(),
+    ) -> dict[str, Any] | None:
+        """Parse a mapping against its fields: unknown keys, required keys, `*_file` secrets."""
+        if not isinstance(raw, dict):
+            self.problems.add(path, "expected a mapping")
+            return None
+        known = {f.name for f in fields}
+        secrets = {f.name for f in fields if f.secret}
+        raw = dict(raw)
+        unreadable: set[str] = set()
+        for key in list(raw):
+            if key.endswith("_file") and key[:-5] in secrets:
+                if not self._read_secret_file(raw, key, path):
+                    unreadable.add(key[:-5])
+            elif key not in known and key not in extra_ok:
+                self.problems.add((*path, key), f"unknown key (expected one of {', '.join(sorted(known))})")
+        out: dict[str, Any] = {}
+        for f in fields:
+            value = raw.get(f.name)
+            if value is None or (value == "" and not f.required):  # `${VAR:-}` means "not set"
+                if f.required and f.name not in unreadable:
+                    self.problems.add(path, f"missing required key `{f.name}`")
+                out[f.name] = f.default
+                continue
+            try:
+                out[f.name] = f.parse(value)
+            except ValueError as exc:
+                self.problems.add((*path, f.name), str(exc))
+                out[f.name] = f.default
+        return out
+
+    def _read_secret_file(self, raw: dict[str, Any], key: str, path: Path_) -> bool:
+        """Put the content of `NAME_file` into `NAME`; False when that was not possible."""
+        name = key[:-5]
+        file_path = raw.pop(key)
+        if raw.get(name) is not None:
+            self.problems.add((*path, key), f"give either `{name}` or `{key}`, not both")
+            return False
+        if not isinstance(file_path, str) or not file_path:
+            self.problems.add((*path, key), "expected a file path")
+            return False
+        try:
+            raw[name] = read_capped(self.resolve(file_path), SECRET_FILE_MAX_BYTES).strip()
+        except FileRefused as exc:
+            self.problems.add((*path, key), f"cannot read secret file {file_path}: {exc}")
+            return False
+        return True
+
+
 # --- parsers: take a YAML value, return the parsed value or raise ValueError --
 
 
@@ -80,6 +177,21 @@ def string(value: Any) -> str:
     text = str(value)
     if not text.strip():
         raise ValueError("must not be empty")
+    return text
+
+
+def name_text(value: Any) -> str:
+    """A name written as text (a stream, a group): a number here is more likely a slip than meant."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_kind(value)}")
+    return string(value)
+
+
+def path_text(value: Any) -> str:
+    """A file path: a non-empty string without NUL bytes."""
+    text = name_text(value)
+    if "\0" in text:
+        raise ValueError("a file path must not contain NUL bytes")
     return text
 
 
@@ -163,8 +275,12 @@ def url(*schemes: str) -> Parser:
     def parse(value: Any) -> str:
         text = string(value).strip()
         parts = urlsplit(text)
-        if parts.scheme not in allowed or not parts.netloc:
+        if parts.scheme not in allowed or not (parts.netloc or parts.scheme == "unix"):
             raise ValueError(f"expected a {' or '.join(allowed)} URL, got {_shown(text)}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number in range
+        except ValueError:
+            raise ValueError(f"the port is not a number from 0 to 65535 in {_shown(text)}") from None
         return text
 
     return parse
@@ -213,4 +329,5 @@ def _kind(value: Any) -> str:
 def _shown(text: str) -> str:
     # URLs may embed tokens (Slack webhook paths); show only the scheme and host.
     parts = urlsplit(text)
-    return f"{parts.scheme}://{parts.netloc}/…" if parts.netloc else repr(text[:40])
+    host = parts.netloc.rpartition("@")[2]  # never the userinfo: it may hold a password
+    return f"{parts.scheme}://{host}/…" if parts.netloc else repr(text[:40])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,59 @@ Path_ = tuple[str | int, ...]
 #: libyaml's parser when PyYAML was built with it (the wheels are): about 10x faster, same marks.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+# The last alternative is a `${` that the others did not take: malformed, and an error
+# (an unclosed `${SENDGRID_API_KEY` must never become the key itself).
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+
+#: Size caps of what `read_capped` reads: a config, a job file, a `*_file` secret.
+CONFIG_MAX_BYTES = 1024 * 1024
+JOB_FILE_MAX_BYTES = 64 * 1024 * 1024
+SECRET_FILE_MAX_BYTES = 64 * 1024
+
+
+class FileRefused(Exception):
+    """A file that is not read: not a regular file, too large, unreadable or not UTF-8 text."""
+
+
+def read_capped(path: str | os.PathLike[str], limit: int) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes; FileRefused says why not.
+
+    O_NONBLOCK and fstat before any read: a FIFO or a device (`/dev/zero`) is refused at
+    once instead of hanging or reading until memory runs out.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise FileRefused(exc.strerror or str(exc)) from None
+    except ValueError as exc:  # an embedded NUL byte
+        raise FileRefused(str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused(f"not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise FileRefused(f"too large: {info.st_size} bytes, at most {limit} are read")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        try:
+            data = file.read(limit + 1)
+        except OSError as exc:
+            raise FileRefused(exc.strerror or str(exc)) from None
+    if len(data) > limit:  # grew since fstat
+        raise FileRefused(f"too large: more than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileRefused("not UTF-8 text") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 @dataclass
@@ -55,9 +108,15 @@ def dotted_path(path: Path_) -> str:
     return out
 
 
-def load_located(text: str, problems: Problems, *, env: Mapping[str, str] | None = None) -> Any:
-    """Parse YAML safely, expanding ${VAR} and ${VAR:-default} in strings; None on a syntax error."""
-    environ = os.environ if env is None else env
+def load_located(
+    text: str, problems: Problems, *, env: Mapping[str, str] | None = None, expand: bool = True
+) -> Any:
+    """Parse YAML safely, expanding ${VAR} and ${VAR:-default} in strings; None on a syntax error.
+
+    `expand=False` for files that others than the operator may write (job files): whoever can
+    edit one must not be able to read `${SENDGRID_API_KEY}` back through a label.
+    """
+    environ: Mapping[str, str] | None = (os.environ if env is None else env) if expand else None
     with _gc_paused():
         return _load(text, problems, environ)
 
@@ -75,7 +134,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _load(text: str, problems: Problems, environ: Mapping[str, str]) -> Any:
+def _load(text: str, problems: Problems, environ: Mapping[str, str] | None) -> Any:
     try:
         node = _compose(text)
     except yaml.MarkedYAMLError as exc:
@@ -141,7 +200,9 @@ class _Budget:
             raise _TooBig("the document is too deeply nested", node.start_mark.line + 1)
 
 
-def _build(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str], budget: _Budget) -> Any:
+def _build(
+    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str] | None, budget: _Budget
+) -> Any:
     budget.enter(node, len(path))
     if not isinstance(node, yaml.ScalarNode):
         budget.active.add(id(node))
@@ -154,7 +215,7 @@ def _build(node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, s
 
 
 def _build_collection(
-    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str], budget: _Budget
+    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str] | None, budget: _Budget
 ) -> Any:
     problems.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -178,7 +239,7 @@ def _build_collection(
 
 
 def _scalar(
-    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str], constructor: yaml.SafeLoader
+    node: yaml.Node, path: Path_, problems: Problems, env: Mapping[str, str] | None, constructor: yaml.SafeLoader
 ) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         problems.add(path, "expected a plain value here", line=node.start_mark.line + 1)
@@ -188,7 +249,7 @@ def _scalar(
     except yaml.YAMLError as exc:
         problems.add(path, f"bad value: {exc}", line=node.start_mark.line + 1)
         return None
-    if isinstance(value, str) and "$" in value:
+    if env is not None and isinstance(value, str) and "$" in value:
         value = _expand(value, path, problems, env, node.start_mark.line + 1)
     return value
 
@@ -198,6 +259,10 @@ def _expand(text: str, path: Path_, problems: Problems, env: Mapping[str, str], 
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if name is None:
+            problems.add(path, "malformed ${...}: expected ${NAME} or ${NAME:-default} (write $$ for a lone $)",
+                         line=line)
+            return ""
         value = env.get(name)
         if value is None or (value == "" and default is not None):
             if default is not None:

@@ -92,6 +92,17 @@ def test_sample_event_types(outcome: str) -> None:
     assert expected == render.sample_event(outcome)["type"]
 
 
+def test_sample_events_cover_every_outcome_and_alert_kind() -> None:
+    """`check` renders templates against every outcome and the three alert kinds the watcher sends."""
+    assert [
+        "completed", "errored", "failed", "timed_out", "not_found",
+        "alert key_refused", "alert key_accepted", "alert delivery_dead",
+    ] == [name for name, _ in render.sample_events()]
+    assert ["key_refused", "key_accepted", "delivery_dead"] == [
+        event["data"]["alert"] for name, event in render.sample_events() if name.startswith("alert")
+    ]
+
+
 def test_sample_event_rejects_unknown_outcomes() -> None:
     """An unknown outcome is a ValueError, not a half-made event."""
     with pytest.raises(ValueError, match="nope"):
@@ -125,7 +136,12 @@ def test_html_templates_are_autoescaped_and_text_ones_are_not() -> None:
 @pytest.mark.parametrize(
     ("templates", "problems"),
     [
-        ({"title": "{{ data.job_id }} {{ wording }}", "text": "{{ default_text }}"}, []),
+        ({"title": "{{ data.job_id | default(data.alert) }} {{ wording }}", "text": "{{ default_text }}"}, []),
+        ({"text": "{{ data.errors.rows }} rows rejected"}, [("text", "sample completed event")]),
+        ({"title": "{{ data.job_id }} {{ wording }}"}, [("title", "sample alert key_refused event")]),
+        ({"text": "{{ data.notifier }} is down"}, [("text", "sample completed event")]),
+        ({"text": "{% if outcome == 'alert' and data.alert == 'delivery_dead' %}{{ data.nope }}{% endif %}"},
+         [("text", "sample alert delivery_dead event")]),
         ({"html": "<p>{{ title }}</p>"}, []),
         ({"title": "{% if %}"}, [("title", "template syntax error")]),
         ({"text": "{{ data.no_such_key }}"}, [("text", "template fails on a sample")]),

@@ -324,9 +324,13 @@ def rendered(
 
 
 def validate_templates(templates: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Problems as (template key, message): unknown keys, syntax errors, a failing sample render."""
+    """Problems as (template key, message): unknown keys, syntax errors, a sample that fails to render.
+
+    Each template is rendered against a sample of every outcome and every alert kind, so a
+    template that only breaks on `completed` (no `errors` there) is caught by `check`.
+    """
     problems: list[tuple[str, str]] = []
-    sample = sample_event()
+    samples = sample_events()
     for key, source in templates.items():
         if key not in TEMPLATE_KEYS:
             problems.append((str(key), f"unknown template key (expected one of {', '.join(TEMPLATE_KEYS)})"))
@@ -339,14 +343,21 @@ def validate_templates(templates: Mapping[str, str]) -> list[tuple[str, str]]:
         except jinja2.TemplateSyntaxError as exc:
             problems.append((key, f"template syntax error on line {exc.lineno}: {exc.message}"))
             continue
-        try:
-            render_template(key, source, sample)
-        except jinja2.exceptions.SecurityError as exc:
-            problems.append((key, f"access denied by the sandbox: {exc}"))
-        except Exception as exc:  # report, whatever a template manages to raise
-            why = f"{type(exc).__name__}: {exc}"
-            problems.append((key, f"template fails on a sample {sample['type']} event: {why}"))
+        if (problem := _first_failing_render(key, source, samples)) is not None:
+            problems.append((key, problem))
     return problems
+
+
+def _first_failing_render(key: str, source: str, samples: list[tuple[str, dict[str, Any]]]) -> str | None:
+    for name, event in samples:
+        try:
+            render_template(key, source, event)
+        except jinja2.exceptions.SecurityError as exc:
+            return f"access denied by the sandbox: {exc}"
+        except Exception as exc:  # report, whatever a template manages to raise
+            hint = " (alerts use templates too: guard with {% if outcome == 'alert' %})" if "alert" in name else ""
+            return f"template fails on a sample {name} event: {type(exc).__name__}: {exc}{hint}"
+    return None
 
 
 # --- sample events (notify-test, template validation) -----------------------
@@ -356,11 +367,39 @@ _SAMPLE_CSV = "email,first_name,error\nnot-an-email,Ann,invalid email\n,Bob,miss
 _SAMPLE_ERRORED = {Outcome.ERRORED: 10, Outcome.FAILED: 1000}
 
 
+#: Every alert kind the watcher sends, with a sample message and details as the sender builds them.
+ALERT_SAMPLES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "key_refused": ("SendGrid refused the API key (HTTP 401): authorization required", {}),
+    "key_accepted": ("SendGrid accepts the API key again", {}),
+    "delivery_dead": (
+        "notification msg_0b5f1c9e to team-slack is dead after 12 attempts: HTTP 500",
+        {
+            "notifier": "team-slack",
+            "job_id": "0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11",
+            "delivery_id": "msg_0b5f1c9e",
+            "event_type": "contact_import.failed",
+        },
+    ),
+}
+
+
+def sample_events() -> list[tuple[str, dict[str, Any]]]:
+    """A fresh sample of every outcome and every alert kind, each named (`completed`, `alert key_refused`)."""
+    samples = [(outcome.value, sample_event(outcome.value)) for outcome in Outcome]
+    samples += [(f"alert {kind}", sample_alert(kind)) for kind in ALERT_SAMPLES]
+    return samples
+
+
+def sample_alert(kind: str = "key_refused") -> dict[str, Any]:
+    """A `watcher.alert` event of one of the ALERT_SAMPLES kinds."""
+    message, details = ALERT_SAMPLES[kind]
+    return alert_event(kind, message, at=_SAMPLE_AT, **details)
+
+
 def sample_event(outcome: str = "errored") -> dict[str, Any]:
     """A realistic, freshly built event for `outcome` (any Outcome value, or `alert`)."""
     if outcome in {ALERT, ALERT_EVENT}:
-        message = "SendGrid refused the API key (HTTP 401): authorization required"
-        return alert_event("key_refused", message, at=_SAMPLE_AT, status=401)
+        return sample_alert("key_refused")
     result = Outcome(outcome)  # ValueError names an unknown outcome
     job = JobState(
         id="0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+import structlog
 
 from watcher.clock import Clock
 from watcher.errors import InvalidJobId
 from watcher.models import JobRef
 from watcher.policy import PollPolicy, first_poll_at
 from watcher.store.base import AddsJobs, StateStore
+
+log = structlog.get_logger("watcher.sources")
+
+JOB_KEYS = ("id", "labels", "notify")
 
 
 class JobSource(Protocol):
@@ -35,27 +42,44 @@ class Intake:
         self.clock = clock
         self.notifiers = tuple(notifiers)
         self.on_added: list[Any] = []
+        self._tombstones_logged: set[str] = set()
 
-    async def add(self, ref: JobRef) -> bool:
-        """Store a job; True when new, False when already known (a no-op)."""
-        (added,) = await self.add_many([ref])
+    async def add(self, ref: JobRef, again: bool = False) -> bool:
+        """Store a job; True when a new watch starts, False when known or tombstoned (a no-op).
+
+        `again` starts a new watch on a stopped or finished job (the store lifts its tombstone).
+        """
+        (added,) = await self.add_many([ref], again=again)
         return added
 
-    async def add_many(self, refs: Sequence[JobRef]) -> list[bool]:
+    async def add_many(self, refs: Sequence[JobRef], again: bool = False) -> list[bool]:
         """Store several jobs at once (one transaction where the store can); True for each new one."""
         now = self.clock.now()
         first = first_poll_at(self.policy, now)
         if isinstance(self.store, AddsJobs):
-            added = await self.store.add_jobs(refs, now=now, first_poll_at=first)
+            added = await self.store.add_jobs(refs, now=now, first_poll_at=first, again=again)
         else:
-            added = [await self.store.add_job(ref, now=now, first_poll_at=first) for ref in refs]
+            added = [await self.store.add_job(ref, now=now, first_poll_at=first, again=again) for ref in refs]
         if any(added):
             for callback in self.on_added:
                 callback()
         return added
 
+    async def add_from_source(self, refs: Sequence[JobRef], *, source: str) -> list[bool]:
+        """`add_many` for a source, which never brings a stopped or purged job back: each
+        tombstoned id is logged once per process, the first time a source lists it."""
+        added = await self.add_many(refs)
+        skipped = [ref.id for ref, new in zip(refs, added, strict=True) if not new]
+        unseen = [job_id for job_id in skipped if job_id not in self._tombstones_logged]
+        if unseen:
+            for job_id, tomb in (await self.store.tombstones(unseen)).items():
+                self._tombstones_logged.add(job_id)
+                log.info("source.job_tombstoned", source=source, job_id=job_id, reason=tomb.reason.value)
+        return added
+
     def check_notify(self, notify: Sequence[str] | None) -> None:
-        """Raise ValueError naming any notifier that is not configured."""
+        """Raise ValueError naming any notifier that is not configured (for the API and the CLI:
+        a source stores such a job anyway, since a replica with a newer config may know it)."""
         unknown = [n for n in notify or () if n not in self.notifiers]
         if unknown:
             configured = ", ".join(self.notifiers) or "none"
@@ -63,31 +87,78 @@ class Intake:
 
 
 def parse_job(raw: Any) -> JobRef:
-    """A job as the job file, a queue message or the API gives it: a bare id or {id, labels, notify}."""
+    """A job as the job file or a queue message gives it: a bare id or {id, labels, notify}."""
+    ref, _ = _parse(raw, JOB_KEYS)
+    return ref
+
+
+def parse_job_request(raw: Any) -> tuple[JobRef, bool]:
+    """A job as `POST /jobs` gives it: parse_job's forms plus `again` (a boolean), returned apart."""
+    return _parse(raw, (*JOB_KEYS, "again"))
+
+
+def _parse(raw: Any, keys: tuple[str, ...]) -> tuple[JobRef, bool]:
     if isinstance(raw, str):
-        return JobRef(raw)
+        return _ref(raw, {}, None), False
+    _refuse_number(raw)
     if not isinstance(raw, Mapping):
         raise ValueError("expected a job id or a mapping with `id`")
-    unknown = set(raw) - {"id", "labels", "notify"}
+    unknown = set(raw) - set(keys)
     if unknown:
-        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (expected id, labels, notify)")
+        raise ValueError(f"unknown key {sorted(map(str, unknown))[0]!r} (expected {', '.join(keys)})")
     if "id" not in raw:
         raise ValueError("missing `id`")
+    _refuse_number(raw["id"])
+    again = raw.get("again", False)
+    if not isinstance(again, bool):
+        raise ValueError("`again` must be true or false")
     labels = raw.get("labels") or {}
     if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
-        for k, v in labels.items()
+        isinstance(k, str) and _is_label_value(v) for k, v in labels.items()
     ):
-        raise ValueError("`labels` must be a mapping of strings")
+        raise ValueError("`labels` must be a mapping of strings or finite numbers")
+    text_labels = {k: str(v) for k, v in labels.items()}
+    check_label_text(text_labels)
     notify = raw.get("notify")
     if notify is not None:
         if isinstance(notify, str):
             notify = [notify]
-        if not isinstance(notify, list) or not all(isinstance(n, str) and n for n in notify):
+        if not isinstance(notify, list) or not all(isinstance(n, str) and n and _is_text(n) for n in notify):
             raise ValueError("`notify` must be a list of notifier names")
+    return _ref(raw["id"], text_labels, tuple(notify) if notify is not None else None), again
+
+
+def _ref(job_id: Any, labels: dict[str, str], notify: tuple[str, ...] | None) -> JobRef:
     try:
-        return JobRef(
-            raw["id"], {k: str(v) for k, v in labels.items()}, tuple(notify) if notify is not None else None
-        )
+        return JobRef(job_id, labels, notify)
     except InvalidJobId as exc:
         raise ValueError(str(exc)) from None
+
+
+def _refuse_number(value: Any) -> None:
+    """YAML reads `- 12345` as a number (and `- 0123` as 83): say how to keep the id as written."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"a job id must be a string, got the number {value!r}: quote it, e.g. '12345'")
+
+
+def _is_label_value(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)  # NaN and Infinity are no label, and no valid JSON either
+    return isinstance(value, str | int)
+
+
+def _is_text(text: str) -> bool:
+    """True when `text` encodes as UTF-8: no lone surrogates (a JSON `\\ud800`, a non-UTF-8 argv byte)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_label_text(labels: Mapping[str, str]) -> None:
+    """Raise ValueError for a label that is not valid Unicode text."""
+    if not all(_is_text(k) and _is_text(v) for k, v in labels.items()):
+        raise ValueError("labels must be valid Unicode text (a lone surrogate is not)")

@@ -1,4 +1,8 @@
-"""The job file source: re-read when it changes; removed entries keep being watched."""
+"""The job file source: re-read when it changes; removed entries keep being watched.
+
+A job file is data, not configuration: `${VAR}` stays as written, and a job stopped or
+purged (tombstoned) is never brought back by still being listed.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import structlog
 from watcher.errors import ConfigError, StoreUnavailable
 from watcher.models import JobRef
 from watcher.sources.base import Intake, parse_job
-from watcher.yamlloc import Problems, load_located
+from watcher.yamlloc import JOB_FILE_MAX_BYTES, FileRefused, Problems, load_located, read_capped
 
 log = structlog.get_logger("watcher.sources.file")
 
@@ -23,13 +27,14 @@ ADD_BATCH = 1000
 def load_job_file(path: Path, notifiers: tuple[str, ...] | None = None) -> tuple[list[JobRef], list[str]]:
     """Parse a job file: the valid jobs, and every problem as FILE:LINE: jobs[i]: message."""
     problems = Problems(str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         return [], [f"{path}:1: job file not found"]
-    except (OSError, UnicodeDecodeError) as exc:
+    try:
+        text = read_capped(path, JOB_FILE_MAX_BYTES)
+    except FileRefused as exc:
         return [], [f"{path}:1: cannot read the job file: {exc}"]
-    data = load_located(text, problems)
+    # No ${VAR} expansion: whoever may edit a job file must not read the environment through a label.
+    data = load_located(text, problems, expand=False)
     if problems:
         return [], problems.sorted()
     if data is None:
@@ -97,7 +102,7 @@ class FileSource:
         try:
             for start in range(0, len(new), ADD_BATCH):
                 batch = new[start : start + ADD_BATCH]
-                added += sum(await self.intake.add_many(batch))
+                added += sum(await self.intake.add_from_source(batch, source=self.name))
                 self._known.update(ref.id for ref in batch)
                 await asyncio.sleep(0)  # a 100k-job file must not starve polls and the heartbeat
         except StoreUnavailable as exc:
