@@ -24,6 +24,7 @@ BENCHMARKS = {
     "scale": "benchmarks.scale",
     "restart": "benchmarks.restart",
     "delivery": "benchmarks.delivery",
+    "page_load": "benchmarks.page_load",
     "rate_limits": "benchmarks.rate_limits",
     "policy": "benchmarks.policy_sim",
 }

@@ -15,11 +15,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import WebhookReceiver, write_jobs
-from tests.serving import TOKEN, GatedNotifier, all_settled, bearer, eventually, running_daemon, server_config_text
+from tests.serving import (
+    TOKEN,
+    GatedNotifier,
+    all_settled,
+    api_headers,
+    bearer,
+    eventually,
+    running_daemon,
+    server_config_text,
+)
 from watcher.cli import main
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
-PROTECTED = [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/a-1"), ("DELETE", "/jobs/a-1"), ("GET", "/")]
+PROTECTED = [
+    ("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/a-1"), ("DELETE", "/jobs/a-1"), ("GET", "/"), ("GET", "/summary"),
+]
 
 
 async def test_token_is_required_on_job_routes(tmp_path: Path) -> None:
@@ -48,7 +59,7 @@ async def test_post_jobs_is_202_then_200(tmp_path: Path) -> None:
         fake.script_job("api-1", outcome="pending")
         assert daemon.server is not None
         body = {"id": "api-1", "labels": {"team": "growth", "batch": 7}}
-        async with aiohttp.ClientSession(headers=bearer()) as http:
+        async with aiohttp.ClientSession(headers=api_headers()) as http:
             async with http.post(f"{daemon.server.url}/jobs", json=body) as response:
                 assert 202 == response.status
                 assert "/jobs/api-1" == response.headers["Location"]
@@ -83,7 +94,7 @@ async def test_post_jobs_rejects_invalid_bodies(tmp_path: Path, body: bytes, cod
     """An invalid body is a 400 with a JSON error code, and nothing is stored."""
     async with FakeSendGrid() as fake, running_daemon(tmp_path, server_config_text(fake.base_url, tmp_path)) as daemon:
         assert daemon.server is not None
-        async with aiohttp.ClientSession(headers=bearer()) as http, http.post(f"{daemon.server.url}/jobs", data=body) as response:
+        async with aiohttp.ClientSession(headers=api_headers()) as http, http.post(f"{daemon.server.url}/jobs", data=body) as response:
             assert 400 == response.status
             error = await response.json()
         assert [] == await daemon.store.list_jobs()
@@ -97,7 +108,7 @@ async def test_post_jobs_takes_null_as_absent(tmp_path: Path) -> None:
         fake.script_job("null-1", outcome="pending")
         assert daemon.server is not None
         body = {"id": "null-1", "labels": None, "notify": None}
-        async with aiohttp.ClientSession(headers=bearer()) as http, http.post(f"{daemon.server.url}/jobs", json=body) as response:
+        async with aiohttp.ClientSession(headers=api_headers()) as http, http.post(f"{daemon.server.url}/jobs", json=body) as response:
             assert 202 == response.status
             view = await response.json()
     assert ({}, None) == (view["labels"], view["notify"])
@@ -115,7 +126,7 @@ async def test_oversized_body_is_413(tmp_path: Path, chunked: bool) -> None:
     async with FakeSendGrid() as fake, running_daemon(tmp_path, server_config_text(fake.base_url, tmp_path)) as daemon:
         assert daemon.server is not None
         data = chunks() if chunked else payload
-        async with aiohttp.ClientSession(headers=bearer()) as http, http.post(f"{daemon.server.url}/jobs", data=data) as response:
+        async with aiohttp.ClientSession(headers=api_headers()) as http, http.post(f"{daemon.server.url}/jobs", data=data) as response:
             assert 413 == response.status
             assert "body_too_large" == (await response.json())["error"]
         assert [] == await daemon.store.list_jobs()
@@ -128,7 +139,7 @@ async def test_get_jobs_matches_status_json(tmp_path: Path) -> None:
         fake.script_job("fail-1", outcome="failed", job_type="delete")
         jobs = write_jobs(tmp_path / "jobs.yaml", ["done-1", "fail-1"])
         text = server_config_text(fake.base_url, tmp_path, hook_url=hook.url, jobs_file=jobs)
-        async with running_daemon(tmp_path, text) as daemon, aiohttp.ClientSession(headers=bearer()) as http:
+        async with running_daemon(tmp_path, text) as daemon, aiohttp.ClientSession(headers=api_headers()) as http:
             assert daemon.server is not None
             url = daemon.server.url
             await eventually(lambda: all_settled(http, url, 2))
@@ -163,7 +174,7 @@ async def test_get_and_delete_unknown_or_invalid_ids(tmp_path: Path) -> None:
     async with FakeSendGrid() as fake, running_daemon(tmp_path, server_config_text(fake.base_url, tmp_path)) as daemon:
         assert daemon.server is not None
         url = daemon.server.url
-        async with aiohttp.ClientSession(headers=bearer()) as http:
+        async with aiohttp.ClientSession(headers=api_headers()) as http:
             for method in ("GET", "DELETE"):
                 async with http.request(method, f"{url}/jobs/ghost-1") as response:
                     assert (404, "job_not_found") == (response.status, (await response.json())["error"])
@@ -177,7 +188,7 @@ async def test_delete_stops_watching_without_a_notification(tmp_path: Path) -> N
         fake.script_job("del-1", outcome="completed", pending_for=0.3)
         fake.script_job("fence-1", outcome="completed", pending_for=0.3)
         text = server_config_text(fake.base_url, tmp_path, hook_url=hook.url)
-        async with running_daemon(tmp_path, text) as daemon, aiohttp.ClientSession(headers=bearer()) as http:
+        async with running_daemon(tmp_path, text) as daemon, aiohttp.ClientSession(headers=api_headers()) as http:
             assert daemon.server is not None
             url = daemon.server.url
             async with http.post(f"{url}/jobs", json={"id": "del-1"}) as response:
@@ -222,7 +233,7 @@ async def test_readyz_goes_503_when_the_store_is_closed(tmp_path: Path) -> None:
             await daemon.store.close()
             async with http.get(f"{url}/readyz") as response:
                 assert 503 == response.status
-                assert {"status": "not_ready", "reason": "state store unreachable"} == await response.json()
+                assert {"status": "not_ready", "reason": "state store unavailable"} == await response.json()
             async with http.get(f"{url}/healthz") as response:
                 assert 200 == response.status
             async with http.get(f"{url}/jobs", headers=bearer()) as response:
@@ -297,7 +308,7 @@ async def test_openapi_describes_every_route(tmp_path: Path) -> None:
             for route in daemon.server.app.router.routes()
             if route.resource is not None and route.method != "HEAD"
         }
-        async with aiohttp.ClientSession(headers=bearer()) as http:
+        async with aiohttp.ClientSession(headers=api_headers()) as http:
             async with http.get(f"{daemon.server.url}/openapi.json") as response:
                 document = await response.json()
             async with http.post(f"{daemon.server.url}/jobs", json={"id": "doc-1"}) as response:
@@ -321,9 +332,33 @@ async def test_openapi_lists_the_configured_notifiers(tmp_path: Path) -> None:
         text = server_config_text(fake.base_url, tmp_path, extra="notifiers:\n  ops:\n    type: console\n")
         async with running_daemon(tmp_path, text, extra_notifiers={"gated": GatedNotifier()}) as daemon:
             assert daemon.server is not None
-            async with aiohttp.ClientSession(headers=bearer()) as http:
+            async with aiohttp.ClientSession(headers=api_headers()) as http:
                 async with http.get(f"{daemon.server.url}/openapi.json") as response:
                     document = await response.json()
                 async with http.post(f"{daemon.server.url}/jobs", json={"id": "n-1", "notify": ["ops", "hook"]}) as response:
                     assert (400, "unknown_notifier") == (response.status, (await response.json())["error"])
     assert ["ops", "gated"] == document["components"]["schemas"]["NotifierName"]["enum"]
+
+
+async def test_post_after_delete_answers_the_tombstone_until_again(tmp_path: Path) -> None:
+    """A stopped job posted again is a 200 naming its tombstone and starts nothing; `"again": true` restarts it (202)."""
+    async with FakeSendGrid() as fake, running_daemon(tmp_path, server_config_text(fake.base_url, tmp_path)) as daemon:
+        fake.script_job("tomb-1", outcome="pending")
+        assert daemon.server is not None
+        url = daemon.server.url
+        async with aiohttp.ClientSession(headers=api_headers()) as http:
+            async with http.post(f"{url}/jobs", json={"id": "tomb-1"}) as response:
+                assert 202 == response.status
+            async with http.delete(f"{url}/jobs/tomb-1") as response:
+                assert 204 == response.status
+            async with http.post(f"{url}/jobs", json={"id": "tomb-1", "labels": {"a": "b"}}) as response:
+                stopped = (response.status, await response.json())
+            assert [] == await daemon.store.list_jobs()
+            async with http.post(f"{url}/jobs", json={"id": "tomb-1", "again": "yes"}) as response:
+                assert (400, "invalid_job") == (response.status, (await response.json())["error"])
+            async with http.post(f"{url}/jobs", json={"id": "tomb-1", "again": True}) as response:
+                again = (response.status, await response.json())
+    assert 200 == stopped[0]
+    assert {"id": "tomb-1", "state": "stopped"} == {k: stopped[1][k] for k in ("id", "state")}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stopped[1]["since"])
+    assert (202, "watching") == (again[0], again[1]["state"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import aiohttp
 import pytest
 
 from tests.helpers import WebhookReceiver, write_jobs
-from tests.serving import TOKEN, all_settled, bearer, eventually, running_daemon, server_config_text
+from tests.serving import TOKEN, all_settled, bearer, eventually, running_daemon, server_config_text, serving_api
+from watcher.clock import ManualClock
+from watcher.models import JobRef
 from watcher.server import COOKIE
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
@@ -42,7 +45,7 @@ async def test_token_query_is_swapped_for_a_read_only_cookie(tmp_path: Path) -> 
                 assert 200 == response.status
             async with browser.post(f"{url}/jobs", json={"id": "cookie-1"}) as response:
                 assert 401 == response.status
-            async with browser.delete(f"{url}/jobs/cookie-1") as response:
+            async with browser.delete(f"{url}/jobs/cookie-1", headers={"Content-Type": "application/json"}) as response:
                 assert 401 == response.status
             for asset, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
                 async with browser.get(f"{url}/static/{asset}") as response:
@@ -134,3 +137,21 @@ async def test_status_page_shows_jobs_in_chromium(tmp_path: Path) -> None:
     assert f"team={HOSTILE_LABEL}" == waiting[6]
     assert 0 == table.images  # the label was shown as text, not parsed as markup
     assert "2 jobs: 1 completed, 1 watching" in dom
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="needs Debian's chromium at /usr/bin/chromium")
+async def test_status_page_shows_one_page_and_the_counts(tmp_path: Path) -> None:
+    """With more jobs than a page, the page shows the counts of all of them but only the first 50 rows."""
+    async with serving_api() as (server, host):
+        assert isinstance(host.clock, ManualClock)
+        for i in range(120):
+            await host.intake.add(JobRef(f"many-{i:03d}"))
+            host.clock.advance(0.001)
+        dom = await dump_dom(f"{server.url}/?token={TOKEN}", tmp_path / "chromium-profile")
+    table = _Table()
+    table.feed(dom)
+    assert [f"many-{i:03d}" for i in range(50)] == [row[0] for row in table.rows]
+    assert "120 jobs: 120 watching" in dom
+    assert re.search(r'<button type="button" id="previous" disabled="">', dom)
+    assert re.search(r'<button type="button" id="next">', dom)
+    assert '<span id="page" class="muted">page 1</span>' in dom

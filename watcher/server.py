@@ -6,42 +6,55 @@ one is configured: `Authorization: Bearer <token>`, compared in constant time.
 The status page trades a `?token=` for an HttpOnly, SameSite=Strict cookie that
 is derived from the token (not the token itself) and accepted for reads only,
 so a leaked cookie cannot add or delete jobs.
+
+Safe in a browser's world (a web page the operator visits must not reach the API):
+without a token only a `Host` naming loopback is served (421 otherwise: DNS
+rebinding), and POST and DELETE need `Content-Type: application/json` (415: no
+form post can send it without a CORS preflight, which is never granted) and no
+`Origin` other than the server's own (403). Bodies are strict JSON (I-JSON).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from watcher.errors import InvalidJobId, StoreUnavailable, WatcherError
-from watcher.metrics import WatcherMetrics
-from watcher.models import WATCHING, Outcome, validate_job_id
-from watcher.sources.base import parse_job
-from watcher.status import job_views
-
-if TYPE_CHECKING:
-    from watcher.config import ServerSettings
-    from watcher.daemon import Daemon
+from watcher.clock import Clock
+from watcher.config import ServerSettings
+from watcher.errors import InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
+from watcher.models import WATCHING, JobRef, Outcome, validate_job_id
+from watcher.net import is_loopback_host
+from watcher.sources.base import parse_job_request
+from watcher.status import decode_cursor, encode_cursor, job_views, summary_view, tombstone_view
+from watcher.store.base import StateStore
 
 log = structlog.get_logger("watcher.server")
 
 COOKIE = "import_watcher_session"
 STATIC_DIR = Path(__file__).parent / "static"
 STATES = frozenset({WATCHING, *(o.value for o in Outcome)})
-PING_TIMEOUT = 2.0
-MAX_LIST_LIMIT = 100_000
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_DEPTH = 32  # a job message is 3 levels deep; nothing legitimate comes near this
+MAX_INT = 2**53  # I-JSON: integers a double holds exactly
+# Counting every job is a scan; open tabs (each asks every 5 s) share one count this recent.
+SUMMARY_MAX_AGE = 2.0
+STATE_CHANGING = frozenset({"POST", "DELETE"})
 # Only these package files are served; nothing else under static/ is reachable.
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 PAGE_HEADERS = {
@@ -57,9 +70,57 @@ PAGE_HEADERS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# --- what the server reads of the daemon (it never imports watcher.daemon) ------------------
+
+
+class _Intake(Protocol):
+    async def add(self, ref: JobRef, *, again: bool = False) -> bool: ...
+
+    def check_notify(self, notify: Sequence[str] | None) -> None: ...
+
+
+class _Metrics(Protocol):
+    async def render(self, status: Any, /) -> bytes: ...
+
+
+class _Settings(Protocol):
+    @property
+    def shutdown_grace(self) -> float: ...
+
+
+class ServedDaemon(Protocol):
+    """The part of a running daemon the HTTP server reads."""
+
+    @property
+    def store(self) -> StateStore: ...
+    @property
+    def intake(self) -> _Intake | None: ...
+    @property
+    def notifiers(self) -> Mapping[str, object]: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def config(self) -> _Settings: ...
+    @property
+    def metrics(self) -> _Metrics: ...
+
+    async def not_ready_reason(self) -> str | None:
+        """None when ready; otherwise a short reason safe to show without a token."""
+
+
+# --- small pure helpers ----------------------------------------------------------------------
+
+
+_dumps = functools.partial(json.dumps, allow_nan=False)  # never NaN or Infinity on the wire
+
+
+def json_answer(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
+
+
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     """The one error shape of this API."""
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+    return json_answer({"error": code, "message": message}, status=status, headers=headers)
 
 
 def _same(given: str, expected: str) -> bool:
@@ -85,13 +146,133 @@ def openapi_document(notifiers: Sequence[str], version: str | None = None) -> di
     return document
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text) if len(text) <= 20 else MAX_INT + 1  # never int() a 5000-digit text
+    if abs(value) > MAX_INT:
+        raise ValueError(f"the integer {text[:20]}... is out of range" if len(text) > 20 else
+                         f"the integer {text} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise ValueError("an object has the same key twice")
+    return mapping
+
+
+def strict_json(raw: bytes) -> Any:
+    """Parse I-JSON (RFC 7493): UTF-8, no NaN/Infinity, numbers a double holds, unique keys,
+    no lone surrogates, at most MAX_DEPTH levels; ValueError saying why otherwise."""
+    try:
+        value = json.loads(
+            raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
+            parse_int=_bounded_int, object_pairs_hook=_unique_keys,
+        )
+    except UnicodeDecodeError:
+        raise ValueError("the body is not UTF-8") from None
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            for key in item if isinstance(item, dict) else ():
+                _check_text(key)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a "\ud800" escape: a lone surrogate is no character at all
+        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)") from None
+
+
+def _authority(value: str, default_port: int | None) -> tuple[str, int | None] | None:
+    """(host, port) of a Host header value; None when it is not one."""
+    try:
+        parts = urlsplit(f"//{value}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or parts.username is not None or parts.password is not None or parts.path:
+        return None
+    return host, port if port is not None else default_port
+
+
+def _same_origin(origin: str, host_header: str) -> bool:
+    """Whether a browser's `Origin` names this server as the request's `Host` does."""
+    try:
+        parts = urlsplit(origin)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host or parts.path:
+        return False  # "null" (sandboxed pages, file:) included
+    default = 443 if parts.scheme == "https" else 80
+    served = _authority(host_header, default)  # behind a TLS proxy, Host has no port but Origin says https
+    return served is not None and (host, port or default) == served
+
+
+def _page_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    # ASCII digits only (str.isdigit() also takes "²"), and the length first: int() of 5000 digits raises.
+    if not (text.isascii() and text.isdigit() and len(text) <= 4) or not 1 <= int(text) <= MAX_PAGE:
+        raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}")
+    return int(text)
+
+
+def _page_after(text: str | None) -> tuple[float, str] | None:
+    if text is None:
+        return None
+    try:
+        return decode_cursor(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_cursor", str(exc)) from None
+
+
+class ApiError(Exception):
+    """An answer other than success, rendered as {"error": code, "message": message} by the middleware."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    @classmethod
+    def refused(cls) -> ApiError:
+        return cls(
+            401, "unauthorized", "a valid token is required: Authorization: Bearer <server.token>",
+            {"WWW-Authenticate": 'Bearer realm="import-watcher"'},
+        )
+
+
 class WatcherServer:
     """One daemon's HTTP listener; `url` is the bound address (port 0 picks a free one)."""
 
-    def __init__(self, daemon: Daemon, settings: ServerSettings) -> None:
+    def __init__(self, daemon: ServedDaemon, settings: ServerSettings) -> None:
         self.daemon = daemon
         self.settings = settings
-        self.metrics = WatcherMetrics()
         self.url = ""
         self.app: web.Application | None = None
         token = settings.token.reveal() if settings.token is not None else None
@@ -106,10 +287,11 @@ class WatcherServer:
             version = metadata.version("import-watcher")
         # The notifiers are fixed for the daemon's life (the intake checks `notify` against the same names).
         self._openapi = openapi_document(list(daemon.notifiers), version)
+        self._summary: tuple[float, dict[str, dict[str, int]]] | None = None
+        self._summary_lock = asyncio.Lock()
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Listen; the listener is closed when `stack` unwinds (after the daemon's drain)."""
-        self.metrics.hook_into(self.daemon)
         self.app = self.build_app()
         # In-flight requests get a few seconds when the listener closes; the daemon's drain came first.
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=min(5.0, self.daemon.config.shutdown_grace))
@@ -131,12 +313,14 @@ class WatcherServer:
         log.info("server.stopped", url=self.url)
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=self.settings.max_body)
+        # The error middleware comes first (outermost), so the guard's refusals are JSON too.
+        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=self.settings.max_body)
         routes = app.router
         routes.add_get("/healthz", self.healthz)
         routes.add_get("/readyz", self.readyz)
         routes.add_get("/metrics", self.metrics_text)
         routes.add_get("/openapi.json", self.openapi)
+        routes.add_get("/summary", self.summary)
         routes.add_post("/jobs", self.add_job)
         routes.add_get("/jobs", self.list_jobs)
         routes.add_get("/jobs/{job_id}", self.get_job)
@@ -161,7 +345,8 @@ class WatcherServer:
                 raise
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers)
-        except StoreUnavailable:
+        except (StoreUnavailable, StoreBroken) as exc:  # readiness tells the operator which; a client retries
+            log.debug("http.store_failed", path=request.path, error=type(exc).__name__)
             response = error_response(503, "store_unavailable", "the state store is unavailable; try again")
         except Exception as exc:
             log.exception("http.handler_failed", method=request.method, path=request.path, error=repr(exc))
@@ -172,6 +357,21 @@ class WatcherServer:
             ms=round((time.monotonic() - started) * 1000, 1), **({"job_id": job_id} if job_id else {}),
         )
         return response
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse what only a hostile web page would send, before any handler reads anything."""
+        if self._token is None and not is_loopback_host((_authority(request.host, None) or ("", None))[0]):
+            # DNS rebinding: a page at attacker.example whose name now points at 127.0.0.1.
+            raise ApiError(421, "misdirected_request",
+                           "without server.token only a loopback Host (127.0.0.1, [::1], localhost) is served")
+        if request.method in STATE_CHANGING and request.match_info.http_exception is None:
+            if request.content_type != "application/json":  # a form or a no-cors fetch cannot send this one
+                raise ApiError(415, "unsupported_media_type", "POST and DELETE need Content-Type: application/json")
+            origin = request.headers.get("Origin")
+            if origin is not None and not _same_origin(origin, request.host):
+                raise ApiError(403, "cross_origin", "requests from another origin may not change anything")
+        return await handler(request)
 
     def _authorized(self, request: web.Request, *, read_only: bool) -> bool:
         if self._token is None:
@@ -207,61 +407,45 @@ class WatcherServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Answering at all proves the event loop is alive."""
-        return web.json_response({"status": "ok"})
+        return json_answer({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        reason = await self._not_ready_reason()
-        if reason is not None:
-            return web.json_response({"status": "not_ready", "reason": reason}, status=503)
-        return web.json_response({"status": "ready"})
-
-    async def _not_ready_reason(self) -> str | None:
         # Unauthenticated: the reason names what is wrong, never a URL or an error text.
-        daemon = self.daemon
-        if daemon.stop_event.is_set():
-            return "shutting down"
-        if not daemon.ready:
-            return "starting"
-        for source in daemon.sources:
-            if not source.started:
-                return f"source {source.name} has not started"
         try:
-            await asyncio.wait_for(daemon.store.ping(), PING_TIMEOUT)
-        except Exception as exc:  # any failure to answer means "not ready", whatever the backend raised
-            log.debug("server.store_ping_failed", error=repr(exc))
-            return "state store unreachable"
-        return None
+            reason = await self.daemon.not_ready_reason()
+        except Exception as exc:  # a readiness check that fails is an answer too: not ready
+            log.warning("server.readiness_failed", error=repr(exc))
+            reason = "readiness check failed"
+        if reason is not None:
+            return json_answer({"status": "not_ready", "reason": reason}, status=503)
+        return json_answer({"status": "ready"})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        body = await self.metrics.render(self.daemon)
+        body = await self.daemon.metrics.render(self.daemon)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(self._openapi)
+        return json_answer(self._openapi)
+
+    async def summary(self, request: web.Request) -> web.Response:
+        """GET /summary: jobs and deliveries per state, counted at most SUMMARY_MAX_AGE ago."""
+        self._require_token(request, read_only=True)
+        async with self._summary_lock:  # concurrent askers wait for one count, then share it
+            now = self.daemon.clock.now()
+            if self._summary is None or not 0 <= now - self._summary[0] < SUMMARY_MAX_AGE:
+                self._summary = (now, summary_view(await self.daemon.store.counts()))
+            return json_answer(self._summary[1])
 
     # --- jobs -----------------------------------------------------------------------
 
     async def add_job(self, request: web.Request) -> web.Response:
-        """POST /jobs: a queue message; 202 when new, 200 when already tracked."""
+        """POST /jobs: a queue message; 202 when a watch starts, 200 when known or tombstoned."""
         self._require_token(request, read_only=False)
-        raw = await self._body(request)
         try:
-            message = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "the body must be a JSON object {id, labels, notify}") from None
-        if isinstance(message, str) or (isinstance(message, Mapping) and "id" in message):
-            try:
-                validate_job_id(message if isinstance(message, str) else message["id"])
-            except InvalidJobId as exc:
-                raise ApiError(400, "invalid_job_id", str(exc)) from None
-        if isinstance(message, Mapping) and not isinstance(message.get("labels"), Mapping | None):
-            # parse_job (shared with the job file) reads any empty value as "no labels";
-            # the API takes only what its document allows: an object, or null for none.
-            raise ApiError(400, "invalid_job", "`labels` must be an object of strings or numbers, or null")
-        try:
-            ref = parse_job(message)
+            message = strict_json(await self._body(request))
         except ValueError as exc:
-            raise ApiError(400, "invalid_job", str(exc)) from None
+            raise ApiError(400, "invalid_json", f"the body must be a JSON job message: {exc}") from None
+        ref, again = _job_request(message)
         intake = self.daemon.intake
         if intake is None:  # pragma: no cover - the server starts after the intake
             raise ApiError(503, "starting", "the daemon is starting; try again")
@@ -269,27 +453,40 @@ class WatcherServer:
             intake.check_notify(ref.notify)
         except ValueError as exc:
             raise ApiError(400, "unknown_notifier", str(exc)) from None
-        added = await intake.add(ref)
-        log.info("api.job_added" if added else "api.job_known", job_id=ref.id)
-        job = await self.daemon.store.get_job(ref.id)
-        view = (await job_views(self.daemon.store, [job]))[0] if job is not None else {"id": ref.id}
-        return web.json_response(view, status=202 if added else 200, headers={"Location": f"/jobs/{ref.id}"})
+        added = await intake.add(ref, again=again)
+        return await self._added_answer(ref.id, added)
+
+    async def _added_answer(self, job_id: str, added: bool) -> web.Response:
+        store = self.daemon.store
+        job = await store.get_job(job_id)
+        if job is not None:
+            log.info("api.job_added" if added else "api.job_known", job_id=job_id)
+            view = (await job_views(store, [job]))[0]
+            return json_answer(view, status=202 if added else 200, headers={"Location": f"/jobs/{job_id}"})
+        tombstone = None if added else (await store.tombstones([job_id])).get(job_id)
+        if tombstone is None:  # stopped or purged between the two reads
+            raise ApiError(409, "conflict", f"job {job_id} changed meanwhile; try again")
+        log.info("api.job_tombstoned", job_id=job_id, reason=tombstone.reason.value)
+        return json_answer(tombstone_view(tombstone))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        """GET /jobs?state=&limit=: the `status --json` objects, oldest first."""
+        """GET /jobs?state=&limit=&after=: one page of `status --json` objects, oldest first;
+        the next page's cursor in `Link: <...>; rel="next"` and `X-Next-Cursor`."""
         self._require_token(request, read_only=True)
         state = request.query.get("state") or None  # `state=` is "all", as the page's "all jobs" option
         if state is not None and state not in STATES:
             raise ApiError(400, "invalid_state", f"state must be one of {', '.join(sorted(STATES))}")
-        limit_text = request.query.get("limit")
-        limit = None
-        if limit_text is not None:
-            # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-            if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
-                raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-            limit = int(limit_text)
-        jobs = await self.daemon.store.list_jobs(state=state, limit=limit)
-        return web.json_response(await job_views(self.daemon.store, jobs))
+        limit = _page_limit(request.query.get("limit"))
+        after = _page_after(request.query.get("after"))
+        store = self.daemon.store
+        jobs = await store.list_jobs(state=state, limit=limit + 1, after=after)  # one more: is there a next page?
+        page = jobs[:limit]
+        headers = {}
+        if len(jobs) > limit:
+            cursor = encode_cursor(page[-1].added_at, page[-1].id)
+            query = urlencode({**({"state": state} if state else {}), "after": cursor, "limit": limit})
+            headers = {"Link": f'</jobs?{query}>; rel="next"', "X-Next-Cursor": cursor}
+        return json_answer(await job_views(store, page), headers=headers)
 
     async def get_job(self, request: web.Request) -> web.Response:
         self._require_token(request, read_only=True)
@@ -297,13 +494,13 @@ class WatcherServer:
         job = await self.daemon.store.get_job(job_id)
         if job is None:
             return error_response(404, "job_not_found", f"job {job_id} is not tracked")
-        return web.json_response((await job_views(self.daemon.store, [job]))[0])
+        return json_answer((await job_views(self.daemon.store, [job]))[0])
 
     async def delete_job(self, request: web.Request) -> web.Response:
-        """Stop watching: the job and its pending deliveries go, and nobody is notified."""
+        """Stop watching: the job and its pending deliveries go, nobody is notified, a tombstone stays."""
         self._require_token(request, read_only=False)
         job_id = self._job_id(request)
-        if not await self.daemon.store.remove_job(job_id):
+        if not await self.daemon.store.remove_job(job_id, now=self.daemon.clock.now()):
             return error_response(404, "job_not_found", f"job {job_id} is not tracked")
         log.info("api.job_removed", job_id=job_id)
         return web.Response(status=204)
@@ -339,19 +536,18 @@ class WatcherServer:
         )
 
 
-class ApiError(Exception):
-    """An answer other than success, rendered as {"error": code, "message": message} by the middleware."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-    @classmethod
-    def refused(cls) -> ApiError:
-        return cls(
-            401, "unauthorized", "a valid token is required: Authorization: Bearer <server.token>",
-            {"WWW-Authenticate": 'Bearer realm="import-watcher"'},
-        )
+def _job_request(message: Any) -> tuple[JobRef, bool]:
+    """The job and its `again` flag, with the API's own error codes."""
+    if isinstance(message, str) or (isinstance(message, Mapping) and "id" in message):
+        try:
+            validate_job_id(message if isinstance(message, str) else message["id"])
+        except InvalidJobId as exc:
+            raise ApiError(400, "invalid_job_id", str(exc)) from None
+    if isinstance(message, Mapping) and not isinstance(message.get("labels"), Mapping | None):
+        # parse_job (shared with the job file) reads any empty value as "no labels";
+        # the API takes only what its document allows: an object, or null for none.
+        raise ApiError(400, "invalid_job", "`labels` must be an object of strings or numbers, or null")
+    try:
+        return parse_job_request(message)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_job", str(exc)) from None

@@ -1,13 +1,18 @@
 "use strict";
-// The status page: fetches /jobs every few seconds and renders a table.
+// The status page: every few seconds, the counts per state (/summary) and ONE page of jobs
+// (/jobs?limit=&after=), so it costs the same at 100,000 jobs as at ten.
 // Everything that comes from the server goes into the page through textContent,
 // never innerHTML: job ids are checked, but labels and errors are user input.
 (function () {
   const REFRESH_MS = 5000;
+  const PAGE_SIZE = 50;
   const byId = (id) => document.getElementById(id);
   const tbody = document.querySelector("#jobs tbody");
   const select = byId("state");
   let timer = null;
+  let loads = 0;
+  let cursors = [null]; // the `after` of each page up to the one shown: Previous pops, Next pushes
+  let nextCursor = null;
 
   function el(tag, text, className) {
     const node = document.createElement(tag);
@@ -87,12 +92,11 @@
     return tr;
   }
 
-  function summarize(jobs) {
-    const counts = {};
-    for (const job of jobs) counts[job.state] = (counts[job.state] || 0) + 1;
-    const parts = Object.keys(counts).sort().map((state) => counts[state] + " " + state);
-    const total = jobs.length === 1 ? "1 job" : jobs.length + " jobs";
-    return parts.length ? total + ": " + parts.join(", ") : total;
+  function countsText(counts, one, many) {
+    const states = Object.keys(counts || {}).filter((state) => counts[state] > 0).sort();
+    const total = states.reduce((sum, state) => sum + counts[state], 0);
+    const head = total + " " + (total === 1 ? one : many);
+    return states.length ? head + ": " + states.map((state) => counts[state] + " " + state).join(", ") : head;
   }
 
   function showProblem(text) {
@@ -101,35 +105,63 @@
     problem.hidden = !text;
   }
 
+  async function getJson(path) {
+    const response = await fetch(path, {
+      credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
+    });
+    if (response.status === 401) throw new Problem("Not signed in: open this page once as /?token=YOUR_TOKEN.");
+    if (!response.ok) {
+      let detail = "HTTP " + response.status;
+      try { detail += ": " + (await response.json()).message; } catch (ignored) { /* not JSON */ }
+      throw new Problem("Cannot load jobs (" + detail + "); retrying.");
+    }
+    return { body: await response.json(), next: response.headers.get("X-Next-Cursor") };
+  }
+
+  function Problem(message) { this.message = message; }
+
+  function jobsPath() {
+    // One page only, whatever the number of jobs: the cursor of this page, if not the first.
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (select.value) query.set("state", select.value);
+    const after = cursors[cursors.length - 1];
+    if (after) query.set("after", after);
+    return "/jobs?" + query.toString();
+  }
+
+  function showPage(jobs, next) {
+    tbody.replaceChildren(...jobs.map(row));
+    nextCursor = next;
+    byId("empty").hidden = jobs.length > 0;
+    byId("previous").disabled = cursors.length <= 1;
+    byId("next").disabled = !next;
+    byId("page").textContent = "page " + cursors.length;
+  }
+
   async function load() {
-    const state = select.value;
-    const query = state ? "?state=" + encodeURIComponent(state) : "";
+    clearTimeout(timer);
+    const generation = ++loads;
     try {
-      const response = await fetch("/jobs" + query, {
-        credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
-      });
-      if (response.status === 401) {
-        showProblem("Not signed in: open this page once as /?token=YOUR_TOKEN.");
-        return;
-      }
-      if (!response.ok) {
-        let detail = "HTTP " + response.status;
-        try { detail += ": " + (await response.json()).message; } catch (ignored) { /* not JSON */ }
-        showProblem("Cannot load jobs (" + detail + "); retrying.");
-        return;
-      }
-      const jobs = await response.json();
-      tbody.replaceChildren(...jobs.map(row));
-      byId("empty").hidden = jobs.length > 0;
-      byId("summary").textContent = summarize(jobs);
+      const [summary, page] = await Promise.all([getJson("/summary"), getJson(jobsPath())]);
+      if (generation !== loads) return; // a newer load (page or filter change) has started
+      byId("summary").textContent = countsText(summary.body.jobs, "job", "jobs");
+      byId("deliveries").textContent = countsText(summary.body.deliveries, "delivery", "deliveries");
+      showPage(page.body, page.next);
       byId("updated").textContent = "updated " + new Date().toLocaleTimeString();
       showProblem("");
     } catch (error) {
-      showProblem("Cannot reach the watcher (" + error + "); retrying.");
+      if (generation !== loads) return;
+      showProblem(error instanceof Problem ? error.message : "Cannot reach the watcher (" + error + "); retrying.");
     } finally {
-      clearTimeout(timer);
-      timer = setTimeout(load, REFRESH_MS);
+      if (generation === loads) timer = setTimeout(load, REFRESH_MS);
     }
+  }
+
+  function turn(forward) {
+    if (forward && nextCursor) cursors.push(nextCursor);
+    else if (!forward && cursors.length > 1) cursors.pop();
+    else return;
+    load();
   }
 
   function init() {
@@ -146,9 +178,12 @@
       const url = new URL(window.location.href);
       if (select.value) url.searchParams.set("state", select.value); else url.searchParams.delete("state");
       window.history.replaceState(null, "", url);
+      cursors = [null];
       load();
     });
     byId("filters").addEventListener("submit", (event) => event.preventDefault());
+    byId("previous").addEventListener("click", () => turn(false));
+    byId("next").addEventListener("click", () => turn(true));
     load();
   }
 
