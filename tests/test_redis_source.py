@@ -168,8 +168,8 @@ MALFORMED = [
     ({"job": json.dumps({"labels": {"a": "b"}})}, "missing `id`"),
     ({"job": json.dumps({"id": "ok-id", "colour": "blue"})}, "unknown key 'colour'"),
     ({"job": json.dumps({"id": "ok-id", "again": True})}, "unknown key 'again'"),
-    ({"job": '{"id": "ok-id", "labels": {"n": NaN}}'}, "finite numbers"),
-    ({"job": '{"id": "ok-id", "labels": {"n": "\\ud800"}}'}, "valid Unicode text"),
+    ({"job": '{"id": "ok-id", "labels": {"n": NaN}}'}, "NaN is not a JSON number"),
+    ({"job": '{"id": "ok-id", "labels": {"n": "\\ud800"}}'}, "lone surrogate"),
     ({"job": json.dumps({"id": 12345})}, "quote it"),
     ({"id": "ok-id", "padding": "x" * (64 * 1024)}, "entry larger than 65536 bytes"),
 ]

@@ -22,13 +22,12 @@ import functools
 import hashlib
 import hmac
 import json
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -37,21 +36,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from watcher.clock import Clock
 from watcher.config import ServerSettings
 from watcher.errors import InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
+from watcher.httpinput import ApiError, authority, job_request, page_after, page_limit, same_origin
 from watcher.models import WATCHING, JobRef, Outcome, validate_job_id
 from watcher.net import is_loopback_host
-from watcher.sources.base import parse_job_request
-from watcher.status import decode_cursor, encode_cursor, job_views, summary_view, tombstone_view
+from watcher.status import encode_cursor, job_views, summary_view, tombstone_view
 from watcher.store.base import StateStore
+from watcher.strictjson import strict_json
 
 log = structlog.get_logger("watcher.server")
 
 COOKIE = "import_watcher_session"
 STATIC_DIR = Path(__file__).parent / "static"
 STATES = frozenset({WATCHING, *(o.value for o in Outcome)})
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
-MAX_DEPTH = 32  # a job message is 3 levels deep; nothing legitimate comes near this
-MAX_INT = 2**53  # I-JSON: integers a double holds exactly
 # Counting every job is a scan; open tabs (each asks every 5 s) share one count this recent.
 SUMMARY_MAX_AGE = 2.0
 STATE_CHANGING = frozenset({"POST", "DELETE"})
@@ -144,127 +140,6 @@ def openapi_document(notifiers: Sequence[str], version: str | None = None) -> di
     # With no notifier configured the enum is empty: `notify` can then only be [] or null.
     document["components"]["schemas"]["NotifierName"]["enum"] = list(notifiers)
     return document
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:20]} is out of range")
-    return value
-
-
-def _bounded_int(text: str) -> int:
-    value = int(text) if len(text) <= 20 else MAX_INT + 1  # never int() a 5000-digit text
-    if abs(value) > MAX_INT:
-        raise ValueError(f"the integer {text[:20]}... is out of range" if len(text) > 20 else
-                         f"the integer {text} is out of range")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    mapping = dict(pairs)
-    if len(mapping) != len(pairs):
-        raise ValueError("an object has the same key twice")
-    return mapping
-
-
-def strict_json(raw: bytes) -> Any:
-    """Parse I-JSON (RFC 7493): UTF-8, no NaN/Infinity, numbers a double holds, unique keys,
-    no lone surrogates, at most MAX_DEPTH levels; ValueError saying why otherwise."""
-    try:
-        value = json.loads(
-            raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
-            parse_int=_bounded_int, object_pairs_hook=_unique_keys,
-        )
-    except UnicodeDecodeError:
-        raise ValueError("the body is not UTF-8") from None
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, dict | list):
-            if depth >= MAX_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-            for key in item if isinstance(item, dict) else ():
-                _check_text(key)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return value
-
-
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a "\ud800" escape: a lone surrogate is no character at all
-        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)") from None
-
-
-def _authority(value: str, default_port: int | None) -> tuple[str, int | None] | None:
-    """(host, port) of a Host header value; None when it is not one."""
-    try:
-        parts = urlsplit(f"//{value}")
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    if not host or parts.username is not None or parts.password is not None or parts.path:
-        return None
-    return host, port if port is not None else default_port
-
-
-def _same_origin(origin: str, host_header: str) -> bool:
-    """Whether a browser's `Origin` names this server as the request's `Host` does."""
-    try:
-        parts = urlsplit(origin)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host or parts.path:
-        return False  # "null" (sandboxed pages, file:) included
-    default = 443 if parts.scheme == "https" else 80
-    served = _authority(host_header, default)  # behind a TLS proxy, Host has no port but Origin says https
-    return served is not None and (host, port or default) == served
-
-
-def _page_limit(text: str | None) -> int:
-    if text is None:
-        return DEFAULT_PAGE
-    # ASCII digits only (str.isdigit() also takes "²"), and the length first: int() of 5000 digits raises.
-    if not (text.isascii() and text.isdigit() and len(text) <= 4) or not 1 <= int(text) <= MAX_PAGE:
-        raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}")
-    return int(text)
-
-
-def _page_after(text: str | None) -> tuple[float, str] | None:
-    if text is None:
-        return None
-    try:
-        return decode_cursor(text)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
-
-
-class ApiError(Exception):
-    """An answer other than success, rendered as {"error": code, "message": message} by the middleware."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-    @classmethod
-    def refused(cls) -> ApiError:
-        return cls(
-            401, "unauthorized", "a valid token is required: Authorization: Bearer <server.token>",
-            {"WWW-Authenticate": 'Bearer realm="import-watcher"'},
-        )
 
 
 class WatcherServer:
@@ -361,7 +236,7 @@ class WatcherServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse what only a hostile web page would send, before any handler reads anything."""
-        if self._token is None and not is_loopback_host((_authority(request.host, None) or ("", None))[0]):
+        if self._token is None and not is_loopback_host((authority(request.host, None) or ("", None))[0]):
             # DNS rebinding: a page at attacker.example whose name now points at 127.0.0.1.
             raise ApiError(421, "misdirected_request",
                            "without server.token only a loopback Host (127.0.0.1, [::1], localhost) is served")
@@ -369,7 +244,7 @@ class WatcherServer:
             if request.content_type != "application/json":  # a form or a no-cors fetch cannot send this one
                 raise ApiError(415, "unsupported_media_type", "POST and DELETE need Content-Type: application/json")
             origin = request.headers.get("Origin")
-            if origin is not None and not _same_origin(origin, request.host):
+            if origin is not None and not same_origin(origin, request.host):
                 raise ApiError(403, "cross_origin", "requests from another origin may not change anything")
         return await handler(request)
 
@@ -445,7 +320,7 @@ class WatcherServer:
             message = strict_json(await self._body(request))
         except ValueError as exc:
             raise ApiError(400, "invalid_json", f"the body must be a JSON job message: {exc}") from None
-        ref, again = _job_request(message)
+        ref, again = job_request(message)
         intake = self.daemon.intake
         if intake is None:  # pragma: no cover - the server starts after the intake
             raise ApiError(503, "starting", "the daemon is starting; try again")
@@ -476,8 +351,8 @@ class WatcherServer:
         state = request.query.get("state") or None  # `state=` is "all", as the page's "all jobs" option
         if state is not None and state not in STATES:
             raise ApiError(400, "invalid_state", f"state must be one of {', '.join(sorted(STATES))}")
-        limit = _page_limit(request.query.get("limit"))
-        after = _page_after(request.query.get("after"))
+        limit = page_limit(request.query.get("limit"))
+        after = page_after(request.query.get("after"))
         store = self.daemon.store
         jobs = await store.list_jobs(state=state, limit=limit + 1, after=after)  # one more: is there a next page?
         page = jobs[:limit]
@@ -534,20 +409,3 @@ class WatcherServer:
             text=self._assets[name], content_type=ASSETS[name],
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
-
-
-def _job_request(message: Any) -> tuple[JobRef, bool]:
-    """The job and its `again` flag, with the API's own error codes."""
-    if isinstance(message, str) or (isinstance(message, Mapping) and "id" in message):
-        try:
-            validate_job_id(message if isinstance(message, str) else message["id"])
-        except InvalidJobId as exc:
-            raise ApiError(400, "invalid_job_id", str(exc)) from None
-    if isinstance(message, Mapping) and not isinstance(message.get("labels"), Mapping | None):
-        # parse_job (shared with the job file) reads any empty value as "no labels";
-        # the API takes only what its document allows: an object, or null for none.
-        raise ApiError(400, "invalid_job", "`labels` must be an object of strings or numbers, or null")
-    try:
-        return parse_job_request(message)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_job", str(exc)) from None

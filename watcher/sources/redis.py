@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import socket
@@ -32,6 +31,7 @@ from watcher.config import RedisSourceSettings
 from watcher.errors import StoreUnavailable
 from watcher.models import JobRef
 from watcher.sources.base import Intake, parse_job
+from watcher.strictjson import strict_json
 
 log = structlog.get_logger("watcher.sources.redis")
 
@@ -78,8 +78,8 @@ def read_entry(fields: Fields) -> JobRef:
     job = fields.get(b"job")
     if job is not None:
         try:
-            raw = json.loads(job.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raw = strict_json(job)  # the API's rules: no NaN, Infinity or lone surrogate gets stored
+        except ValueError as exc:
             raise ValueError(f"`job` is not valid JSON: {exc}") from None
         return parse_job(raw)
     bare = fields.get(b"id")
