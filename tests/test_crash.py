@@ -6,21 +6,16 @@ import asyncio
 import os
 import random
 import signal
-import sys
 from pathlib import Path
 
-from tests.helpers import WebhookReceiver, config_text, write_jobs
+from tests.helpers import DaemonProcess, WebhookReceiver, config_text, eventually, write_jobs
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
 OUTCOMES = ("completed", "errored", "failed")
 
 
-async def start_daemon(config: Path, *extra: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "watcher", "run", "-c", str(config), *extra,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )
+async def start_daemon(config: Path, *extra: str) -> DaemonProcess:
+    return await DaemonProcess.start(config, *extra)
 
 
 async def test_kill_9_then_restart_loses_nothing(tmp_path: Path) -> None:
@@ -36,16 +31,16 @@ async def test_kill_9_then_restart_loses_nothing(tmp_path: Path) -> None:
             jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
             polling="initial_delay: 0s\n  min_interval: 100ms\n  max_interval: 300ms\n  deadline: 60s",
             extra=f"heartbeat_file: {tmp_path}/hb\nlogging:\n  level: warning\n",
-        ).replace("state:\n", "state:\n  lease: 3s\n"), encoding="utf-8")
+        ).replace("state:\n", "state:\n  lease: 11s\n"), encoding="utf-8")
         for kill_after in (rng.randint(3, 8), rng.randint(12, 18)):
             proc = await start_daemon(config)
-            while len(hook.received) < kill_after:
-                await asyncio.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            assert -signal.SIGKILL == await proc.wait()
+            await eventually(lambda: len(hook.received) >= kill_after, timeout=60,  # noqa: B023
+                             what=f"{kill_after} notifications", watch=[proc])
+            proc.proc.send_signal(signal.SIGKILL)
+            assert -signal.SIGKILL == await proc.wait(10)
         assert len(hook.received) < len(ids)
         final = await start_daemon(config, "--until-idle")
-        assert 0 == await asyncio.wait_for(final.wait(), 60)
+        await final.exits_with(0, timeout=60)
     expected = {job_id: OUTCOMES[i % 3] for i, job_id in enumerate(ids)}
     assert expected == hook.statuses()
     for job_id, items in hook.by_job().items():
@@ -68,12 +63,11 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(tmp_path: Path) -> No
             extra=f"heartbeat_file: {tmp_path}/hb\n",
         ).replace("deadline: 3s", "deadline: 60s"), encoding="utf-8")
         proc = await start_daemon(config)
-        while fake.requests_total < 3:
-            await asyncio.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        assert 0 == await asyncio.wait_for(proc.wait(), 10)
+        await eventually(lambda: fake.requests_total >= 3, timeout=30, what="three polls", watch=[proc])
+        proc.proc.send_signal(signal.SIGTERM)
+        await proc.exits_with(0, timeout=10)
         final = await start_daemon(config, "--until-idle")
-        assert 0 == await asyncio.wait_for(final.wait(), 30)
+        await final.exits_with(0, timeout=30)
     assert {job_id: "completed" for job_id in ids} == hook.statuses()
     assert len(ids) == len(hook.received)
 
@@ -91,19 +85,17 @@ async def test_sighup_rereads_the_job_file(tmp_path: Path) -> None:
         ).replace("deadline: 3s", "deadline: 60s"), encoding="utf-8")
         proc = await start_daemon(config)
         try:
-            while not hook.received:
-                await asyncio.sleep(0.02)
+            await eventually(lambda: hook.received, timeout=30, what="the first notification", watch=[proc])
             stat = jobs.stat()
             write_jobs(jobs, ["hup-bbb2"])  # same length, same mtime: the periodic check cannot tell
             os.utime(jobs, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             await asyncio.sleep(2.5)  # longer than the periodic refresh
             assert ["hup-aaa1"] == list(hook.statuses())
-            proc.send_signal(signal.SIGHUP)
+            proc.proc.send_signal(signal.SIGHUP)
             for _ in range(500):
                 if "hup-bbb2" in hook.statuses():
                     break
                 await asyncio.sleep(0.02)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert 0 == await asyncio.wait_for(proc.wait(), 10)
+            assert 0 == await proc.terminate(10), proc.tail()
     assert {"hup-aaa1": "completed", "hup-bbb2": "completed"} == hook.statuses()

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from tests.helpers import WebhookReceiver, config_text, make_config, write_jobs
+from tests.helpers import (
+    WebhookReceiver,
+    config_text,
+    eventually,
+    free_port,
+    make_config,
+    require_binary,
+    write_jobs,
+)
 from watcher.daemon import Daemon
-from watcher.models import DeliveryState
+from watcher.models import Delivery, DeliveryState
 from watcher.notify.outbox import Backoff
 from watcher.store import open_store
 from watcher.testing.fake_sendgrid import FakeSendGrid
@@ -56,7 +66,8 @@ async def test_rate_limit_is_obeyed(tmp_path: Path) -> None:
         config = make_config(tmp_path, config_text(
             fake.base_url, sqlite_url(tmp_path), hook_url=hook.url,
             jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
-            polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 200ms\n  deadline: 30s",
+            # max_interval bounds every rate-limit wait: it must cover the fake's 1 s window.
+            polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 2s\n  deadline: 30s",
         ))
         assert 0 == await run_until_idle(Daemon(config, delivery_backoff=FAST), timeout=30)
         assert {job_id: "completed" for job_id in ids} == hook.statuses()
@@ -161,3 +172,91 @@ async def test_until_idle_with_no_jobs_exits_at_once(tmp_path: Path, store_url: 
     async with FakeSendGrid() as fake:
         config = make_config(tmp_path, config_text(fake.base_url, url))
         assert 0 == await run_until_idle(Daemon(config), timeout=5)
+
+
+async def test_retention_purges_at_start_up_and_a_purged_job_is_not_watched_again(tmp_path: Path) -> None:
+    """A finished job past `state.retention` is purged when the daemon starts (leaving a tombstone);
+    still listed in the job file, it is neither polled nor notified again."""
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.script_job("old-1", outcome="completed")
+        jobs = write_jobs(tmp_path / "jobs.yaml", ["old-1"])
+        text = config_text(fake.base_url, sqlite_url(tmp_path), hook_url=hook.url, jobs_file=jobs)
+        assert 0 == await run_until_idle(Daemon(make_config(tmp_path, text), delivery_backoff=FAST))
+        assert 1 == len(hook.received)
+        polls_before = fake.requests_total
+        await asyncio.sleep(1.1)
+        config = make_config(tmp_path, text.replace("state:\n", "state:\n  retention: 1s\n"))
+        daemon = Daemon(config, delivery_backoff=FAST)
+        running = asyncio.create_task(daemon.run(install_signals=False))
+
+        async def purged() -> bool:
+            return daemon.started and await daemon.store.get_job("old-1") is None
+
+        await eventually(purged, timeout=10, what="old-1 purged")
+        assert ["old-1"] == list(await daemon.store.tombstones(["old-1"]))
+        await asyncio.sleep(2.5)  # past a job file refresh
+        daemon.stop()
+        assert 0 == await asyncio.wait_for(running, 10)
+        assert (polls_before, 1) == (fake.requests_total, len(hook.received))
+    store = open_store(sqlite_url(tmp_path))
+    await store.open()
+    try:
+        assert (None, ["old-1"]) == (await store.get_job("old-1"), list(await store.tombstones(["old-1"])))
+    finally:
+        await store.close()
+
+
+async def test_a_delivery_nobody_here_knows_waits_and_is_declared_dead_at_its_deadline(tmp_path: Path) -> None:
+    """A replica leaves deliveries to notifiers it does not know; housekeeping declares dead the one past
+    its deadline (alerting the known notifiers) and leaves the one still in time pending."""
+    store = open_store(sqlite_url(tmp_path))
+    await store.open()
+    now = time.time()
+    event = {"type": "contact_import.completed", "data": {"job_id": "rolled-1"}}
+    try:
+        await store.add_deliveries([
+            Delivery(id="msg_late", notifier="elsewhere", event=event, created_at=now - 100,
+                     next_attempt_at=now - 100, deadline_at=now - 1, job_id=None),
+            Delivery(id="msg_in_time", notifier="elsewhere", event=event, created_at=now,
+                     next_attempt_at=now, deadline_at=now + 3600, job_id=None),
+        ])
+    finally:
+        await store.close()
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        config = make_config(tmp_path, config_text(fake.base_url, sqlite_url(tmp_path), hook_url=hook.url))
+        daemon = Daemon(config, delivery_backoff=FAST)
+        running = asyncio.create_task(daemon.run(install_signals=False))
+        await eventually(lambda: hook.received, timeout=10, what="the delivery_dead alert")
+        states = {d.id: d.state for d in await daemon.store.list_deliveries(with_events=False)}
+        daemon.stop()
+        assert 0 == await asyncio.wait_for(running, 10)
+    [alert] = [r.body["data"] for r in hook.received]
+    assert ("delivery_dead", "elsewhere", "msg_late") == (alert["alert"], alert["notifier"], alert["delivery_id"])
+    assert DeliveryState.DEAD == states["msg_late"]
+    assert DeliveryState.PENDING == states["msg_in_time"]
+
+
+async def test_the_store_down_at_start_is_retried_until_it_answers(tmp_path: Path) -> None:
+    """A daemon started before its Redis waits (logging daemon.store_unavailable) and then does its work."""
+    binary = require_binary("redis-server")
+    port = free_port()
+    async with FakeSendGrid() as fake, WebhookReceiver() as hook:
+        fake.script_job("late-store-1", outcome="completed")
+        config = make_config(tmp_path, config_text(
+            fake.base_url, f"redis://127.0.0.1:{port}/0?prefix=iw-late", hook_url=hook.url,
+            jobs_file=write_jobs(tmp_path / "jobs.yaml", ["late-store-1"]),
+        ))
+        with capture_logs() as logs:
+            running = asyncio.create_task(run_until_idle(Daemon(config, delivery_backoff=FAST), timeout=30))
+            await eventually(lambda: any(e["event"] == "daemon.store_unavailable" for e in logs), timeout=10,
+                             what="the first failed open")
+            server = await asyncio.create_subprocess_exec(
+                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                assert 0 == await running
+            finally:
+                server.terminate()
+                await server.wait()
+    assert {"late-store-1": "completed"} == hook.statuses()

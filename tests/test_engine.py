@@ -9,10 +9,9 @@ from pathlib import Path
 
 from watcher.clock import Clock, ManualClock, SystemClock
 from watcher.engine import Engine
-from watcher.models import JobRef, PollUpdate, Snapshot
+from watcher.models import JobRef, Snapshot
 from watcher.policy import PollPolicy
 from watcher.store import MemoryStore, SqliteStore, StateStore
-from watcher.store.base import RecordsPolls
 
 #: Each job is polled once: the next poll is five minutes away.
 ONCE = PollPolicy(initial_delay=0.0, min_interval=300.0, max_interval=300.0)
@@ -42,28 +41,14 @@ class FakeSendGrid:
             self.in_flight -= 1
 
 
-class OnePollAtATimeStore(MemoryStore):
-    """A store without the optional `record_polls`: the engine records each poll with `record_poll`."""
-
-    record_polls = None  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.record_poll_calls = 0
-
-    async def record_poll(self, job_id: str, update: PollUpdate, *, owner: str) -> bool:
-        self.record_poll_calls += 1
-        return await super().record_poll(job_id, update, owner=owner)
-
-
 class CountingReleases(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.released: list[str] = []
 
-    async def release_job(self, job_id: str, *, owner: str) -> None:
+    async def release_job(self, job_id: str, *, token: str) -> None:
         self.released.append(job_id)
-        await super().release_job(job_id, owner=owner)
+        await super().release_job(job_id, token=token)
 
 
 async def add_jobs(store: StateStore, count: int, now: float) -> list[str]:
@@ -119,19 +104,6 @@ async def test_runners_poll_every_due_job_once_within_max_concurrency(tmp_path: 
     await store.close()
 
 
-async def test_a_store_without_record_polls_gets_a_record_poll_per_poll() -> None:
-    """`record_polls` is optional: without it, every poll is recorded on its own, as before."""
-    store = OnePollAtATimeStore()
-    assert not isinstance(store, RecordsPolls)
-    clock = SystemClock()
-    await add_jobs(store, 10, clock.now())
-    client = FakeSendGrid(clock)
-    engine = make_engine(store, client, clock, max_concurrency=3)
-
-    await run_until(engine, each_polled_once(store))
-    assert (10, 10) == (len(client.calls), store.record_poll_calls)
-
-
 async def test_stopping_gives_back_jobs_claimed_but_not_started() -> None:
     """After stop and drain no lease is held: polled jobs are recorded, the others claimable at once."""
     store = MemoryStore()
@@ -179,3 +151,22 @@ async def test_the_reserve_shrinks_when_polls_are_slower_than_the_lease() -> Non
     await run_until(engine, each_polled_once(store))
     assert sorted(ids) == sorted(client.calls)
     assert len(store.released) <= 4
+
+
+async def test_a_poll_cancelled_by_the_drain_gives_its_lease_back() -> None:
+    """A poll still in flight when the grace ends is cancelled and its claim released: claimable at once."""
+    store = MemoryStore()
+    clock = SystemClock()
+    ids = await add_jobs(store, 3, clock.now())
+    client = FakeSendGrid(clock, delay=30.0)
+    engine = make_engine(store, client, clock, max_concurrency=3, lease=120.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    while len(client.calls) < 3:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert 3 == await engine.drain(0.1)
+    assert ({}, 0) == (engine.held, client.in_flight)
+    again = await store.claim_due_jobs(now=clock.now(), limit=10, owner="w2", lease=30)
+    assert sorted(ids) == sorted(job.id for job in again)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
+from watcher.clock import ManualClock
+from watcher.errors import KeyRefused
 from watcher.models import JobState, Outcome, Snapshot
-from watcher.outcomes import ErrorsInfo, Recipient, errors_info, outcome_deliveries
+from watcher.outcomes import KEY_STATE, ErrorsInfo, KeyAlerts, Recipient, errors_info, outcome_deliveries
 from watcher.policy import Finish
 from watcher.routing import Route
+from watcher.store import SqliteStore
 
 NOW = 1_800_000_000.0
 RECIPIENTS = {name: Recipient(name, 3600.0) for name in ("team-slack", "audit-hook", "ops-mail")}
@@ -27,6 +33,7 @@ def job(**changes: object) -> JobState:
 
 
 def test_routes_pick_the_recipients_and_each_gets_the_same_event() -> None:
+    """Matching routes name the recipients, each gets one delivery of the same event, due now."""
     errors = ErrorsInfo({"rows": 1}, sample_csv="email,error\nx,invalid\n")
     deliveries, names = outcome_deliveries(
         job(), Finish(Outcome.ERRORED, 4, ERRORED), NOW, routes=ROUTES, recipients=RECIPIENTS, errors=errors
@@ -58,6 +65,7 @@ def test_delivery_ids_depend_on_job_outcome_and_recipient_only() -> None:
 
 
 def test_a_per_job_notify_list_overrides_the_routes() -> None:
+    """An empty per-job notify list sends nothing, whatever the routes say."""
     deliveries, names = outcome_deliveries(
         job(notify=()), Finish(Outcome.COMPLETED, 2, None), NOW, routes=ROUTES, recipients=RECIPIENTS, errors=None
     )
@@ -85,5 +93,29 @@ async def broken(url: str) -> ErrorsInfo:
 async def test_errors_info_never_holds_a_notification_back(
     outcome: Outcome, snapshot: Snapshot, fetcher: object, expected: dict[str, str] | None
 ) -> None:
+    """The errors summary is there, or says why not; a failing download never raises."""
     info = await errors_info(Finish(outcome, 1, snapshot), fetcher)  # type: ignore[arg-type]
     assert expected == (None if info is None else dict(info.summary))
+
+
+async def test_replicas_racing_on_a_refused_key_write_one_alert_with_the_state_change(tmp_path: Path) -> None:
+    """Two replicas see the key refused at once: the state moves once and its alerts are written with it."""
+    first, second = SqliteStore(str(tmp_path / "state.db")), SqliteStore(str(tmp_path / "state.db"))
+    await first.open()
+    await second.open()
+    try:
+        clock, refused = ManualClock(NOW), KeyRefused(401, "bad key")
+        replicas = [KeyAlerts(store, RECIPIENTS, clock, lambda: None) for store in (first, second)]
+        await asyncio.gather(*(replica.refused(refused) for replica in replicas))
+        await asyncio.gather(*(replica.refused(refused) for replica in replicas))  # still refused: nothing new
+        alerts = await first.list_deliveries()
+        assert sorted(RECIPIENTS) == sorted(d.notifier for d in alerts)
+        assert {"key_refused"} == {d.event["data"]["alert"] for d in alerts}
+        assert f"refused:{NOW}" == await first.get_meta(KEY_STATE)
+        clock.advance(60)
+        await asyncio.gather(*(replica.works() for replica in replicas))
+        kinds = sorted(d.event["data"]["alert"] for d in await first.list_deliveries())
+        assert ["key_accepted"] * 3 + ["key_refused"] * 3 == kinds
+    finally:
+        await first.close()
+        await second.close()

@@ -1,18 +1,24 @@
-"""Wires every part together, owns the tasks, signals and an orderly shutdown."""
+"""Wires every part together, owns the tasks, signals and an orderly shutdown.
+
+Shutdown (SIGTERM/SIGINT, or `stop()`): readiness goes to 503 at once, no new work is
+claimed, in-flight polls and deliveries get `shutdown_grace` to finish, the rest are
+cancelled and their claims given back (a restart resumes them at once), then the
+server, sources, notifiers and store close within SHUTDOWN_MARGIN more. A second
+signal cancels the in-flight work at once (claims still given back).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import functools
 import os
 import signal
 import socket
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
@@ -22,7 +28,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, FileSourceSettings, RedisSourceSettings
 from watcher.engine import Engine
-from watcher.errors import ConfigError, StoreUnavailable
+from watcher.errors import ConfigError, StoreBroken, StoreUnavailable
+from watcher.heartbeat import HEARTBEAT_INTERVAL, heartbeat_path, remove_heartbeat, write_heartbeat
+from watcher.metrics import WatcherMetrics
+from watcher.net import OutboundPolicy
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
 from watcher.notify.registry import build_notifiers
@@ -32,7 +41,8 @@ from watcher.sendgrid import SendGridClient
 from watcher.sources.base import Intake, JobSource
 from watcher.sources.file import FileSource
 from watcher.store import RedisStore, open_store
-from watcher.store.base import StateStore
+from watcher.store.base import HOUSEKEEPING_BATCH, StateStore
+from watcher.supervise import Supervisor
 
 if TYPE_CHECKING:
     from watcher.server import WatcherServer
@@ -40,16 +50,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("watcher.daemon")
 T = TypeVar("T")
 
-HEARTBEAT_INTERVAL = 5.0
-HEARTBEAT_STALE = 30.0
-
-
-def heartbeat_path(config: Config) -> Path:
-    """Where this config's daemon writes its heartbeat (per container, for `healthcheck`)."""
-    if config.heartbeat_file is not None:
-        return config.heartbeat_file
-    key = hashlib.sha256(str(config.path or "default").encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"import-watcher-{key}.heartbeat"
+#: Beyond shutdown_grace, the time the server, sources, notifiers and store get to close.
+SHUTDOWN_MARGIN = 2.0
+HOUSEKEEPING_INTERVAL = 600.0
+#: While a store write has failed, how often a small write checks whether it works again.
+STORE_PROBE_INTERVAL = 1.0
+PROBE_KEY = "watcher.probe"
 
 
 class Daemon:
@@ -67,6 +73,7 @@ class Daemon:
         refresh_interval: float = 2.0,
         idle_check_interval: float = 0.1,
         extra_notifiers: Mapping[str, Notifier] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -78,6 +85,8 @@ class Daemon:
         self.idle_check_interval = idle_check_interval
         self.notifiers: dict[str, Notifier] = build_notifiers(config)
         self.notifiers.update(extra_notifiers or {})
+        self.supervisor = supervisor or Supervisor()
+        self.metrics = WatcherMetrics()
         self.stop_event = asyncio.Event()
         self.sources: list[JobSource] = []
         self.engine: Engine | None = None
@@ -85,33 +94,49 @@ class Daemon:
         self.intake: Intake | None = None
         self.budget: RateBudget | None = None
         self.client: SendGridClient | None = None
-        self.ready = False
+        self.started = False
         self.on_started: list[Callable[[Daemon], Any]] = []
+        self.heartbeat_path = heartbeat_path(config)
         self._session: aiohttp.ClientSession | None = None
-        self._scheduler: AsyncIOScheduler | None = None
+        self._answered = OutboundPolicy()
+        self._answered_session: aiohttp.ClientSession | None = None
+        self._close_by: float | None = None  # loop time by which everything must be closed
         self.server: WatcherServer | None = None  # the HTTP API, when `server:` is configured
+
+    # --- status, as the server, the metrics and the heartbeat read it ----------------
+
+    @property
+    def loop_crashes(self) -> Mapping[str, int]:
+        return self.supervisor.crashes
+
+    async def not_ready_reason(self) -> str | None:
+        """Why this daemon should not get traffic now (None: ready)."""
+        if self.stop_event.is_set():
+            return "shutting down"
+        if not self.started:
+            return "starting"
+        return await self.supervisor.not_ready_reason(self.store, self.sources)
 
     # --- lifecycle -----------------------------------------------------------------
 
     async def run(self, *, until_idle: bool = False, install_signals: bool = True) -> int:
         """Run until stopped (SIGTERM/SIGINT) or, with until_idle, until nothing is left to do."""
-        started = time.monotonic()
+        began = time.monotonic()
         async with contextlib.AsyncExitStack() as stack:
-            await self._open_store(stack)
-            await self._start_components(stack)
             if install_signals:
                 self._install_signals(stack)
-            tasks = [
-                asyncio.create_task(self._require(self.engine).run(self.stop_event), name="engine"),
-                asyncio.create_task(self._require(self.outbox).run(self.stop_event), name="outbox"),
-            ]
-            if until_idle:
-                tasks.append(asyncio.create_task(self._stop_when_idle(), name="until-idle"))
+            if not await self._open_store(stack):
+                return 0  # stopped before the store could be opened
+            await self._start_components(stack)
+            tasks = self._start_loops(until_idle)
+            self.started = True
+            stack.callback(remove_heartbeat, self.heartbeat_path)
+            await self.heartbeat()
             for callback in self.on_started:
                 await _maybe_await(callback(self))
             log.info("daemon.started", owner=self.owner, notifiers=list(self.notifiers), until_idle=until_idle)
             await self.stop_event.wait()
-            await self._shutdown(tasks, started)
+            await self._shutdown(tasks, began)
         return 0
 
     @staticmethod
@@ -123,33 +148,59 @@ class Daemon:
     def stop(self) -> None:
         self.stop_event.set()
 
-    async def _open_store(self, stack: contextlib.AsyncExitStack) -> None:
+    def close_time_left(self) -> float:
+        """Seconds a component may still take to close (SHUTDOWN_MARGIN before the shutdown began)."""
+        if self._close_by is None:
+            return SHUTDOWN_MARGIN
+        return max(0.1, self._close_by - asyncio.get_running_loop().time())
+
+    def _on_close(self, stack: contextlib.AsyncExitStack, name: str, close: Callable[[], Awaitable[Any]]) -> None:
+        """Close `name` when `stack` unwinds, within the time the shutdown has left."""
+
+        async def bounded() -> None:
+            try:
+                await asyncio.wait_for(close(), self.close_time_left())
+            except (Exception, TimeoutError) as exc:
+                log.warning("daemon.close_failed", part=name, error=repr(exc))
+
+        stack.push_async_callback(bounded)
+
+    async def _open_store(self, stack: contextlib.AsyncExitStack) -> bool:
+        """Open the store, retrying while it is unavailable; False when stopped meanwhile."""
         attempt = 0
-        while True:
+        while not self.stop_event.is_set():
             try:
                 await self.store.open()
-                break
             except StoreUnavailable as exc:
                 attempt += 1
                 delay = min(30.0, 0.5 * 2**attempt)
                 log.warning("daemon.store_unavailable", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-        stack.push_async_callback(self.store.close)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                continue
+            self._on_close(stack, "store", self.store.close)
+            return True
+        return False
 
     async def _start_components(self, stack: contextlib.AsyncExitStack) -> None:
         config = self.config
         self._session = aiohttp.ClientSession()
-        stack.push_async_callback(self._session.close)
+        self._on_close(stack, "session", self._session.close)
+        # URLs that arrive in answers (the errors file) go through a session that checks every hop.
+        self._answered = OutboundPolicy.of(config.sendgrid)
+        self._answered_session = self._answered.make_session()
+        self._on_close(stack, "answered-URL session", self._answered_session.close)
         self.budget = self._make_budget()
         if isinstance(self.budget, RedisRateBudget):
-            stack.push_async_callback(self.budget.aclose)
+            self._on_close(stack, "rate budget", self.budget.aclose)
         self.client = SendGridClient(config.sendgrid, session=self._session, budget=self.budget, clock=self.clock)
         for notifier in self.notifiers.values():
             await notifier.start(self._session)
-            stack.push_async_callback(notifier.close)
+            self._on_close(stack, f"notifier {notifier.name}", notifier.close)
+        health = self.supervisor.store
         self.outbox = Outbox(
             store=self.store, notifiers=self.notifiers, clock=self.clock, owner=self.owner,
-            lease=self.lease, backoff=self.delivery_backoff,
+            lease=self.lease, backoff=self.delivery_backoff, store_health=health,
         )
         self.engine = Engine(
             store=self.store, client=self.client, policy=config.polling, clock=self.clock,
@@ -157,8 +208,9 @@ class Daemon:
             recipients=[Recipient(n.name, n.delivery_deadline) for n in self.notifiers.values()],
             routes=config.routes, errors_fetcher=self._fetch_errors,
             max_concurrency=config.sendgrid.max_concurrency, lease=self.lease,
-            on_deliveries=self.outbox.wake,
+            on_deliveries=self.outbox.wake, store_health=health,
         )
+        self.metrics.hook_into(self)
         self.intake = Intake(self.store, config.polling, self.clock, tuple(self.notifiers))
         self.intake.on_added.append(self.engine.wake)
         spread = await self.store.spread_overdue(now=self.clock.now(), window=min(config.polling.max_interval, 60.0))
@@ -166,21 +218,18 @@ class Daemon:
             log.info("daemon.resumed", overdue_jobs=spread)
         await self._start_sources(stack)
         self._start_scheduler(stack)
-        self.ready = True
         await self._start_server(stack)
 
     def _make_budget(self) -> RateBudget:
-        # --- shared budget follows the Redis store (fix from the queue-source work) ---
-        # The state URL may carry `?prefix=`, which redis-py rejects on connect (every poll
-        # crashed): use the URL and prefix the store parsed, so the budget also lives in the
-        # store's namespace ("import-watcher:ratelimit" with the default prefix, as before).
+        # The state URL may carry `?prefix=`, which redis-py rejects on connect: use the URL and
+        # prefix the store parsed, so the budget lives in the store's namespace.
+        max_rate, max_wait = self.config.sendgrid.max_rate, self.config.polling.max_interval
         if isinstance(self.store, RedisStore):
             return RedisRateBudget(
-                self.store.url, key=f"{self.store.prefix}:ratelimit", max_rate=self.config.sendgrid.max_rate,
-                clock=self.clock,
+                self.store.url, key=f"{self.store.prefix}:ratelimit", max_rate=max_rate, clock=self.clock,
+                max_wait=max_wait,
             )
-        # --- end of shared budget fix ---
-        return LocalRateBudget(max_rate=self.config.sendgrid.max_rate, clock=self.clock)
+        return LocalRateBudget(max_rate=max_rate, clock=self.clock, max_wait=max_wait)
 
     async def _start_sources(self, stack: contextlib.AsyncExitStack) -> None:
         intake = self._require(self.intake)
@@ -195,21 +244,39 @@ class Daemon:
             else:  # pragma: no cover - config only builds the two
                 raise ConfigError([f"unknown source {spec!r}"])
             await source.start()
-            stack.push_async_callback(source.close)
+            self._on_close(stack, f"source {source.name}", source.close)
             self.sources.append(source)
+
+    def _start_loops(self, until_idle: bool) -> list[asyncio.Task[None]]:
+        """The engine, the outbox and each source's own loop (if it has one), supervised."""
+        stop, supervisor = self.stop_event, self.supervisor
+        tasks = [
+            supervisor.start("engine", functools.partial(self._require(self.engine).run, stop), stop),
+            supervisor.start("outbox", functools.partial(self._require(self.outbox).run, stop), stop),
+        ]
+        for source in self.sources:
+            run = getattr(source, "run", None)
+            if callable(run):
+                tasks.append(supervisor.start(f"source {source.name}", functools.partial(run, stop), stop))
+        if until_idle:
+            tasks.append(asyncio.create_task(self._stop_when_idle(), name="until-idle"))
+        return tasks
 
     def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
         scheduler = AsyncIOScheduler()
-        periodic = {"max_instances": 1, "coalesce": True, "trigger": "interval"}
-        scheduler.add_job(self.refresh_sources, seconds=self.refresh_interval, id="refresh", **periodic)
-        scheduler.add_job(self.heartbeat, seconds=HEARTBEAT_INTERVAL, id="heartbeat", **periodic)
-        scheduler.add_job(self.housekeeping, hours=1, id="housekeeping", **periodic)
-        scheduler.start()
-        self._scheduler = scheduler
-        stack.callback(scheduler.shutdown, wait=False)
-        self.heartbeat_sync()
 
-    # --- HTTP server (watcher/server.py) -------------------------------------------------
+        def every(name: str, job: Callable[[], Awaitable[None]], seconds: float, **options: Any) -> None:
+            scheduler.add_job(
+                self.supervisor.periodic(name, job), trigger="interval", seconds=seconds, id=name,
+                max_instances=1, coalesce=True, misfire_grace_time=None, **options,
+            )
+
+        every("refresh", self.refresh_sources, self.refresh_interval)
+        every("heartbeat", self.heartbeat, HEARTBEAT_INTERVAL)
+        every("store-probe", self.probe_store, STORE_PROBE_INTERVAL)
+        every("housekeeping", self.housekeeping, HOUSEKEEPING_INTERVAL, next_run_time=datetime.now(UTC))
+        scheduler.start()
+        stack.callback(scheduler.shutdown, wait=False)
 
     async def _start_server(self, stack: contextlib.AsyncExitStack) -> None:
         """Serve the HTTP API when `server:` is set; it closes when `stack` unwinds, after the drain."""
@@ -220,7 +287,7 @@ class Daemon:
         self.server = WatcherServer(self, self.config.server)
         await self.server.start(stack)
 
-    # --- end of HTTP server ---------------------------------------------------------------
+    # --- signals and shutdown ----------------------------------------------------------
 
     def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
@@ -231,27 +298,37 @@ class Daemon:
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
-        log.info("daemon.stopping", signal=sig.name)
-        self.stop_event.set()
+        if not self.stop_event.is_set():
+            log.info("daemon.stopping", signal=sig.name, grace=self.config.shutdown_grace)
+            self.stop_event.set()
+            return
+        log.warning("daemon.stopping_now", signal=sig.name)
+        if self._close_by is not None:
+            self._close_by = min(self._close_by, asyncio.get_running_loop().time() + SHUTDOWN_MARGIN)
+        for loop in (self.engine, self.outbox):
+            if loop is not None:
+                loop.hurry()
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]], started: float) -> None:
-        self.ready = False
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], began: float) -> None:
         grace = self.config.shutdown_grace
-        await asyncio.wait(tasks, timeout=grace)
+        self._close_by = asyncio.get_running_loop().time() + grace + SHUTDOWN_MARGIN
+        await self.heartbeat()
         engine, outbox = self._require(self.engine), self._require(self.outbox)
         polls_cut, deliveries_cut = await asyncio.gather(engine.drain(grace), outbox.drain(grace))
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        counts = await _safe_counts(self.store)
+        await asyncio.wait(tasks, timeout=self.close_time_left())
+        counts = await _safe_counts(self.store, min(1.0, self.close_time_left()))
         log.info(
             "daemon.stopped",
-            uptime_s=round(time.monotonic() - started, 1),
+            uptime_s=round(time.monotonic() - began, 1),
             polls=sum(engine.stats.polls.values()),
             outcomes=engine.stats.outcomes,
             deliveries={f"{n}:{r}": c for (n, r), c in outbox.stats.results.items()},
             cancelled_polls=polls_cut,
             cancelled_deliveries=deliveries_cut,
+            loop_crashes=sum(self.supervisor.crashes.values()),
+            poll_crashes=engine.stats.crashes,
             **counts,
         )
 
@@ -268,39 +345,48 @@ class Daemon:
                 log.error("source.refresh_failed", source=source.name, error=repr(exc))
 
     async def heartbeat(self) -> None:
-        self.heartbeat_sync()
-
-    def heartbeat_sync(self) -> None:
-        path = heartbeat_path(self.config)
+        """Rewrite the heartbeat with the readiness now (only once fully started)."""
+        if not self.started:
+            return
+        reason = await self.not_ready_reason()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(f"{time.time():.3f} {self.owner}\n", encoding="utf-8")
-            tmp.replace(path)
+            write_heartbeat(self.heartbeat_path, owner=self.owner, healthy=reason is None, reason=reason)
         except OSError as exc:
-            log.warning("daemon.heartbeat_failed", error=str(exc))
+            log.warning("daemon.heartbeat_failed", path=str(self.heartbeat_path), error=str(exc))
+
+    async def probe_store(self) -> None:
+        """While a write has failed, try a small one: the store is ready again once it works."""
+        if self.supervisor.store.problem is None:
+            return
+        await self.store.set_meta(PROBE_KEY, f"{self.clock.now():.3f} {self.owner}")
+        self.supervisor.store.succeeded()
 
     async def housekeeping(self) -> None:
-        try:
-            purged = await self.store.purge_finished(before=self.clock.now() - self.config.state.retention)
-        except StoreUnavailable:
-            return
-        if purged:
-            log.info("daemon.purged", jobs=purged)
+        """Purge finished jobs past retention and old tombstones; declare dead what nobody delivered
+        by its deadline. In bounded batches, letting other work run in between."""
+        now, state = self.clock.now(), self.config.state
+        outbox = self._require(self.outbox)
+        purged = await _in_batches(functools.partial(self.store.purge_finished, before=now - state.retention, now=now))
+        forgotten = await _in_batches(
+            functools.partial(self.store.purge_tombstones, before=now - state.tombstone_retention)
+        )
+        expired = await _in_batches(outbox.expire)
+        if purged or forgotten or expired:
+            log.info("daemon.housekeeping", purged_jobs=purged, forgotten_tombstones=forgotten,
+                     expired_deliveries=expired)
 
     async def _stop_when_idle(self) -> None:
         """--until-idle: stop once every job is final and every delivery settled."""
         while not self.stop_event.is_set():
             await asyncio.sleep(self.idle_check_interval)
-            # --- queue sources (watcher/sources/redis.py): unread or pending entries are jobs
-            # still to come. Asked before the store counts, so an entry stored in between is seen.
+            # Queue sources: unread or pending entries are jobs still to come. Asked before the
+            # store counts, so an entry stored in between is seen.
             idle_checks = [getattr(source, "idle", None) for source in self.sources]
             if not all([await check() for check in idle_checks if check is not None]):
                 continue
-            # --- end of queue sources ---
             try:
                 counts = await self.store.counts()
-            except StoreUnavailable:
+            except (StoreUnavailable, StoreBroken):
                 continue
             busy = self.engine is not None and self.engine.in_flight
             busy = busy or (self.outbox is not None and self.outbox.in_flight)
@@ -311,8 +397,19 @@ class Daemon:
     async def _fetch_errors(self, url: str) -> ErrorsInfo:
         from watcher.notify.errors_file import summarize_errors_file
 
-        summary = await summarize_errors_file(self._require(self._session), url)
+        summary = await summarize_errors_file(self._answered_session, url, policy=self._answered)
         return ErrorsInfo(summary.summary, summary.sample_csv)
+
+
+async def _in_batches(step: Callable[[], Awaitable[int]]) -> int:
+    """Call `step` (one bounded batch) until a batch comes back short; the total."""
+    total = 0
+    while True:
+        done = await step()
+        total += done
+        if done < HOUSEKEEPING_BATCH:
+            return total
+        await asyncio.sleep(0)  # other work runs between batches
 
 
 async def _maybe_await(value: Any) -> None:
@@ -320,9 +417,9 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
-async def _safe_counts(store: StateStore) -> dict[str, Any]:
+async def _safe_counts(store: StateStore, seconds: float) -> dict[str, Any]:
     try:
-        counts = await store.counts()
-    except StoreUnavailable:
+        counts = await asyncio.wait_for(store.counts(), seconds)
+    except (StoreUnavailable, StoreBroken, TimeoutError):
         return {}
     return {"jobs": dict(counts.jobs_by_state), "deliveries_left": counts.pending_deliveries}

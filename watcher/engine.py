@@ -8,7 +8,6 @@ tracked jobs cost one index, not 100,000 timers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,15 +16,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from watcher.claimloop import ClaimLoop
+from watcher.claimloop import RELEASE_TIMEOUT, ClaimLoop
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
-from watcher.events import alert_event
 from watcher.logs import CachedLogger, JobLog
 from watcher.models import TERMINAL_STATUSES, JobState, PollUpdate, Snapshot
-from watcher.outcomes import ErrorsFetcher, Recipient, errors_info, make_delivery, outcome_deliveries
+from watcher.outcomes import ErrorsFetcher, KeyAlerts, Recipient, errors_info, outcome_deliveries
 from watcher.policy import (
-    Decision,
     Finish,
     NotFound,
     Observation,
@@ -37,12 +34,11 @@ from watcher.policy import (
     decide,
 )
 from watcher.routing import Route
-from watcher.store.base import RecordsPolls, StateStore
+from watcher.store.base import StateStore
+from watcher.supervise import StoreHealth
 
 log = structlog.get_logger("watcher.engine")
 _log = CachedLogger(log)
-
-KEY_STATE = "sendgrid.key_state"
 
 
 class ImportSource(Protocol):
@@ -51,15 +47,13 @@ class ImportSource(Protocol):
     async def get_import(self, job_id: str) -> Snapshot: ...
 
 
-
-
 @dataclass
 class EngineStats:
     """Counters read by metrics and the shutdown summary."""
 
     polls: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
-    poll_seconds: list[float] = field(default_factory=list)
+    crashes: int = 0
 
     def count_poll(self, result: str) -> None:
         self.polls[result] = self.polls.get(result, 0) + 1
@@ -69,6 +63,7 @@ class Engine(ClaimLoop):
     """Claims due jobs, polls them, records what happened; one per process."""
 
     name, crashed, loop_log = "engine", "poll_crashed", log
+    lost_event, id_key = "engine.lease_lost", "job_id"
 
     def __init__(
         self,
@@ -86,8 +81,9 @@ class Engine(ClaimLoop):
         rng: random.Random | None = None,
         on_deliveries: Callable[[], None] | None = None,
         on_poll: Callable[[str, float], None] | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
-        super().__init__(clock=clock, limit=max_concurrency)
+        super().__init__(clock=clock, limit=max_concurrency, lease=lease, store_health=store_health)
         self.store = store
         self.client = client
         self.policy = policy
@@ -96,20 +92,22 @@ class Engine(ClaimLoop):
         self.routes = tuple(routes)
         self.errors_fetcher = errors_fetcher
         self.max_concurrency = max_concurrency
-        self.lease = lease
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.on_deliveries = on_deliveries or (lambda: None)
         self.on_poll = on_poll
         self.stats = EngineStats()
         self._ready: deque[tuple[JobState, float]] = deque()  # claimed (job, when), not started
         self._reserve = 2 * max_concurrency  # ready jobs to keep besides those in flight
-        self._stopping = False
-        self._batch_store: RecordsPolls | None = store if isinstance(store, RecordsPolls) else None
-        self._records: list[tuple[str, PollUpdate, JobLog]] = []
+        self._records: list[tuple[JobState, PollUpdate, JobLog]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._claiming = False
         self._unknown_logged: set[tuple[str, str]] = set()
-        self._key_state: str | None = None
+        self.key = KeyAlerts(store, self.recipients, clock, lambda: self.on_deliveries())
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Final outcomes this engine recorded, by outcome."""
+        return self.stats.outcomes
 
     # --- the loop -------------------------------------------------------------
     #
@@ -118,20 +116,16 @@ class Engine(ClaimLoop):
     # straight from one poll to the next: no task per poll, and the next request leaves
     # in the same event-loop turn the previous answer arrived. A reserve of up to twice
     # max_concurrency jobs waits ready besides those in flight, so runners do not run dry
-    # while the next claim is on its way. A ready job whose lease has half run out is
-    # given back, not polled, and halves the reserve (polls held back by the rate budget
-    # must not wait out their leases in the queue); jobs taken while fresh grow it again.
+    # while the next claim is on its way. Every claimed job is held and renewed (ClaimLoop)
+    # until recorded, so a poll held back by the rate budget never outlives its lease; a
+    # ready job that waited half a lease is still given back, not polled, and halves the
+    # reserve, so one replica does not sit on work others could do; jobs taken while
+    # fresh grow it again.
     #
     # The polls that finish in one event-loop turn queue their (non-final) records; the
     # next turn, one "flush" task writes them with one `record_polls` (one transaction)
-    # and, when half the reserve is gone, claims the next round. A store without
-    # `record_polls` gets a `record_poll` per poll, awaited by the runner, as before.
+    # and, when half the reserve is gone, claims the next round.
     # The loop itself claims when runners end, on `wake`, and at least every second.
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll due jobs until `stop` is set; in-flight polls are left to `drain`."""
-        self._stopping = False
-        await super().run(stop)
 
     async def _after_run(self) -> None:
         # Runners finish the poll in hand; jobs claimed but not started go back.
@@ -140,6 +134,9 @@ class Engine(ClaimLoop):
 
     async def _next_due_at(self) -> float | None:
         return await self.store.next_job_due_at()
+
+    async def _renew(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
+        return await self.store.renew_jobs(leases, now=self.clock.now(), lease=self.lease)
 
     def _room(self) -> int:
         """How many more jobs this engine may hold: max_concurrency in flight, plus the reserve."""
@@ -157,6 +154,8 @@ class Engine(ClaimLoop):
             jobs = await self.store.claim_due_jobs(now=now, limit=room, owner=self.owner, lease=self.lease)
         finally:
             self._claiming = False
+        for job in jobs:
+            self._hold(job.id, _token(job))
         self._ready.extend((job, now) for job in jobs)
         if self._stopping:
             await self._release_ready()  # stopped while claiming
@@ -171,14 +170,13 @@ class Engine(ClaimLoop):
 
     async def _run_polls(self, entry: tuple[JobState, float]) -> None:
         """One runner: poll `entry`'s job, then ready jobs one after another while there are any."""
-        batch = self._batch_store is not None
         while True:
             job, claimed_at = entry
             waited = self.clock.now() - claimed_at
             if waited < self.lease / 2:
                 if waited < self.lease / 8 and self._reserve < 2 * self.max_concurrency:
                     self._reserve += 1
-                await self._poll(job, batch=batch)
+                await self._poll(job)
             else:
                 self._reserve //= 2
                 await self._release(job)  # waited too long: let the next claim take it afresh
@@ -210,25 +208,30 @@ class Engine(ClaimLoop):
             self._flusher = None
 
     async def _release_ready(self) -> None:
-        while self._ready:
-            job, _ = self._ready.popleft()
-            await self._release(job)
+        ready = [job.id for job, _ in self._ready]
+        self._ready.clear()
+        await self._give_back_all(ready, self.store.release_job)
 
     async def drain(self, grace: float) -> int:
-        """Wait up to `grace` seconds for in-flight polls, cancel the rest and release their leases."""
+        """Wait up to `grace` seconds (or until `hurry`) for in-flight polls, cancel the rest
+        and give back every claim left: a restart resumes them at once."""
         self._stopping = True
-        cancelled = await self._finish_tasks(grace)
-        await self._release_ready()
-        if self._flusher is not None:
-            # Polls already made are written, as a poll waiting on its record_poll was.
-            await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
-        await self._release_ready()
+        try:
+            cancelled = await self._finish_tasks(grace)
+            await self._release_ready()
+            if self._flusher is not None:
+                # Polls already made are written (bounded: a hung store must not hold the exit).
+                await asyncio.wait({asyncio.shield(self._flusher)}, timeout=RELEASE_TIMEOUT)
+            await self._release_ready()
+            await self._give_back_all(list(self._held), self.store.release_job)
+        finally:
+            await self._stop_renewer()
         return cancelled
 
     # --- one poll ---------------------------------------------------------------
 
-    async def _poll(self, job: JobState, *, batch: bool) -> None:
-        """Poll one claimed job; a non-final result is recorded now, or queued for the next batch."""
+    async def _poll(self, job: JobState) -> None:
+        """Poll one claimed job; a non-final result is queued for the next batch, a final one recorded now."""
         bound = JobLog(_log, job.id)
         started = self.clock.now()
         try:
@@ -237,61 +240,79 @@ class Engine(ClaimLoop):
             if self.on_poll is not None:
                 self.on_poll(type(seen).__name__.lower(), now - started)
             decision = decide(self.policy, job, seen, now, self.rng.random())
-            if batch and isinstance(decision, Reschedule):
-                self._queue_record(job, decision, bound)
+            if isinstance(decision, Reschedule):
+                self._queue_record(job, decision.next_poll_at, decision, bound)
             else:
-                await self._record(job, decision, now, bound)
+                await self._finish(job, decision, now, bound)
         except asyncio.CancelledError:
             await self._release(job)
             raise
         except StoreUnavailable as exc:
+            # Not released: the lease runs out and the job is polled again then, not at once.
+            self._let_go(job.id)
+            self.store_health.failed(exc)
             bound.warning("engine.record_failed", error=str(exc))
+        except Exception as exc:
+            self._crashed(job, exc, bound)
 
-    def _queue_record(self, job: JobState, decision: Reschedule, bound: JobLog) -> None:
-        update = PollUpdate(decision.next_poll_at, decision.polls, decision.transient_errors, decision.snapshot)
-        self._records.append((job.id, update, bound))
+    def _crashed(self, job: JobState, exc: Exception, bound: JobLog) -> None:
+        """A bug or an answer we cannot handle: logged with its traceback; the job is not dropped
+        but polled again after max_interval (at once would repeat the crash as fast as we can poll)."""
+        self.stats.crashes += 1
+        bound.error("engine.poll_crashed", error=repr(exc), exc_info=exc)
+        retry = Reschedule(
+            self.clock.now() + self.policy.max_interval, job.polls, job.transient_errors + 1, job.snapshot
+        )
+        self._queue_record(job, retry.next_poll_at, retry, bound)
+
+    def _queue_record(self, job: JobState, next_poll_at: float, decision: Reschedule, bound: JobLog) -> None:
+        update = PollUpdate(next_poll_at, decision.polls, decision.transient_errors, decision.snapshot)
+        self._records.append((job, update, bound))
         self._schedule_flush()
 
     async def _write_records(self) -> None:
-        """Write the queued records with one `record_polls`; report each as `_record` would."""
+        """Write the queued records with one `record_polls`; each claim ends with it."""
         batch, self._records = self._records, []
-        if self._batch_store is None:  # pragma: no cover - records are queued only for such stores
-            return
         try:
-            written = await self._batch_store.record_polls(
-                [(job_id, update) for job_id, update, _ in batch], owner=self.owner
+            written = await self.store.record_polls(
+                [(job.id, _token(job), update) for job, update, _ in batch], now=self.clock.now()
             )
         except StoreUnavailable as exc:
-            for _, _, bound in batch:
+            self.store_health.failed(exc)
+            for job, _, bound in batch:
+                self._let_go(job.id)  # its lease runs out; polled again then
                 bound.warning("engine.record_failed", error=str(exc))
             return
         except Exception as exc:
-            for _ in batch:
-                log.error("engine.poll_crashed", error=repr(exc))
+            self.stats.crashes += 1
+            log.error("engine.poll_crashed", error=repr(exc), jobs=len(batch), exc_info=exc)
+            for job, _, _ in batch:
+                await self._release(job)
             return
-        for (_, _, bound), ok in zip(batch, written, strict=True):
-            if not ok:
-                bound.warning("engine.lease_lost")
+        self.store_health.succeeded()
+        for (job, _, bound), ok in zip(batch, written, strict=True):
+            if ok:
+                self._let_go(job.id)
+            else:
+                self._lease_lost(job.id, bound)
 
     async def _observe(self, job: JobState, bound: Any) -> Observation:
         try:
             snapshot = await self.client.get_import(job.id)
         except ImportNotFound:
             self.stats.count_poll("not_found")
-            if self._key_state != "ok":
-                await self._key_works()
+            await self.key.works()
             return NotFound()
         except KeyRefused as exc:
             self.stats.count_poll("key_refused")
-            await self._key_refused(exc)
+            await self.key.refused(exc)
             return Refused()
         except TryLater as exc:
             self.stats.count_poll("transient")
             bound.info("engine.poll_deferred", reason=exc.reason, retry_after=exc.retry_after)
             return Transient(exc.retry_after)
         self.stats.count_poll("ok")
-        if self._key_state != "ok":
-            await self._key_works()
+        await self.key.works()
         self._note_unknown_status(job.id, snapshot, bound)
         return Seen(snapshot)
 
@@ -307,16 +328,6 @@ class Engine(ClaimLoop):
             self._unknown_logged.add((job_id, status))
             bound.warning("engine.unknown_status", status=snapshot.status)
 
-    async def _record(self, job: JobState, decision: Decision, now: float, bound: Any) -> None:
-        if isinstance(decision, Reschedule):
-            update = PollUpdate(
-                decision.next_poll_at, decision.polls, decision.transient_errors, decision.snapshot
-            )
-            if not await self.store.record_poll(job.id, update, owner=self.owner):
-                bound.warning("engine.lease_lost")
-            return
-        await self._finish(job, decision, now, bound)
-
     async def _finish(self, job: JobState, decision: Finish, now: float, bound: Any) -> None:
         errors = await errors_info(decision, self.errors_fetcher)
         deliveries, names = outcome_deliveries(
@@ -324,16 +335,20 @@ class Engine(ClaimLoop):
         )
         written = await self.store.record_outcome(
             job.id,
+            token=_token(job),
+            now=self.clock.now(),
             outcome=decision.outcome,
             snapshot=decision.snapshot,
             polls=decision.polls,
             detected_at=now,
             deliveries=deliveries,
-            owner=self.owner,
         )
+        self.store_health.succeeded()
         if not written:
+            self._let_go(job.id)
             bound.warning("engine.outcome_not_written", outcome=decision.outcome.value)
             return
+        self._let_go(job.id)
         self.stats.outcomes[decision.outcome.value] = self.stats.outcomes.get(decision.outcome.value, 0) + 1
         self._unknown_logged.discard((job.id, (decision.snapshot.normalized_status or "") if decision.snapshot else ""))
         bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=names)
@@ -341,38 +356,10 @@ class Engine(ClaimLoop):
             self.on_deliveries()
 
     async def _release(self, job: JobState) -> None:
-        with contextlib.suppress(StoreUnavailable, asyncio.CancelledError):
-            await asyncio.shield(self.store.release_job(job.id, owner=self.owner))
+        await self._give_back(job.id, self.store.release_job)
 
-    # --- the key alert: once when refused, once when it works again ---------------
-
-    async def _key_refused(self, exc: KeyRefused) -> None:
-        await self._key_transition("refused", f"SendGrid refused the API key (HTTP {exc.status}): {exc.message}")
-
-    async def _key_works(self) -> None:
-        """An answer came: the key works. Callers skip this once it is known to (every poll answers)."""
-        await self._key_transition("ok", "SendGrid accepts the API key again")
-
-    async def _key_transition(self, new: str, message: str) -> None:
-        if self._key_state == new:
-            return
-        previous = await self.store.get_meta(KEY_STATE)
-        previous_state = previous.split(":", 1)[0] if previous else None
-        self._key_state = new
-        if previous_state == new or (previous_state is None and new == "ok"):
-            if previous is None:
-                await self.store.set_meta(KEY_STATE, f"{new}:{self.clock.now()}")
-            return
-        now = self.clock.now()
-        await self.store.set_meta(KEY_STATE, f"{new}:{now}")
-        kind = "key_refused" if new == "refused" else "key_accepted"
-        log.warning("watcher.alert", alert=kind, message=message)
-        event = alert_event(kind, message, at=now)
-        # Replicas racing on the same transition read the same `previous`, so they
-        # build the same delivery ids and the store keeps one of each.
-        deliveries = [
-            make_delivery(recipient, event, now, None, kind, previous or "initial")
-            for recipient in self.recipients.values()
-        ]
-        if deliveries and await self.store.add_deliveries(deliveries):
-            self.on_deliveries()
+def _token(job: JobState) -> str:
+    """The lease token a claim handed out with `job`."""
+    if job.lease is None:
+        raise ValueError(f"job {job.id} was not claimed")
+    return job.lease.token

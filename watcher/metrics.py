@@ -10,17 +10,14 @@ double-counted when several replicas share one store.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from watcher.errors import StoreUnavailable
+from watcher.errors import StoreBroken, StoreUnavailable
 from watcher.models import Delivery, StoreCounts
-
-if TYPE_CHECKING:
-    from watcher.daemon import Daemon
 
 PREFIX = "import_watcher"
 # The engine reports the observation class name; these are the labels EngineStats uses too.
@@ -37,8 +34,60 @@ PollHook = Callable[[str, float], None]
 ResultHook = Callable[[Delivery, str, float], None]
 
 
+class _Counts(Protocol):
+    async def counts(self) -> StoreCounts: ...
+
+
+class _Engine(Protocol):
+    on_poll: PollHook | None
+
+    @property
+    def outcomes(self) -> Mapping[str, int]: ...
+
+
+class _Outbox(Protocol):
+    on_result: ResultHook | None
+
+
+class _Client(Protocol):
+    @property
+    def responses(self) -> Mapping[str, int]: ...
+
+    @property
+    def rate_limited(self) -> int: ...
+
+
+class _Budget(Protocol):
+    @property
+    def remaining(self) -> float | None: ...
+
+
+class Watched(Protocol):
+    """What the metrics read of a running daemon (the Daemon provides it; no import of it here)."""
+
+    @property
+    def store(self) -> _Counts: ...
+
+    @property
+    def engine(self) -> _Engine | None: ...
+
+    @property
+    def outbox(self) -> _Outbox | None: ...
+
+    @property
+    def client(self) -> _Client | None: ...
+
+    @property
+    def budget(self) -> _Budget | None: ...
+
+    @property
+    def loop_crashes(self) -> Mapping[str, int]: ...
+
+    async def not_ready_reason(self) -> str | None: ...
+
+
 class WatcherMetrics:
-    """The metrics of one Daemon; `hook_into(daemon)` wires the engine and outbox callbacks."""
+    """The metrics of one daemon; `hook_into(daemon)` wires the engine and outbox callbacks."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -67,7 +116,7 @@ class WatcherMetrics:
         for result in POLL_RESULTS.values():
             self.polls.labels(result)  # present at 0 from the start, so rate() works at once
 
-    def hook_into(self, daemon: Daemon) -> None:
+    def hook_into(self, daemon: Watched) -> None:
         """Count the daemon's polls and deliveries, keeping any callback already set."""
         engine, outbox = daemon.engine, daemon.outbox
         if engine is not None:
@@ -84,14 +133,14 @@ class WatcherMetrics:
         self.deliveries.labels(delivery.notifier, result).inc()
         self.delivery_seconds.labels(delivery.notifier).observe(max(0.0, seconds))
 
-    async def render(self, daemon: Daemon) -> bytes:
+    async def render(self, daemon: Watched) -> bytes:
         """Refresh the scrape-time gauges from the store, then the text exposition."""
         try:
             counts: StoreCounts | None = await daemon.store.counts()
-        except StoreUnavailable:
+        except (StoreUnavailable, StoreBroken):
             counts = None
         self.store_up.set(0 if counts is None else 1)
-        self.ready.set(1 if daemon.ready else 0)
+        self.ready.set(1 if await daemon.not_ready_reason() is None else 0)
         if counts is not None:
             _set_all(self.jobs, counts.jobs_by_state)
             _set_all(self.outbox, counts.deliveries_by_state)
@@ -130,7 +179,7 @@ def _chain_result(first: ResultHook | None, second: ResultHook) -> ResultHook:
 class _DaemonCollector(Collector):
     """Counters the client, engine and budget already keep, read at scrape time."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Watched) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterable[Metric]:
@@ -143,6 +192,12 @@ class _DaemonCollector(Collector):
         outcomes = CounterMetricFamily(
             f"{PREFIX}_outcomes", "Final outcomes detected by this process.", labels=["outcome"]
         )
+        crashes = CounterMetricFamily(
+            f"{PREFIX}_loop_crashes", "Unexpected exceptions per supervised loop (each was restarted).",
+            labels=["loop"],
+        )
+        for loop, count in sorted(self.daemon.loop_crashes.items()):
+            crashes.add_metric([loop], count)
         remaining = GaugeMetricFamily(
             f"{PREFIX}_rate_budget_remaining",
             "SendGrid requests left in the current rate-limit window as last known (absent when unknown).",
@@ -152,9 +207,9 @@ class _DaemonCollector(Collector):
                 responses.add_metric([status], count)
             limited.add_metric([], client.rate_limited)
         if engine is not None:
-            for outcome, count in sorted(engine.stats.outcomes.items()):
+            for outcome, count in sorted(engine.outcomes.items()):
                 outcomes.add_metric([outcome], count)
         left = budget.remaining if budget is not None else None
         if left is not None:
             remaining.add_metric([], left)
-        return [responses, limited, outcomes, remaining]
+        return [responses, limited, outcomes, crashes, remaining]

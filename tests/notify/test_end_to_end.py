@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from tests.helpers import SECRET, WebhookReceiver, config_text, make_config, write_jobs
 from watcher.daemon import Daemon
 from watcher.models import DeliveryState
@@ -106,7 +108,9 @@ async def test_delivery_deadline_makes_a_delivery_dead(tmp_path: Path, http_serv
                            jobs_file=write_jobs(tmp_path / "jobs.yaml", ["late-1"]))
         text += f"notifiers:\n  down:\n    type: webhook\n    url: {down.url}/hook\n    delivery_deadline: 1s\n"
         config = make_config(tmp_path, text)
-        assert 0 == await asyncio.wait_for(Daemon(config, delivery_backoff=FAST).run(until_idle=True, install_signals=False), 20)
+        daemon = Daemon(config, delivery_backoff=FAST)
+        with capture_logs() as logs:
+            assert 0 == await asyncio.wait_for(daemon.run(until_idle=True, install_signals=False), 20)
     store = open_store(config.state.url)
     await store.open()
     try:
@@ -117,3 +121,9 @@ async def test_delivery_deadline_makes_a_delivery_dead(tmp_path: Path, http_serv
     assert delivery.attempts == len(down.requests)
     assert 3 <= delivery.attempts <= 40
     assert "deadline" in (delivery.last_error or "")
+    # The attempt that ran into the deadline counts as dead, in the metrics and the shutdown summary alike.
+    counted = {result: daemon.metrics.registry.get_sample_value(
+        "import_watcher_deliveries_total", {"notifier": "down", "result": result}) for result in ("retry", "dead")}
+    assert {"retry": delivery.attempts - 1, "dead": 1} == counted
+    [summary] = [entry for entry in logs if entry["event"] == "daemon.stopped"]
+    assert {"down:retry": delivery.attempts - 1, "down:dead": 1} == summary["deliveries"]

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
+from structlog.typing import FilteringBoundLogger as BoundLogger
 
 from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
-from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from watcher.errors import PermanentDeliveryError, RetryableDeliveryError, StoreUnavailable
 from watcher.events import ALERT_EVENT, alert_event, delivery_id
 from watcher.models import Delivery, DeliveryState
 from watcher.notify.base import Notifier
 from watcher.schema import redact
-from watcher.store.base import StateStore
+from watcher.store.base import HOUSEKEEPING_BATCH, StateStore
+from watcher.supervise import StoreHealth
 
 log = structlog.get_logger("watcher.outbox")
 
@@ -43,9 +45,15 @@ class OutboxStats:
 
 
 class Outbox(ClaimLoop):
-    """Sends pending deliveries through their notifiers until delivered or dead."""
+    """Sends pending deliveries through their notifiers until delivered or dead.
+
+    Only deliveries to notifiers this replica knows are claimed: during a rolling update
+    the others wait for a replica that knows them, and housekeeping (`expire`) declares
+    dead what nobody delivered by its deadline.
+    """
 
     name, crashed, loop_log = "outbox", "delivery_crashed", log
+    lost_event, id_key = "delivery.lease_lost", "delivery_id"
 
     def __init__(
         self,
@@ -59,13 +67,12 @@ class Outbox(ClaimLoop):
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         on_result: Callable[[Delivery, str, float], None] | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
-        super().__init__(clock=clock, limit=concurrency)
+        super().__init__(clock=clock, limit=concurrency, lease=lease, store_health=store_health)
         self.store = store
         self.notifiers = dict(notifiers)
         self.owner = owner
-        self.concurrency = concurrency
-        self.lease = lease
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.on_result = on_result
@@ -73,11 +80,16 @@ class Outbox(ClaimLoop):
 
     async def _claim(self) -> int:
         free = self._room()
-        if free <= 0:
+        if free <= 0 or self._stopping or not self.notifiers:
             return 0
         due = await self.store.claim_due_deliveries(
-            now=self.clock.now(), limit=free, owner=self.owner, lease=self.lease
+            now=self.clock.now(), limit=free, owner=self.owner, lease=self.lease, notifiers=self.notifiers.keys()
         )
+        for delivery in due:
+            self._hold(delivery.id, _token(delivery))
+        if self._stopping:  # stopped while claiming
+            await self._give_back_all([delivery.id for delivery in due], self.store.release_delivery)
+            return len(due)
         for delivery in due:
             self._start(asyncio.create_task(self.deliver(delivery), name=f"deliver:{delivery.id}"))
         return len(due)
@@ -85,48 +97,71 @@ class Outbox(ClaimLoop):
     async def _next_due_at(self) -> float | None:
         return await self.store.next_delivery_due_at()
 
+    async def _renew(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
+        return await self.store.renew_deliveries(leases, now=self.clock.now(), lease=self.lease)
+
     async def drain(self, grace: float) -> int:
-        """Wait up to `grace` seconds for in-flight deliveries; cancel the rest (their leases expire)."""
-        return await self._finish_tasks(grace)
+        """Wait up to `grace` seconds (or until `hurry`) for in-flight deliveries; cancel the rest
+        and give their claims back, so a restart sends them at once."""
+        self._stopping = True
+        try:
+            cancelled = await self._finish_tasks(grace)
+            await self._give_back_all(list(self._held), self.store.release_delivery)
+        finally:
+            await self._stop_renewer()
+        return cancelled
 
     # --- one delivery -------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery) -> None:
-        """Try one delivery once and record what happened."""
+        """Try one claimed delivery once and record what happened."""
         bound = log.bind(
             notifier=delivery.notifier, job_id=delivery.job_id, delivery_id=delivery.id,
             attempt=delivery.attempts + 1,
         )
-        notifier = self.notifiers.get(delivery.notifier)
-        now = self.clock.now()
-        attempts = delivery.attempts + 1
-        if notifier is None:
-            await self._settle(delivery, DeliveryState.DEAD, attempts, "notifier no longer configured", bound)
-            return
-        started = now
+        if delivery.id not in self._held:
+            self._hold(delivery.id, _token(delivery))  # called directly, not through the loop
+        started = self.clock.now()
         try:
-            await notifier.send(delivery)
-        except RetryableDeliveryError as exc:
-            await self._retry(delivery, attempts, exc, bound)
-            result = "retry"
-        except PermanentDeliveryError as exc:
-            await self._settle(delivery, DeliveryState.DEAD, attempts, redact(str(exc)), bound)
-            result = "dead"
-        except Exception as exc:
-            error = RetryableDeliveryError(f"{type(exc).__name__}: {exc}")
-            await self._retry(delivery, attempts, error, bound)
-            result = "retry"
-        else:
-            await self._settle(delivery, DeliveryState.DELIVERED, attempts, None, bound)
-            result = "delivered"
+            result = await self._attempt(delivery, bound)
+        except asyncio.CancelledError:
+            await self._give_back(delivery.id, self.store.release_delivery)
+            raise
+        except StoreUnavailable as exc:
+            self._let_go(delivery.id)  # its lease runs out and it is tried again then
+            self.store_health.failed(exc)
+            bound.warning("delivery.record_failed", error=str(exc))
+            return
+        except Exception:
+            await self._give_back(delivery.id, self.store.release_delivery)
+            raise  # logged with its traceback as outbox.delivery_crashed
         self.stats.count(delivery.notifier, result)
         if self.on_result is not None:
             self.on_result(delivery, result, self.clock.now() - started)
 
+    async def _attempt(self, delivery: Delivery, bound: BoundLogger) -> str:
+        """Send once and record the result; which result ("delivered", "retry" or "dead")."""
+        attempts = delivery.attempts + 1
+        notifier = self.notifiers[delivery.notifier]
+        try:
+            await notifier.send(delivery)
+        except RetryableDeliveryError as exc:
+            return await self._retry(delivery, attempts, exc, bound)
+        except PermanentDeliveryError as exc:
+            await self._settle(delivery, DeliveryState.DEAD, attempts, redact(str(exc)), bound)
+            return "dead"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = RetryableDeliveryError(f"{type(exc).__name__}: {exc}")
+            return await self._retry(delivery, attempts, error, bound)
+        await self._settle(delivery, DeliveryState.DELIVERED, attempts, None, bound)
+        return "delivered"
+
     async def _retry(
-        self, delivery: Delivery, attempts: int, exc: RetryableDeliveryError,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
+        self, delivery: Delivery, attempts: int, exc: RetryableDeliveryError, bound: BoundLogger
+    ) -> str:
+        """Schedule the next attempt, or declare the delivery dead when it would pass its deadline."""
         now = self.clock.now()
         delay = self.backoff.delay(attempts, self.rng.random())
         if exc.retry_after is not None:
@@ -137,35 +172,46 @@ class Outbox(ClaimLoop):
         if now + delay > delivery.deadline_at:
             reason = f"delivery deadline passed; last error: {error}"
             await self._settle(delivery, DeliveryState.DEAD, attempts, reason, bound)
-            return
+            return "dead"
         bound.info("delivery.retry_scheduled", error=error, retry_in=round(delay, 3))
         updated = replace(delivery, attempts=attempts, next_attempt_at=now + delay, last_error=error)
-        await self.store.record_delivery(updated, owner=self.owner)
+        if await self.store.record_delivery(updated, token=_token(delivery), now=now):
+            self._let_go(delivery.id)
+            self.store_health.succeeded()
+        else:
+            self._lease_lost(delivery.id, bound, state="retry")
+        return "retry"
 
     async def _settle(
-        self, delivery: Delivery, state: DeliveryState, attempts: int, error: str | None,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
+        self, delivery: Delivery, state: DeliveryState, attempts: int, error: str | None, bound: BoundLogger
+    ) -> bool:
+        """Record a final state; a dead one with its delivery_dead alerts, in the same transaction."""
+        now = self.clock.now()
         updated = replace(delivery, state=state, attempts=attempts, last_error=error)
-        if not await self.store.record_delivery(updated, owner=self.owner):
-            bound.warning("delivery.lease_lost", state=state.value)
-            return
+        alerts = self._dead_alerts(updated, now) if state is DeliveryState.DEAD else []
+        if not await self.store.record_delivery(updated, token=_token(delivery), now=now, alerts=alerts):
+            self._lease_lost(delivery.id, bound, state=state.value)
+            return False
+        self._let_go(delivery.id)
+        self.store_health.succeeded()
         if state is DeliveryState.DELIVERED:
             bound.info("delivery.delivered")
-            return
+            return True
         bound.error("delivery.dead", error=error)
-        if delivery.event_type != ALERT_EVENT:
-            await self._alert_dead(updated)
+        if alerts:
+            self.wake()
+        return True
 
-    async def _alert_dead(self, dead: Delivery) -> None:
-        """Tell the other notifiers that one delivery is dead (alerts about alerts are not sent)."""
-        now = self.clock.now()
+    def _dead_alerts(self, dead: Delivery, now: float) -> list[Delivery]:
+        """A delivery_dead alert to each other notifier (alerts about alerts are not sent)."""
+        if dead.event_type == ALERT_EVENT:
+            return []
         message = f"notification {dead.id} to {dead.notifier} is dead after {dead.attempts} attempts: {dead.last_error}"
         event = alert_event(
             "delivery_dead", message, at=now, notifier=dead.notifier, job_id=dead.job_id,
             delivery_id=dead.id, event_type=dead.event_type,
         )
-        alerts = [
+        return [
             Delivery(
                 id=delivery_id("delivery_dead", dead.id, name),
                 notifier=name, event=event, created_at=now, next_attempt_at=now,
@@ -174,5 +220,27 @@ class Outbox(ClaimLoop):
             for name, notifier in self.notifiers.items()
             if name != dead.notifier
         ]
-        if alerts and await self.store.add_deliveries(alerts):
-            self.wake()
+
+    # --- housekeeping: what nobody delivered in time ---------------------------------
+
+    async def expire(self, *, limit: int = HOUSEKEEPING_BATCH) -> int:
+        """Declare dead (with alerts) pending deliveries past their deadline, whichever notifier
+        they are for; at most `limit` per call, so call again while it returns `limit`."""
+        now = self.clock.now()
+        expired = await self.store.claim_expired_deliveries(now=now, limit=limit, owner=self.owner, lease=self.lease)
+        for delivery in expired:
+            bound = log.bind(notifier=delivery.notifier, job_id=delivery.job_id, delivery_id=delivery.id)
+            reason = delivery.last_error or "never attempted"
+            error = f"nobody delivered it by its deadline; last error: {reason}"
+            if await self._settle(delivery, DeliveryState.DEAD, delivery.attempts, error, bound):
+                self.stats.count(delivery.notifier, "dead")
+                if self.on_result is not None:
+                    self.on_result(delivery, "dead", 0.0)
+        return len(expired)
+
+
+def _token(delivery: Delivery) -> str:
+    """The lease token a claim handed out with `delivery`."""
+    if delivery.lease is None:
+        raise ValueError(f"delivery {delivery.id} was not claimed")
+    return delivery.lease.token

@@ -1,0 +1,165 @@
+"""Loops that never end silently: each runs under a supervisor that logs, counts and restarts it.
+
+A loop (the engine, the outbox, a source's reader) that raises is logged once with its
+traceback (`supervisor.loop_crashed`), counted, marked down and started again after a
+backoff (0.5 s doubling to 30 s). Periodic jobs report into the same health: down from a
+failed run until the next run succeeds. Store health is separate: a write refused with
+StoreUnavailable marks the store unavailable until a later store call succeeds.
+`/readyz`, the heartbeat and `healthcheck` read both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from watcher.errors import StoreBroken, StoreUnavailable
+
+log = structlog.get_logger("watcher.supervise")
+
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+#: A loop that ran this long before crashing starts its backoff from the beginning again.
+STABLE_AFTER = 60.0
+
+#: How long readiness waits for the store to answer a ping.
+PING_TIMEOUT = 1.0
+
+LoopFactory = Callable[[], Awaitable[None]]
+
+
+class _Pingable(Protocol):
+    async def ping(self) -> None: ...
+
+
+class _Source(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def started(self) -> bool: ...
+
+
+@dataclass
+class LoopHealth:
+    """What the supervisor knows of one loop or periodic job."""
+
+    name: str
+    up: bool = True
+    crashes: int = 0
+    last_error: str | None = None
+
+
+class StoreHealth:
+    """Whether the last store writes worked; a refused write marks it until one succeeds."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.problem is None:
+            log.warning("supervisor.store_unavailable", error=str(exc))
+        self.problem = str(exc) or type(exc).__name__
+
+    def succeeded(self) -> None:
+        if self.problem is not None:
+            log.info("supervisor.store_available")
+            self.problem = None
+
+
+class Supervisor:
+    """Runs loops and periodic jobs, restarting what crashes; keeps health per loop."""
+
+    def __init__(self, *, initial: float = BACKOFF_INITIAL, maximum: float = BACKOFF_MAX) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.loops: dict[str, LoopHealth] = {}
+        self.store = StoreHealth()
+
+    def down(self) -> list[str]:
+        """Names of the loops and periodic jobs that are not running well now."""
+        return [name for name, health in self.loops.items() if not health.up]
+
+    async def not_ready_reason(self, store: _Pingable, sources: Sequence[_Source]) -> str | None:
+        """Why a started daemon is not ready: a loop down, the store failing, a source not started."""
+        down = self.down()
+        if down:
+            return f"{down[0]} loop down"
+        if self.store.problem is not None:
+            return "state store unavailable"
+        try:
+            await asyncio.wait_for(store.ping(), PING_TIMEOUT)
+        except StoreBroken:
+            return "state store broken"
+        except (StoreUnavailable, TimeoutError):
+            return "state store unavailable"
+        for source in sources:
+            if not source.started:
+                return f"source {source.name} has not started"
+        return None
+
+    @property
+    def crashes(self) -> dict[str, int]:
+        return {name: health.crashes for name, health in self.loops.items()}
+
+    def start(self, name: str, run: LoopFactory, stop: asyncio.Event) -> asyncio.Task[None]:
+        """Run `run()` in a task until `stop` is set, restarting it whenever it raises or returns early."""
+        self.loops[name] = LoopHealth(name)
+        return asyncio.create_task(self._supervise(name, run, stop), name=f"supervised:{name}")
+
+    async def _supervise(self, name: str, run: LoopFactory, stop: asyncio.Event) -> None:
+        health = self.loops[name]
+        failures = 0
+        while not stop.is_set():
+            health.up = True
+            began = time.monotonic()
+            failure: Exception | None = None
+            try:
+                await run()
+            except Exception as exc:
+                failure = exc
+            if failure is None and stop.is_set():
+                return
+            failures = 1 if time.monotonic() - began > STABLE_AFTER else failures + 1
+            delay = min(self.maximum, self.initial * 2 ** (failures - 1))
+            if failure is None:
+                health.up, health.crashes, health.last_error = False, health.crashes + 1, "ended"
+                log.error("supervisor.loop_ended", loop=name, restart_in=delay)
+            else:
+                self._crashed(health, failure, restart_in=delay)
+            await _wait(stop, delay)
+
+    def _crashed(self, health: LoopHealth, exc: Exception, **context: float) -> None:
+        health.up, health.crashes, health.last_error = False, health.crashes + 1, repr(exc)
+        if isinstance(exc, StoreUnavailable):
+            self.store.failed(exc)
+        log.error("supervisor.loop_crashed", loop=health.name, error=repr(exc), exc_info=exc, **context)
+
+    def periodic(self, name: str, job: LoopFactory) -> LoopFactory:
+        """`job` wrapped for the scheduler: its exceptions go into this health, never into the void."""
+        health = self.loops.setdefault(name, LoopHealth(name))
+
+        async def run() -> None:
+            try:
+                await job()
+            except StoreUnavailable as exc:
+                self.store.failed(exc)
+                log.warning("supervisor.periodic_store_unavailable", loop=name, error=str(exc))
+            except Exception as exc:
+                self._crashed(health, exc)
+            else:
+                health.up = True
+
+        return run
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Until `stop` is set or `seconds` have passed."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
