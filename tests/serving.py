@@ -110,11 +110,6 @@ async def all_settled(session: aiohttp.ClientSession, url: str, count: int, toke
 
 
 @dataclass
-class _Grace:
-    shutdown_grace: float = 1.0
-
-
-@dataclass
 class ApiHost:
     """What the server reads of a daemon (watcher.server.ServedDaemon), made of real parts: a real
     store, the real Intake and a clock; no engine, so the API is tested apart from polling."""
@@ -123,7 +118,6 @@ class ApiHost:
     intake: Intake
     clock: Clock
     notifiers: dict[str, object]
-    config: _Grace = field(default_factory=_Grace)
     metrics: WatcherMetrics = field(default_factory=WatcherMetrics)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     engine: None = None
@@ -134,6 +128,9 @@ class ApiHost:
 
     async def not_ready_reason(self) -> str | None:
         return "shutting down" if self.stop_event.is_set() else None
+
+    def close_time_left(self) -> float:
+        return 2.0
 
 
 @contextlib.asynccontextmanager

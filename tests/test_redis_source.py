@@ -103,16 +103,21 @@ async def make_source(settings: RedisSourceSettings, store: FlakyStore) -> Async
     """Starts sources over the test's stream and store; all are closed afterwards."""
     await store.open()
     intake = Intake(store, PollPolicy(), SystemClock(), NOTIFIERS)
-    made: list[RedisStreamSource] = []
+    made: list[tuple[RedisStreamSource, asyncio.Event, asyncio.Task[None]]] = []
 
     async def make(**overrides: Any) -> RedisStreamSource:
         source = RedisStreamSource(replace(settings, **overrides), intake, retry_initial=0.05, retry_max=0.2)
-        made.append(source)
         await source.start()
+        stop = asyncio.Event()
+        made.append((source, stop, asyncio.create_task(source.run(stop))))  # the daemon's supervisor does this
         return source
 
     yield make
-    for source in made:
+    for source, stop, reader in made:
+        stop.set()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
         await source.close()
 
 

@@ -79,11 +79,6 @@ class _Metrics(Protocol):
     async def render(self, status: Any, /) -> bytes: ...
 
 
-class _Settings(Protocol):
-    @property
-    def shutdown_grace(self) -> float: ...
-
-
 class ServedDaemon(Protocol):
     """The part of a running daemon the HTTP server reads."""
 
@@ -96,12 +91,13 @@ class ServedDaemon(Protocol):
     @property
     def clock(self) -> Clock: ...
     @property
-    def config(self) -> _Settings: ...
-    @property
     def metrics(self) -> _Metrics: ...
 
     async def not_ready_reason(self) -> str | None:
         """None when ready; otherwise a short reason safe to show without a token."""
+
+    def close_time_left(self) -> float:
+        """Seconds the listener may still take to close: the shutdown's fixed margin, less what is spent."""
 
 
 # --- small pure helpers ----------------------------------------------------------------------
@@ -169,7 +165,8 @@ class WatcherServer:
         """Listen; the listener is closed when `stack` unwinds (after the daemon's drain)."""
         self.app = self.build_app()
         # In-flight requests get a few seconds when the listener closes; the daemon's drain came first.
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=min(5.0, self.daemon.config.shutdown_grace))
+        # The daemon's drain came first; requests still open get what is left of the shutdown margin.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.daemon.close_time_left())
         await runner.setup()
         stack.push_async_callback(self._stop, runner)
         host, port = self.settings.host, self.settings.port
@@ -184,7 +181,10 @@ class WatcherServer:
         log.info("server.listening", url=self.url, token_required=self._token is not None)
 
     async def _stop(self, runner: web.AppRunner) -> None:
-        await runner.cleanup()
+        try:
+            await asyncio.wait_for(runner.cleanup(), self.daemon.close_time_left())
+        except TimeoutError:
+            log.warning("server.close_cut_short", url=self.url)
         log.info("server.stopped", url=self.url)
 
     def build_app(self) -> web.Application:

@@ -136,7 +136,6 @@ class RedisStreamSource:
         self._retry_max = retry_max
         self._failures = 0
         self._client: aioredis.Redis | None = None
-        self._task: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0
         # Our own pending entries come first: those of a previous life under the same
         # consumer name (containers often restart as the same host and pid), and the
@@ -146,7 +145,7 @@ class RedisStreamSource:
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the group if Redis answers, then read in the background; Redis trouble never raises."""
+        """Connect and create the group if Redis answers; Redis trouble never raises. `run` reads."""
         self._client = aioredis.Redis.from_url(
             client_url(self.settings.url),
             socket_connect_timeout=CONNECT_TIMEOUT,
@@ -157,21 +156,12 @@ class RedisStreamSource:
             await self._ensure_group()
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("source.redis_unavailable", source=self.name, redis=self.location, error=_describe(exc))
-        self._task = asyncio.create_task(self._consume(), name=f"source {self.name}")
 
     async def refresh(self) -> None:
-        """Reading runs in the background; this only restarts the reader should it have stopped."""
-        if self._client is not None and (self._task is None or self._task.done()):
-            log.error("source.reader_restarted", source=self.name)
-            self._task = asyncio.create_task(self._consume(), name=f"source {self.name}")
+        """Nothing to do: `run`, supervised by the daemon, reads as entries arrive."""
 
     async def close(self) -> None:
-        """Stop reading; entries not yet acknowledged stay pending for a replica to reclaim."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Disconnect (after `run` has been stopped); unacknowledged entries stay pending for a replica."""
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
@@ -218,19 +208,25 @@ class RedisStreamSource:
             log.info("source.started", source=self.name, group=self.settings.group, consumer=self.consumer)
         self.started = True
 
-    async def _consume(self) -> None:
-        """Read, store and acknowledge until cancelled; Redis or store trouble only pauses it."""
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read, store and acknowledge until `stop`; Redis or store trouble only pauses it.
+
+        Anything else (a bug) propagates to the daemon's supervisor, which logs it with its
+        traceback, counts it and runs this again with backoff.
+        """
+        while not stop.is_set():
             try:
                 if not self.started:
                     await self._ensure_group()
                 await self._reclaim_if_due()
                 await self._read_batch()
                 self._failures = 0
-            except Exception as exc:  # nothing may stop the intake for good, not even a bug
-                # Whatever failed, the entries we had read and not acknowledged come first again.
-                self._own_pending = True
+            except (redis.exceptions.RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
+                self._own_pending = True  # the entries read and not acknowledged come first again
                 await self._back_off(exc)
+            except BaseException:
+                self._own_pending = True
+                raise
 
     async def _back_off(self, exc: Exception) -> None:
         """Log a failed round and wait, exponentially longer, with jitter so replicas spread out."""
@@ -244,10 +240,8 @@ class RedisStreamSource:
             if str(exc).startswith("NOGROUP"):  # the stream or group was deleted: create it again
                 self.started = False
             log.warning("source.redis_failed", **context)
-        elif isinstance(exc, redis.exceptions.RedisError | OSError):
+        else:  # a connection error, a timeout
             log.warning("source.redis_unavailable", **context)
-        else:
-            log.error("source.reader_failed", exc_info=exc, **context)
         await asyncio.sleep(delay)
 
     async def _read_batch(self) -> None:
