@@ -308,3 +308,31 @@ def test_describe_masks_password_and_api_key() -> None:
 
     assert ("********", "********") == (shown["password"], shown["api_key"])
     assert "hunter2-pw" not in str(shown)
+
+
+@pytest.mark.parametrize(
+    ("kind", "subject", "table"),
+    [
+        ("batch_finished", "[import-watcher] batch nightly-2026-11-27 failed", "<th align='left'>Errored</th>"),
+        ("stuck", f"[import-watcher] Contact import {JOB} still pending after 2h", None),
+        (
+            "stuck batch",
+            "[import-watcher] 12 contact imports of batch nightly-2026-11-27 still pending",
+            "<th align='left'>Pending for</th>",
+        ),
+        ("digest", "[import-watcher] digest morning", "<th align='left'>Took</th>"),
+    ],
+)
+async def test_summary_kinds_are_mailed_with_tables(smtp_server, start_notifier, make_delivery, kind, subject, table):
+    """Batch summaries, stuck warnings and digests arrive with their subject, and tables in the HTML part."""
+    sink = smtp_server()
+    notifier = await start_notifier(smtp_notifier(sink.port))
+
+    await notifier.send(make_delivery(sample_event(kind)))
+
+    (message,) = sink.messages()
+    assert subject == message["Subject"]
+    html = message.get_body(("html",)).get_content()
+    if table is not None:
+        assert table in html
+    assert "multipart/alternative" == message.get_content_type()

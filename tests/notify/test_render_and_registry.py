@@ -92,11 +92,12 @@ def test_sample_event_types(outcome: str) -> None:
     assert expected == render.sample_event(outcome)["type"]
 
 
-def test_sample_events_cover_every_outcome_and_alert_kind() -> None:
-    """`check` renders templates against every outcome and the three alert kinds the watcher sends."""
+def test_sample_events_cover_every_kind_of_event() -> None:
+    """`check` renders templates against every outcome, the three alert kinds, a batch, stuck warnings and a digest."""
     assert [
         "completed", "errored", "failed", "timed_out", "not_found",
         "alert key_refused", "alert key_accepted", "alert delivery_dead",
+        "batch_finished", "stuck", "stuck batch", "digest",
     ] == [name for name, _ in render.sample_events()]
     assert ["key_refused", "key_accepted", "delivery_dead"] == [
         event["data"]["alert"] for name, event in render.sample_events() if name.startswith("alert")
@@ -161,6 +162,48 @@ def test_validate_templates(templates: dict[str, str], problems: list[tuple[str,
         assert fragment in message
 
 
+def test_context_gains_message_and_batch() -> None:
+    """Templates see the Message as plain data, and a batch summary's data as `batch`."""
+    source = "{{ message.severity }} {{ batch.jobs }} {{ batch.not_completed[0].job_id }} {{ message.sections[0].more }}"
+
+    text = render.render_template("text", source, render.sample_event("batch_finished"))
+
+    assert "error 34 nightly-2026-11-27-31 0" == text
+    assert "batch" not in render.template_context(render.sample_event("errored"))
+
+
+README_TITLE = "{{ emoji }} {{ data.job_id | default(data.alert) }} {{ wording }}"
+
+
+def test_a_per_job_template_still_passes_check_and_summaries_use_the_default() -> None:
+    """The README's per-job title is valid; on a batch summary it quietly gives way to the default title."""
+    event = render.sample_event("batch_finished")
+
+    with structlog.testing.capture_logs() as logs:
+        title = render.render_override({"title": README_TITLE}, "title", event, notifier="n")
+
+    assert [] == render.validate_templates({"title": README_TITLE, "text": "{{ default_text }}"})
+    assert title is None
+    assert [] == [e for e in logs if e["log_level"] == "warning"]
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("{{ message.title }} {% if outcome != 'alert' %}{{ data.job_id }}{% endif %}", "sample batch_finished event"),
+        ("{% if batch is defined %}{{ batch.nope }}{% endif %}", "batch summaries have no data.job_id"),
+        ("{{ message.title }}{% if message.kind == 'watcher.digest' %}{{ data.nope }}{% endif %}",
+         "sample digest event"),
+    ],
+)
+def test_a_template_written_for_every_kind_is_checked_against_summaries(source: str, fragment: str) -> None:
+    """A template using `message` or `batch` is rendered against batch, stuck and digest samples too."""
+    ((key, problem),) = render.validate_templates({"text": source})
+
+    assert "text" == key
+    assert fragment in problem
+
+
 def test_sandbox_escape_at_send_time_falls_back_without_leaking() -> None:
     """A template poking at internals renders the default text and logs a warning."""
     event = render.sample_event("completed")
@@ -187,6 +230,15 @@ async def test_console_notifier_prints_one_line(capsys, make_delivery, stream: s
     captured = capsys.readouterr()
     written = captured.out if stream == "stdout" else captured.err
     assert [render.console_line(render.sample_event("completed"))] == written.splitlines()
+
+
+async def test_console_notifier_prints_a_batch_summary(capsys, make_delivery) -> None:
+    """A batch summary is one console line with its worst outcome and counts by outcome."""
+    notifier = ConsoleNotifier("console", {})
+
+    await notifier.send(make_delivery(render.sample_event("batch_finished")))
+
+    assert "✖ failed     batch=nightly-2026-11-27 jobs=34 failed=1 errored=2 completed=31\n" == capsys.readouterr().out
 
 
 async def test_console_text_template(capsys, make_delivery) -> None:

@@ -18,6 +18,7 @@ from watcher.schema import Secret
 from .conftest import Answer
 
 OUTCOMES = ["completed", "errored", "failed", "timed_out", "not_found", "alert"]
+SUMMARIES = ["batch_finished", "stuck", "stuck batch", "digest"]
 BOT_TOKEN = "xoxb-test-token-123"
 
 
@@ -320,3 +321,28 @@ def test_describe_masks_the_webhook_url_and_token() -> None:
 
     assert "********" == shown["webhook_url"]
     assert "tok3n" not in str(shown) + repr(notifier)
+
+
+async def test_every_summary_kind_is_accepted_by_slack(http_server, start_notifier, make_delivery) -> None:
+    """A batch summary, both stuck warnings and a digest are each one payload Slack accepts."""
+    slack = FakeSlack()
+    server = await http_server(handler=slack.handle)
+    notifier = await start_notifier(webhook_notifier(server.url))
+
+    for kind in SUMMARIES:
+        await notifier.send(make_delivery(sample_event(kind)))
+
+    assert [] == slack.problems
+    assert len(SUMMARIES) == len({p["blocks"][0]["text"]["text"] for p in slack.payloads})
+
+
+def test_batch_message_links_the_batch_and_lists_jobs_to_look_at() -> None:
+    """The batch message has its counts as fields, the jobs that did not complete, and the batch link."""
+    message = build_message(sample_event("batch_finished"))
+
+    dumped = json.dumps(message, ensure_ascii=False)
+    assert "34 jobs: 1 failed, 2 errored, 31 completed." == message["blocks"][1]["text"]["text"]
+    assert "*Outcomes*\\n1 failed, 2 errored, 31 completed" in dumped
+    assert "• nightly-2026-11-27-32 — failed (1,000 contacts rejected)" in dumped
+    assert "<https://watcher.example.com/batches/nightly-2026-11-27|Open the batch>" in dumped
+    assert message["text"].startswith("❌ Batch nightly-2026-11-27 failed\n34 jobs")

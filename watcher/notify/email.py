@@ -20,11 +20,14 @@ import aiohttp
 import aiosmtplib
 import structlog
 
+from watcher.batches import BATCH_FINISHED, STUCK
+from watcher.digests import DIGEST_EVENT
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
 from watcher.net import base_url_problem, is_loopback_host, mask_url
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
+from watcher.notify.message import message_from_event
 from watcher.notify.webhook import (
     USER_AGENT,
     network_error,
@@ -54,9 +57,16 @@ DEFAULT_API_BASE = "https://api.sendgrid.com"
 
 
 def email_subject(event: Mapping[str, Any]) -> str:
-    """The DESIGN.md subject line."""
+    """The DESIGN.md subject line for outcomes; the same pattern for every other event kind."""
+    message = message_from_event(event)
     if render.is_alert(event):
-        return f"[import-watcher] alert: {render.alert_kind(event)}"
+        return f"[import-watcher] alert: {message.subject}"
+    if message.kind == BATCH_FINISHED:
+        return f"[import-watcher] batch {message.subject} {message.status}"
+    if message.kind == STUCK:
+        return f"[import-watcher] {message.title}"
+    if message.kind == DIGEST_EVENT:
+        return f"[import-watcher] digest {message.subject}"
     return f"[import-watcher] contact import {render.job_id(event)} {render.outcome_of(event)}"
 
 

@@ -1,8 +1,7 @@
 """Slack: a Block Kit message through an incoming webhook or `chat.postMessage`.
 
-Slack rejects a whole message when one block breaks a limit, so every text is
-escaped first and clipped second, and the block layout is fixed and small: a
-notification that is too long arrives shortened instead of not at all.
+The message is the event's target-neutral Message (watcher.notify.message) drawn as Block
+Kit by watcher.notify.blocks, which keeps every block within Slack's limits.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -20,6 +18,8 @@ from watcher.models import Delivery
 from watcher.net import configured_url_problem
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
+from watcher.notify.blocks import blocks_message
+from watcher.notify.message import message_from_event
 from watcher.notify.webhook import (
     USER_AGENT,
     answer_retry_after,
@@ -30,18 +30,6 @@ from watcher.notify.webhook import (
     reveal,
 )
 from watcher.schema import Field, Secret, boolean, duration, optional_string, secret, url
-
-# Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
-MAX_BLOCKS = 50
-MAX_HEADER = 150
-MAX_SECTION_TEXT = 3000
-MAX_FIELD_TEXT = 2000
-MAX_FIELDS = 10
-MAX_CONTEXT_TEXT = 2000
-MAX_FALLBACK_TEXT = 3000
-_MAX_LINK_URL = 2000
-_MAX_FIELD_SECTIONS = 4
-_MAX_REASON_LINE = 400
 
 # chat.postMessage answers 200 {"ok": false}; these errors are worth another try.
 _RETRYABLE_API_ERRORS = frozenset(
@@ -58,83 +46,9 @@ _RETRYABLE_API_ERRORS = frozenset(
 _log = structlog.get_logger("watcher.notify")
 
 
-def escape(text: str) -> str:
-    """Slack's three control characters; everything else is shown as typed."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def clip(text: str, limit: int) -> str:
-    """At most `limit` characters, ending in … when cut, never inside an `&amp;` entity."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    amp = cut.rfind("&", max(0, len(cut) - 5))
-    if amp != -1 and ";" not in cut[amp:]:
-        cut = cut[:amp]
-    return cut + "…"
-
-
-def _link(target: str, label: str) -> str | None:
-    # Inside <url|label>, `|` and `>` would end the link early: percent-encode them.
-    if len(target) > _MAX_LINK_URL:
-        return None
-    safe = quote(target, safe=":/?#[]@!$&'()*+,;=%~-._")
-    return f"<{escape(safe)}|{escape(label)}>"
-
-
-def _field(label: str, value: str) -> dict[str, Any]:
-    text = f"*{escape(label)}*\n{escape(value)}"
-    return {"type": "mrkdwn", "text": clip(text, MAX_FIELD_TEXT)}
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, MAX_SECTION_TEXT)}}
-
-
 def build_message(event: Mapping[str, Any], *, title: str | None = None, text: str | None = None) -> dict[str, Any]:
-    """The `text` fallback and Block Kit `blocks` for one event, always within the limits.
-
-    `title` and `text` are rendered template overrides. `text` is escaped like any
-    other user text; `title` lands in a plain_text header, which Slack shows literally
-    (no links, no mentions), so it is only clipped.
-    """
-    heading = title if title else render.title(event)
-    blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {"type": "plain_text", "text": clip(heading, MAX_HEADER), "emoji": True},
-        }
-    ]
-    if text is not None and text.strip():
-        blocks.append(_section(escape(text)))
-    else:
-        text = None
-        # Alerts may carry many details: a few sections of fields, the rest dropped.
-        fields = [_field(label, value) for label, value in render.summary_fields(event)]
-        fields = fields[: MAX_FIELDS * _MAX_FIELD_SECTIONS]
-        for start in range(0, len(fields), MAX_FIELDS):
-            blocks.append({"type": "section", "fields": fields[start : start + MAX_FIELDS]})
-    if errors := render.errors_lines(event):
-        # Clip each reason, so one huge reason cannot push the others out.
-        reasons = (f"• {clip(escape(line), _MAX_REASON_LINE)}" for line in errors[1:])
-        lines = [f"*Errors:* {clip(escape(errors[0]), _MAX_REASON_LINE)}", *reasons]
-        blocks.append(_section("\n".join(lines)))
-    if (target := render.errors_url(event)) and (link := _link(target, "Download the errors file")):
-        blocks.append(_section(f"{link} (short-lived link)"))
-    blocks.append(_context(event))
-    fallback = heading if text is None else f"{heading}\n{text}"
-    return {"text": clip(escape(fallback), MAX_FALLBACK_TEXT), "blocks": blocks[:MAX_BLOCKS]}
-
-
-def _context(event: Mapping[str, Any]) -> dict[str, Any]:
-    parts = ["import-watcher", escape(str(event.get("type", "")))]
-    watch = render.data_of(event).get("watch")
-    if isinstance(watch, Mapping) and watch.get("detected_at"):
-        parts.append(f"detected {escape(str(watch['detected_at']))}")
-    elif event.get("timestamp"):
-        parts.append(escape(str(event["timestamp"])))
-    text = clip(" · ".join(parts), MAX_CONTEXT_TEXT)
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+    """The `text` fallback and Block Kit `blocks` for one event (see watcher.notify.blocks)."""
+    return blocks_message(message_from_event(event), title=title, text=text)
 
 
 def _secret_url(value: Any) -> Secret:
