@@ -46,6 +46,8 @@ def outcome_event(
     }
     if errors is not None:
         data["errors"] = dict(errors)
+    if job.batch is not None:
+        data["batch"] = job.batch  # so a receiver can tie each job event to its batch summary
     return {"type": event_type(outcome), "timestamp": iso(detected_at), "data": data}
 
 
