@@ -1,0 +1,330 @@
+"""Discord: the Message as one embed through a webhook, within every embed limit, paced.
+
+Limits (docs.discord.com, "Embed Limits"): 10 embeds, title 256, description 4096, 25
+fields, field name 256 / value 1024, footer 2048, 6,000 characters in all; every text is
+escaped, then clipped (counted in UTF-16 units, never less than Discord counts), and the
+6,000 are shared out title, footer, description, facts, links, then item sections.
+
+`?wait=true` makes Discord answer 200 with the posted message, so a success is a real
+message (204 without it). Rate: Discord says to read the headers rather than hard-code
+limits; webhooks answer `X-RateLimit-Limit: 5` per 2 s bucket (birdie0's webhooks guide:
+"5 requests per 2 seconds per webhook"), so the pacer starts at that and follows
+`X-RateLimit-Remaining`/`-Reset-After` and a 429's JSON `retry_after` (seconds, fractional).
+401, 403 and 429 count toward Discord's ban after 10,000 invalid requests in 10 minutes:
+after a 404 or 401 (webhook deleted, token wrong) the pacer refuses sends for a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import structlog
+
+from watcher.clock import Clock
+from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from watcher.models import Delivery
+from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
+from watcher.notify import render
+from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE, BaseNotifier
+from watcher.notify.message import Message, Section, Severity, message_from_event
+from watcher.notify.pacing import DEFAULT_MAX_WAIT, Pacer, destination_key, pacer_for
+from watcher.notify.webhook import USER_AGENT, network_error, read_some, reveal
+from watcher.schema import Field, Secret, boolean, duration, optional_string, url
+
+MAX_TITLE, MAX_DESCRIPTION, MAX_FIELDS = 256, 4096, 25
+MAX_FIELD_NAME, MAX_FIELD_VALUE, MAX_FOOTER, MAX_TOTAL, MAX_USERNAME = 256, 1024, 2048, 6000, 80
+#: Requests per second and burst per webhook (5 per 2 s).
+RATE, BURST = 2.5, 5
+#: After a 404/401 the webhook is left alone this long: no flood of invalid requests.
+GONE_FOR = 60.0
+HOSTS = ("discord.com", "discordapp.com", "ptb.discord.com", "canary.discord.com")
+_PATH = re.compile(r"/api(?:/v\d+)?/webhooks/\d+/[A-Za-z0-9_.-]+/?")
+_MARKDOWN = re.compile(r"([\\*_~`|\[\]<>#])")
+_COLORS = {Severity.INFO: 0x2EB67D, Severity.WARNING: 0xECB22E, Severity.ERROR: 0xE01E5A, Severity.CRITICAL: 0x8B0000}
+_MAX_ITEMS = 10
+
+_log = structlog.get_logger("watcher.notify")
+
+
+# --- rendering --------------------------------------------------------------------
+
+
+def units(text: str) -> int:
+    """Length in UTF-16 code units: never less than the characters Discord counts."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def escape(text: str) -> str:
+    """Markdown and mention characters shown as typed."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` UTF-16 units, ending in … when cut, never after a lone escaping backslash."""
+    if units(text) <= limit:
+        return text
+    kept, size = [], 0
+    for ch in text:
+        size += 2 if ord(ch) > 0xFFFF else 1
+        if size > limit - 1:
+            break
+        kept.append(ch)
+    cut = "".join(kept)
+    trailing = len(cut) - len(cut.rstrip("\\"))
+    return (cut[:-1] if trailing % 2 else cut) + "…"
+
+
+def link(label: str, target: str, note: str = "") -> str | None:
+    """`[label](url)` with the note after it; None for a URL that is not http(s)."""
+    if not target.startswith(("https://", "http://")):
+        return None
+    safe = quote(target, safe=":/?#[]@!$&'*+,;=%~-._")
+    return f"[{escape(label)}]({safe})" + (f" ({escape(note)})" if note else "")
+
+
+def discord_payload(
+    message: Message, *, title: str | None = None, text: str | None = None, username: str | None = None
+) -> dict[str, Any]:
+    """The webhook body for one message: one embed within every limit, no mentions."""
+    embed: dict[str, Any] = {
+        "title": clip(title or message.heading, MAX_TITLE),
+        "color": _COLORS.get(message.severity, _COLORS[Severity.WARNING]),
+        "footer": {"text": clip(f"import-watcher · {message.footer}", MAX_FOOTER)},
+    }
+    budget = MAX_TOTAL - units(embed["title"]) - units(embed["footer"]["text"])
+    described = text.strip() if text and text.strip() else None
+    description = clip(_description(message, described), min(MAX_DESCRIPTION, budget // 2))
+    if description:
+        embed["description"] = description
+        budget -= units(description)
+    candidates = [] if described else list(_fact_fields(message.facts))
+    candidates += _link_fields(message)
+    if not described:
+        candidates += [_section_field(section) for section in message.sections]
+    fields = []
+    for name, value, inline in candidates[:MAX_FIELDS]:
+        name = clip(name, MAX_FIELD_NAME) or "\u200b"
+        value = clip(value, min(MAX_FIELD_VALUE, budget - units(name)))
+        if not value or value == "…":
+            break
+        fields.append({"name": name, "value": value, "inline": inline})
+        budget -= units(name) + units(value)
+    if fields:
+        embed["fields"] = fields
+    body: dict[str, Any] = {"embeds": [embed], "allowed_mentions": {"parse": []}}
+    if username:
+        body["username"] = clip(username, MAX_USERNAME)
+    return body
+
+
+def _description(message: Message, text: str | None) -> str:
+    # A template's text is the user's markdown; the message's own words are escaped.
+    lines = [text] if text is not None else [escape(message.summary or message.title)]
+    errors = message.error_lines()
+    if errors:
+        lines += ["", f"**Errors:** {escape(errors[0])}", *(f"• {escape(clip(line, 400))}" for line in errors[1:])]
+    return "\n".join(lines)
+
+
+def _fact_fields(facts: Iterable[tuple[str, str]]) -> Iterable[tuple[str, str, bool]]:
+    for label, value in facts:
+        if label.strip() and value.strip():
+            yield escape(label), escape(value), len(value) <= 40
+
+
+def _link_fields(message: Message) -> list[tuple[str, str, bool]]:
+    shown = [text for item in message.links if (text := link(item.label, item.url, item.note))]
+    return [("Links", "\n".join(shown), False)] if shown else []
+
+
+def _section_field(section: Section) -> tuple[str, str, bool]:
+    """A heading and the first items that fit in one field, then "and N more"."""
+    budget = MAX_FIELD_VALUE - 40  # room for the "and N more" line
+    shown: list[str] = []
+    for line in section.lines[:_MAX_ITEMS]:
+        item = f"• {clip(escape(line), 300)}"
+        if units(item) + 1 > budget:
+            break
+        shown.append(item)
+        budget -= units(item) + 1
+    more = section.more + len(section.lines) - len(shown)
+    tail = [f"*… and {more:,} more*"] if more > 0 else []
+    return escape(section.heading), "\n".join([*shown, *tail]) or "—", False
+
+
+# --- the notifier ------------------------------------------------------------------
+
+
+def _secret_url(value: Any) -> Secret:
+    # The webhook URL embeds its token: parse it as a URL, keep it as a Secret.
+    return Secret(url("http", "https")(value))
+
+
+def webhook_url_problem(target: str, *, allow_insecure: bool, allow_private: bool) -> str | None:
+    """Why a Discord webhook URL may not be used (None: it may)."""
+    problem = configured_url_problem(target, allow_insecure=allow_insecure)
+    if problem is not None:
+        return problem
+    parts = urlsplit(target)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not is_loopback_host(host) and not allow_private and host not in HOSTS:
+        return "expected a Discord webhook URL (https://discord.com/api/webhooks/ID/TOKEN)"
+    if not _PATH.fullmatch(parts.path):
+        return "expected a webhook path: /api/webhooks/ID/TOKEN"
+    return None
+
+
+def with_wait(target: str) -> str:
+    """The URL with `wait=true`, keeping other parameters (`thread_id`)."""
+    parts = urlsplit(target)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "wait"]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode([*query, ("wait", "true")]), ""))
+
+
+class DiscordNotifier(BaseNotifier):
+    """Posts each event as an embed to a Discord channel webhook."""
+
+    type_name: ClassVar[str] = "discord"
+    fields: ClassVar[tuple[Field, ...]] = (
+        Field("webhook_url", _secret_url, required=True, secret=True, doc="channel webhook URL"),
+        Field("username", optional_string, doc="shown as the sender; the webhook's own name when absent"),
+        Field("timeout", duration(0.001), default=10.0, doc="per request"),
+        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
+        Field("allow_private", boolean, default=False, doc="allow a host other than discord.com (a relay)"),
+    )
+
+    def __init__(
+        self,
+        name: str,
+        settings: Mapping[str, Any],
+        *,
+        delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE,
+        templates: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name, settings, delivery_deadline=delivery_deadline, templates=templates)
+        self.clock = clock
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """A Discord webhook URL (any host when loopback), a username Discord accepts."""
+        problems: list[tuple[str, str]] = []
+        target = reveal(settings.get("webhook_url"))
+        if target is not None:
+            problem = webhook_url_problem(
+                target,
+                allow_insecure=bool(settings.get("allow_insecure")),
+                allow_private=bool(settings.get("allow_private")),
+            )
+            if problem is not None:
+                problems.append(("webhook_url", problem))
+        username = settings.get("username")
+        if isinstance(username, str) and not 1 <= len(username) <= MAX_USERNAME:
+            problems.append(("username", f"Discord takes 1 to {MAX_USERNAME} characters"))
+        return problems
+
+    def pacer(self) -> Pacer:
+        """The pacer of this webhook, shared with every notifier posting to it."""
+        target = urlsplit(reveal(self.settings.get("webhook_url")) or "")
+        key = destination_key("discord", target.netloc.lower(), target.path.rstrip("/"))
+        return pacer_for(key, RATE, BURST, clock=self.clock)
+
+    async def send(self, delivery: Delivery) -> None:
+        """Post once (paced); raise a retryable or permanent error when Discord says no."""
+        hook = reveal(self.settings.get("webhook_url"))
+        if not hook:
+            raise PermanentDeliveryError("discord: webhook_url is not set")
+        event = delivery.event
+        payload = discord_payload(
+            message_from_event(event),
+            title=render.render_override(self.templates, "title", event, notifier=self.name),
+            text=render.render_override(self.templates, "text", event, notifier=self.name),
+            username=self.settings.get("username"),
+        )
+        log = _log.bind(notifier=self.name, delivery=delivery.id)
+        try:
+            status = await self._post(with_wait(hook), payload)
+        except PermanentDeliveryError as exc:
+            log.warning("notify.discord_rejected", error=str(exc))
+            raise
+        except RetryableDeliveryError as exc:
+            log.info("notify.discord_failed", error=str(exc), retry_after=exc.retry_after)
+            raise
+        log.debug("notify.discord_delivered", status=status)
+
+    async def _post(self, target: str, payload: Mapping[str, Any]) -> int:
+        pacer = self.pacer()
+        if reason := pacer.shut_reason():
+            raise PermanentDeliveryError(f"{reason}; not sent (the webhook refused a send less than a minute ago)")
+        try:
+            body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
+        except ValueError:
+            raise PermanentDeliveryError("discord: the message holds a number JSON cannot carry") from None
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
+        async with pacer.turn(DEFAULT_MAX_WAIT):
+            try:
+                async with self.session.post(
+                    target, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    status, answer_headers = response.status, response.headers.copy()
+                    # A success's body is the posted message: not needed, not read.
+                    text = "" if status < 300 else await read_some(response)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise network_error("discord", exc) from None
+            wait = pacer.observe(status, answer_headers, retry_after=_body_retry_after(text) if status == 429 else None)
+        if status < 300:
+            return status
+        raise _answer_error(pacer, status, text, wait)
+
+
+def _body_retry_after(text: str) -> float | None:
+    """A 429 body's `retry_after` (seconds, fractional)."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return None
+    value = answer.get("retry_after") if isinstance(answer, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _answer_error(pacer: Pacer, status: int, text: str, wait: float | None) -> Exception:
+    """The delivery error for a non-2xx answer (and a shut pacer for a webhook that is gone)."""
+    said = _discord_says(text)
+    if status == 429:
+        return RetryableDeliveryError(f"discord: rate limited ({said or 'HTTP 429'})", wait)
+    if status in (401, 403, 404):
+        reason = f"discord: the webhook is deleted or its token is wrong (HTTP {status}: {said}); update webhook_url"
+        pacer.shut(reason, GONE_FOR)
+        return PermanentDeliveryError(reason)
+    if status == 408 or status >= 500:
+        return RetryableDeliveryError(f"discord answered HTTP {status}" + (f": {said}" if said else ""), wait)
+    return PermanentDeliveryError(f"discord refused the message (HTTP {status})" + (f": {said}" if said else ""))
+
+
+def _discord_says(text: str) -> str:
+    """Discord's error message and the first failing path ("embeds.0.title: Must be 256 ..."), masked."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return mask_urls_in_text(" ".join(text[:200].split()))
+    if not isinstance(answer, dict):
+        return ""
+    said = str(answer.get("message") or "")
+    path: list[str] = []
+    node = answer.get("errors")
+    while isinstance(node, dict) and node:
+        if "_errors" in node and isinstance(node["_errors"], list) and node["_errors"]:
+            first = node["_errors"][0]
+            detail = first.get("message", "") if isinstance(first, dict) else str(first)
+            said += f" ({'.'.join(path)}: {detail})"
+            break
+        key = next(iter(node))
+        path.append(str(key))
+        node = node[key]
+    return mask_urls_in_text(said[:300])

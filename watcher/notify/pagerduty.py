@@ -1,0 +1,289 @@
+"""PagerDuty Events API v2: `trigger` an alert for what the routes send, `resolve` it on success.
+
+One incident per job or batch: the `dedup_key` is derived from what the event is about
+(`import-watcher:job:<id>`, `import-watcher:batch:<name>`, `import-watcher:alert:<kind>:<subject>`),
+so a retried delivery, a stuck warning and the job's final outcome all land on one alert.
+With `resolve: true`, a completed job or batch sends `event_action: resolve` for its key (and
+`key_accepted` resolves `key_refused`); PagerDuty drops a resolve whose key has no open alert,
+so nothing needs to remember which keys were triggered, across restarts or replicas.
+
+Answers (developer.pagerduty.com, "Send an Alert Event"): 202 `{"status": "success",
+"message": "Event processed", "dedup_key"}`; 400 invalid event (final); 429 and 5xx retried.
+Rate: 120 events a minute per integration key (PagerDuty's answer on its community forum),
+so the pacer sends at most 2 a second per key.
+
+Which events page is the routes' choice; the usual configuration:
+
+    notifiers:
+      on-call: {type: pagerduty, routing_key_file: /run/secrets/pagerduty, resolve: true}
+    routes:
+      - notify: [team-slack]
+      - when: {status: [failed, timed_out, completed]}   # completed only resolves
+        notify: [on-call]
+
+Dead-delivery alerts (`watcher.alert`) reach every other notifier without a route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from watcher.batches import BATCH_FINISHED
+from watcher.clock import Clock
+from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from watcher.events import ALERT_EVENT
+from watcher.models import Delivery, Outcome
+from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
+from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE, BaseNotifier
+from watcher.notify.message import Message, message_from_event
+from watcher.notify.pacing import DEFAULT_MAX_WAIT, Pacer, destination_key, pacer_for
+from watcher.notify.webhook import USER_AGENT, network_error, read_some, reveal
+from watcher.schema import Field, Secret, boolean, duration, optional_string, string, url
+
+EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+HOSTS = ("events.pagerduty.com", "events.eu.pagerduty.com")
+SEVERITIES = ("critical", "error", "warning", "info")
+DEFAULT_SEVERITY: Mapping[str, str] = {
+    Outcome.FAILED.value: "critical",
+    Outcome.TIMED_OUT.value: "error",
+    Outcome.ERRORED.value: "warning",
+    Outcome.NOT_FOUND.value: "warning",
+    Outcome.COMPLETED.value: "info",
+    "pending": "warning",
+}
+MAX_SUMMARY, MAX_DEDUP_KEY, MAX_SOURCE, KEY_LENGTH = 1024, 255, 255, 32
+#: Events per second and burst per integration key (120 a minute).
+RATE, BURST = 2.0, 1
+_KEY = re.compile(r"[A-Za-z0-9]{32}")
+_MAX_LISTED = 20
+_ALERT_SUBJECTS = ("account", "notifier", "job_id")
+_RESOLVES = {"key_accepted": "key_refused"}  # an alert kind that ends another one
+
+_log = structlog.get_logger("watcher.notify")
+
+
+def severity_map(value: Any) -> dict[str, str]:
+    """`{outcome: severity}` over the defaults; outcomes and PagerDuty severities checked."""
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of outcome to severity")
+    chosen = dict(DEFAULT_SEVERITY)
+    for key, level in value.items():
+        name, shown = string(key), string(level)
+        if name not in DEFAULT_SEVERITY:
+            raise ValueError(f"unknown outcome {name!r} (expected one of {', '.join(DEFAULT_SEVERITY)})")
+        if shown not in SEVERITIES:
+            raise ValueError(f"severity of {name} must be one of {', '.join(SEVERITIES)}, got {shown!r}")
+        chosen[name] = shown
+    return chosen
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def dedup_key(message: Message) -> str:
+    """What the event is about, so every retry and every later event of it hits one alert."""
+    if message.kind == ALERT_EVENT:
+        facts = dict(message.facts)
+        subject = next((facts[k] for k in _ALERT_SUBJECTS if facts.get(k)), "")
+        kind = _RESOLVES.get(message.subject, message.subject)
+        key = f"import-watcher:alert:{kind}" + (f":{subject}" if subject else "")
+    elif message.kind == BATCH_FINISHED or "Stuck jobs" in dict(message.facts):
+        key = f"import-watcher:batch:{message.subject}"
+    elif message.kind.startswith("contact_import."):
+        key = f"import-watcher:job:{message.subject}"
+    else:
+        key = f"import-watcher:{message.kind}:{message.subject}:{message.footer}"
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    return key[: MAX_DEDUP_KEY - 17] + "~" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def event_action(message: Message, *, resolve: bool) -> str | None:
+    """`trigger`, `resolve`, or None for good news with nothing to resolve."""
+    if message.kind == ALERT_EVENT and message.subject in _RESOLVES:
+        return "resolve" if resolve else None
+    if resolve and message.status == Outcome.COMPLETED.value and message.kind != ALERT_EVENT:
+        return "resolve"
+    return "trigger"
+
+
+def custom_details(message: Message) -> dict[str, Any]:
+    """Facts, counts, error reasons and listed items, as PagerDuty shows them in a table."""
+    details: dict[str, Any] = {"event_type": message.kind, "status": message.status}
+    details.update((label, value) for label, value in message.facts)
+    if message.errors is not None:
+        details["errors"] = message.errors
+        details["error_reasons"] = [{"count": n, "reason": reason} for n, reason in message.reasons]
+    for section in message.sections:
+        listed = [_clip(line, 300) for line in section.lines[:_MAX_LISTED]]
+        more = section.more + len(section.lines) - len(listed)
+        details[section.heading] = listed + ([f"and {more:,} more"] if more > 0 else [])
+    return details
+
+
+def pagerduty_event(
+    message: Message, *, routing_key: str, action: str, severity: Mapping[str, str], source: str
+) -> dict[str, Any]:
+    """The Events API v2 body: resolve carries only the key; trigger the whole payload."""
+    body: dict[str, Any] = {"routing_key": routing_key, "event_action": action, "dedup_key": dedup_key(message)}
+    if action != "trigger":
+        return body
+    level = message.severity.value if message.kind == ALERT_EVENT else severity.get(message.status)
+    body["payload"] = {
+        "summary": _clip(f"{message.title}: {message.summary}", MAX_SUMMARY),
+        "source": _clip(source, MAX_SOURCE),
+        "severity": level if level in SEVERITIES else "warning",
+        "component": _clip(message.subject, MAX_SOURCE),
+        "group": "import-watcher",
+        "class": message.kind,
+        "custom_details": custom_details(message),
+    }
+    links = [{"href": item.url, "text": item.label} for item in message.links if item.url.startswith("http")]
+    if links:
+        body["links"] = links
+    body["client"] = "import-watcher"
+    if links:
+        body["client_url"] = links[0]["href"]
+    return body
+
+
+def events_url_problem(target: str, *, allow_insecure: bool, allow_private: bool) -> str | None:
+    """Why an Events API URL may not be used (None: it may)."""
+    problem = configured_url_problem(target, allow_insecure=allow_insecure)
+    if problem is not None:
+        return problem
+    host = (urlsplit(target).hostname or "").rstrip(".").lower()
+    if not is_loopback_host(host) and not allow_private and host not in HOSTS:
+        return f"expected PagerDuty's Events API ({EVENTS_URL}, or events.eu.pagerduty.com)"
+    return None
+
+
+class PagerDutyNotifier(BaseNotifier):
+    """Triggers (and optionally resolves) PagerDuty alerts through the Events API v2."""
+
+    type_name: ClassVar[str] = "pagerduty"
+    fields: ClassVar[tuple[Field, ...]] = (
+        Field("routing_key", lambda v: Secret(string(v)), required=True, secret=True, doc="integration key"),
+        Field("events_url", url("http", "https"), default=EVENTS_URL),
+        Field("severity", severity_map, default=dict(DEFAULT_SEVERITY), doc="outcome -> critical|error|warning|info"),
+        Field("resolve", boolean, default=False, doc="resolve the alert when the job or batch completes"),
+        Field("source", optional_string, default="import-watcher", doc="payload.source"),
+        Field("timeout", duration(0.001), default=10.0, doc="per request"),
+        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
+        Field("allow_private", boolean, default=False, doc="allow a host other than PagerDuty's (a relay)"),
+    )
+
+    def __init__(
+        self,
+        name: str,
+        settings: Mapping[str, Any],
+        *,
+        delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE,
+        templates: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name, settings, delivery_deadline=delivery_deadline, templates=templates)
+        self.clock = clock
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """A 32-character integration key and PagerDuty's Events API URL (any host when loopback)."""
+        problems: list[tuple[str, str]] = []
+        key = reveal(settings.get("routing_key"))
+        if key is not None and not _KEY.fullmatch(key):
+            problems.append(("routing_key", "expected the 32-character key of an Events API v2 integration"))
+        target = settings.get("events_url") or EVENTS_URL
+        problem = events_url_problem(
+            str(target),
+            allow_insecure=bool(settings.get("allow_insecure")),
+            allow_private=bool(settings.get("allow_private")),
+        )
+        if problem is not None:
+            problems.append(("events_url", problem))
+        return problems
+
+    def pacer(self) -> Pacer:
+        """The pacer of this integration key, shared with every notifier using it."""
+        target = str(self.settings.get("events_url") or EVENTS_URL)
+        key = destination_key("pagerduty", target, reveal(self.settings.get("routing_key")) or "")
+        return pacer_for(key, RATE, BURST, clock=self.clock)
+
+    async def send(self, delivery: Delivery) -> None:
+        """Send one event (paced); raise a retryable or permanent error when PagerDuty says no."""
+        routing_key = reveal(self.settings.get("routing_key"))
+        if not routing_key:
+            raise PermanentDeliveryError("pagerduty: routing_key is not set")
+        message = message_from_event(delivery.event)
+        log = _log.bind(notifier=self.name, delivery=delivery.id)
+        action = event_action(message, resolve=bool(self.settings.get("resolve")))
+        if action is None:
+            log.debug("notify.pagerduty_skipped", reason="good news with resolve: false", kind=message.subject)
+            return
+        body = pagerduty_event(
+            message,
+            routing_key=routing_key,
+            action=action,
+            severity=self.settings.get("severity") or DEFAULT_SEVERITY,
+            source=str(self.settings.get("source") or "import-watcher"),
+        )
+        try:
+            status = await self._post(body)
+        except PermanentDeliveryError as exc:
+            log.warning("notify.pagerduty_rejected", error=str(exc), dedup_key=body["dedup_key"])
+            raise
+        except RetryableDeliveryError as exc:
+            log.info("notify.pagerduty_failed", error=str(exc), retry_after=exc.retry_after)
+            raise
+        log.debug("notify.pagerduty_delivered", status=status, action=action, dedup_key=body["dedup_key"])
+
+    async def _post(self, body: Mapping[str, Any]) -> int:
+        target = str(self.settings.get("events_url") or EVENTS_URL)
+        try:
+            data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+        except ValueError:
+            raise PermanentDeliveryError("pagerduty: the event holds a number JSON cannot carry") from None
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
+        pacer = self.pacer()
+        async with pacer.turn(DEFAULT_MAX_WAIT):
+            try:
+                async with self.session.post(
+                    target, data=data, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    status, answer_headers = response.status, response.headers.copy()
+                    text = await read_some(response)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise network_error("pagerduty", exc) from None
+            wait = pacer.observe(status, answer_headers)
+        if 200 <= status < 300:
+            return status
+        said = _pagerduty_says(text)
+        shown = f"pagerduty answered HTTP {status}" + (f": {said}" if said else "")
+        if status in (408, 429) or status >= 500:
+            raise RetryableDeliveryError(shown, wait)
+        if 300 <= status < 400:
+            raise PermanentDeliveryError(f"pagerduty redirected (HTTP {status}); check events_url")
+        raise PermanentDeliveryError(shown)
+
+
+def _pagerduty_says(text: str) -> str:
+    """PagerDuty's `message` and `errors` of an answer, masked (the body never echoes the key)."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return mask_urls_in_text(" ".join(text[:200].split()))
+    if not isinstance(answer, dict):
+        return ""
+    errors = answer.get("errors")
+    listed = "; ".join(str(e) for e in errors[:3]) if isinstance(errors, list) else ""
+    said = str(answer.get("message") or answer.get("status") or "")
+    return mask_urls_in_text(_clip(f"{said} ({listed})" if listed else said, 300))
