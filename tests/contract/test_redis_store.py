@@ -293,3 +293,20 @@ async def test_a_filter_pages_past_many_jobs_that_do_not_match(store: RedisStore
     )  # fmt: skip
     assert ["zz-last"] == [job.id for job in await store.list_jobs(state="completed")]
     assert 4500 == len(await store.list_jobs(state="watching"))
+
+
+async def test_a_batch_lease_is_measured_by_the_server_clock(store: RedisStore, redis_url: str) -> None:
+    """A replica whose clock runs ahead cannot take a live batch claim; the holder finishes by the server's clock."""
+    now = await server_now(redis_url)
+    await store.add_job(JobRef("job-1", batch="nightly"), now=now - 100, first_poll_at=now - 100)
+    (job,) = await store.claim_due_jobs(now=now - 100, limit=5, owner="w1", lease=30)
+    await store.record_outcome(
+        "job-1", token=token(job), now=now - 100, outcome=Outcome.COMPLETED, snapshot=None, polls=1,
+        detected_at=now - 100, deliveries=[],
+    )  # fmt: skip
+    (held,) = await store.claim_settled_batches(now=now, settle=60, limit=5, owner="w1", lease=20)
+    assert held.lease is not None and now + 19 < held.lease.until < now + 21
+    assert [] == await store.claim_settled_batches(now=now + 30, settle=60, limit=5, owner="w2", lease=20)
+    assert True is await store.finish_batch(
+        "nightly", token=held.lease.token, now=now + 30, summary_id="s-1", deliveries=[make_delivery("s", job_id=None)]
+    )

@@ -22,9 +22,10 @@ lost, the file replaced under us); StoreBroken for what will not (corrupt, unkno
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from watcher.models import (
+    Batch,
     Delivery,
     JobRef,
     JobState,
@@ -100,9 +101,15 @@ class StateStore(Protocol):
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
+        errors: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Atomically set the final outcome and insert its deliveries; False (nothing written)
-        when already final or `token` does not hold a live lease."""
+        """Atomically set the final outcome (and its errors-file summary), insert its deliveries
+        and count it in its batch; False (nothing written) when already final or `token` does
+        not hold a live lease."""
+
+    async def mark_stuck(self, job_id: str, *, token: str, now: float, deliveries: Sequence[Delivery]) -> bool:
+        """Set the job's stuck_at and insert its stuck-warning deliveries in one transaction, once:
+        False (nothing written) when already marked, final, or `token` holds no live lease."""
 
     async def release_job(self, job_id: str, *, token: str) -> None:
         """Give a lease back unchanged (work cancelled): due again at once for anyone."""
@@ -112,6 +119,52 @@ class StateStore(Protocol):
 
     async def next_job_due_at(self) -> float | None:
         """Earliest next_poll_at among unfinished jobs, or None."""
+
+    # --- batches ---------------------------------------------------------------
+    #
+    # A job's batch is counted in the transaction that adds it (`add_job` joins it: jobs + 1,
+    # and a finished batch reopens) and in the one that records its outcome (final + 1,
+    # outcomes[outcome] + 1). Any change to members or outcomes (join, outcome, removal) sets
+    # quiet_since = now and cancels a claim on the batch in the same transaction; purge_finished
+    # keeps the counts (the summary covered those jobs); a batch left with no jobs is forgotten
+    # unless it was summarised.
+
+    async def get_batch(self, name: str) -> Batch | None: ...
+
+    async def list_batches(
+        self, *, phase: str | None = None, limit: int | None = None, after: tuple[float, str] | None = None
+    ) -> list[Batch]:
+        """Batches ordered by (started_at, name), after the cursor; `phase` "open" or "finished"."""
+
+    async def batch_jobs(self, name: str) -> list[JobState]:
+        """Every job of the batch, ordered by (added_at, id)."""
+
+    async def claim_settled_batches(
+        self, *, now: float, settle: float, limit: int, owner: str, lease: float
+    ) -> list[Batch]:
+        """Open batches whose jobs are all final and whose quiet_since <= now - settle, with no
+        live lease, oldest quiet first, each with a new Lease."""
+
+    async def finish_batch(
+        self, name: str, *, token: str, now: float, summary_id: str, deliveries: Sequence[Delivery]
+    ) -> bool:
+        """Mark the batch finished (finished_at = now, summaries + 1, last_summary_id) and insert
+        its summary deliveries in one transaction; False (nothing written) when `token` holds no
+        live lease or the batch changed since the claim (a job joined, or not all are final)."""
+
+    async def release_batch(self, name: str, *, token: str) -> None:
+        """Give a batch claim back unchanged."""
+
+    async def batch_counts(self) -> Mapping[str, int]:
+        """Batches by phase ("open", "finished"), for metrics; never reads the batch rows themselves."""
+
+    # --- digests ----------------------------------------------------------------
+
+    async def finished_jobs(self, *, since: float, until: float, limit: int = 10_000) -> list[JobState]:
+        """Jobs whose outcome was detected in [since, until), oldest first."""
+
+    async def dead_deliveries(self, *, since: float, until: float, limit: int = 1000) -> list[Delivery]:
+        """Dead deliveries created in [since, until), without their event bodies."""
 
     # --- retention and tombstones -----------------------------------------------
 
@@ -199,6 +252,7 @@ class AddsJobs(Protocol):
 __all__ = [
     "HOUSEKEEPING_BATCH",
     "AddsJobs",
+    "Batch",
     "StateStore",
     "Tombstone",
     "TombstoneReason",

@@ -7,11 +7,13 @@ and a test written against it holds for the durable backends too.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from watcher.models import (
     WATCHING,
+    Batch,
     Delivery,
     DeliveryState,
     JobRef,
@@ -25,27 +27,21 @@ from watcher.models import (
     TombstoneReason,
 )
 from watcher.store.base import HOUSEKEEPING_BATCH
-from watcher.store.memory_rows import (
-    _DeliveryRow,
-    _DueHeap,
-    _JobRow,
-    _json_copy,
-    _Lease,
-    _snapshot_copy,
-)
+from watcher.store.memory_batches import MemoryBatches
+from watcher.store.memory_outbox import MemoryOutbox
+from watcher.store.memory_rows import _DueHeap, _JobRow, _json_copy, _Lease, _snapshot_copy
 from watcher.store.tokens import new_token
 
 
-class MemoryStore:
+class MemoryStore(MemoryOutbox):
     """A StateStore kept in this process; lost on exit."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._jobs: dict[str, _JobRow] = {}
-        self._deliveries: dict[str, _DeliveryRow] = {}
         self._tombstones: dict[str, Tombstone] = {}
         self._job_heap = _DueHeap()
-        self._delivery_heap = _DueHeap()
-        self._meta: dict[str, str] = {}
+        self._batches = MemoryBatches()
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -62,10 +58,6 @@ class MemoryStore:
         row = self._jobs.get(job_id)
         return row is not None and row.job.outcome is None and row.lease.due_at == due_at
 
-    def _delivery_is_current(self, delivery_id: str, due_at: float) -> bool:
-        row = self._deliveries.get(delivery_id)
-        return row is not None and row.delivery.state is DeliveryState.PENDING and row.lease.due_at == due_at
-
     async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
         """Track a job; see StateStore.add_job for tombstones and `again`."""
         if ref.id in self._tombstones:
@@ -77,16 +69,25 @@ class MemoryStore:
             if not again or row.job.outcome is None:
                 return False
             self._drop_settled_deliveries(ref.id)
+            self._leave_batch(row.job, now, uncount=True)
         job = JobState(
             id=ref.id,
             labels=_json_copy(dict(ref.labels)),
             notify=tuple(ref.notify) if ref.notify is not None else None,
             added_at=now,
             next_poll_at=first_poll_at,
+            batch=ref.batch,
         )
         self._jobs[ref.id] = _JobRow(job, _Lease(first_poll_at))
         self._job_heap.push(first_poll_at, ref.id)
+        if ref.batch is not None:
+            self._batches.join(ref.batch, ref.id, now)
         return True
+
+    def _leave_batch(self, job: JobState, now: float, *, uncount: bool) -> None:
+        if job.batch is not None:
+            outcome = None if job.outcome is None else job.outcome.value
+            self._batches.leave(job.batch, job.id, outcome, now, uncount=uncount)
 
     def _drop_settled_deliveries(self, job_id: str) -> None:
         """A new watch replaces a final job: its old deliveries go only when none is pending."""
@@ -125,8 +126,11 @@ class MemoryStore:
         return self._bury(job_id, now, TombstoneReason.STOPPED)
 
     def _bury(self, job_id: str, now: float, reason: TombstoneReason) -> bool:
-        if self._jobs.pop(job_id, None) is None:
+        row = self._jobs.pop(job_id, None)
+        if row is None:
             return False
+        # Retention keeps the counts: the batch's summary covered the job (see memory_batches).
+        self._leave_batch(row.job, now, uncount=reason is TombstoneReason.STOPPED)
         for delivery_id in [d.id for d in self._deliveries_of({job_id})]:
             del self._deliveries[delivery_id]
         self._tombstones[job_id] = Tombstone(job_id, now, reason)
@@ -196,8 +200,9 @@ class MemoryStore:
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
+        errors: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Set the final outcome and insert its deliveries; False if final or not held."""
+        """Set the final outcome, insert its deliveries and count it in its batch; False if final or not held."""
         row = self._held(job_id, token, now)
         if row is None:
             return False
@@ -207,8 +212,20 @@ class MemoryStore:
             snapshot=_snapshot_copy(snapshot),
             polls=polls,
             detected_at=detected_at,
+            errors=None if errors is None else _json_copy(dict(errors)),
         )
         row.lease = _Lease(row.job.next_poll_at)
+        await self.add_deliveries(deliveries)
+        if row.job.batch is not None:
+            self._batches.count(row.job.batch, Outcome(outcome).value, now)
+        return True
+
+    async def mark_stuck(self, job_id: str, *, token: str, now: float, deliveries: Sequence[Delivery]) -> bool:
+        """Set stuck_at and insert the warning's deliveries, once; the lease stays with the holder."""
+        row = self._held(job_id, token, now)
+        if row is None or row.job.stuck_at is not None:
+            return False
+        row.job = replace(row.job, stuck_at=now)
         await self.add_deliveries(deliveries)
         return True
 
@@ -241,6 +258,56 @@ class MemoryStore:
         """Earliest due time among unfinished jobs (a leased job counts at its lease expiry)."""
         return self._job_heap.peek(self._job_is_current)
 
+    # --- batches ---------------------------------------------------------------
+
+    async def get_batch(self, name: str) -> Batch | None:
+        return self._batches.get(name)
+
+    async def list_batches(
+        self, *, phase: str | None = None, limit: int | None = None, after: tuple[float, str] | None = None
+    ) -> list[Batch]:
+        """Batches ordered by (started_at, name), after the cursor; `phase` "open" or "finished"."""
+        return self._batches.listed(phase, limit, after)
+
+    async def batch_jobs(self, name: str) -> list[JobState]:
+        """Every job of the batch, ordered by (added_at, id)."""
+        jobs = [self._jobs[job_id].job for job_id in self._batches.members(name) if job_id in self._jobs]
+        return sorted(jobs, key=lambda j: (j.added_at, j.id))
+
+    async def claim_settled_batches(
+        self, *, now: float, settle: float, limit: int, owner: str, lease: float
+    ) -> list[Batch]:
+        """Open, all-final batches quiet for `settle` with no live lease, oldest quiet first, leased."""
+        return self._batches.claim(cutoff=now - settle, now=now, limit=limit, owner=owner, lease=lease)
+
+    async def finish_batch(
+        self, name: str, *, token: str, now: float, summary_id: str, deliveries: Sequence[Delivery]
+    ) -> bool:
+        """Mark the held batch finished and insert its summary deliveries, together."""
+        if not self._batches.finish(name, token=token, now=now, summary_id=summary_id):
+            return False
+        await self.add_deliveries(deliveries)
+        return True
+
+    async def release_batch(self, name: str, *, token: str) -> None:
+        """Give a batch claim back unchanged; a stale token frees nothing."""
+        self._batches.release(name, token)
+
+    async def batch_counts(self) -> dict[str, int]:
+        """Batches by phase."""
+        return self._batches.counts()
+
+    # --- digests ----------------------------------------------------------------
+
+    async def finished_jobs(self, *, since: float, until: float, limit: int = 10_000) -> list[JobState]:
+        """Jobs whose outcome was detected in [since, until), oldest first."""
+        found = [
+            row.job
+            for row in self._jobs.values()
+            if row.job.detected_at is not None and row.job.outcome is not None and since <= row.job.detected_at < until
+        ]
+        return sorted(found, key=lambda j: (j.detected_at or 0.0, j.id))[: max(0, limit)]
+
     # --- retention and tombstones -----------------------------------------------
 
     async def purge_finished(self, *, before: float, now: float, limit: int = HOUSEKEEPING_BATCH) -> int:
@@ -270,128 +337,6 @@ class MemoryStore:
             del self._tombstones[job_id]
         return len(old)
 
-    # --- outbox -------------------------------------------------------------
-
-    def _deliveries_of(self, job_ids: set[str] | None) -> list[Delivery]:
-        found = [row.delivery for row in self._deliveries.values() if job_ids is None or row.delivery.job_id in job_ids]
-        return sorted(found, key=lambda d: (d.created_at, d.id))
-
-    async def add_deliveries(self, deliveries: Iterable[Delivery]) -> int:
-        """Insert deliveries not tied to an outcome (alerts); ids already present are skipped."""
-        added = 0
-        for delivery in deliveries:
-            if delivery.id in self._deliveries:
-                continue
-            stored = replace(
-                delivery,
-                event=_json_copy(dict(delivery.event)),
-                state=DeliveryState(delivery.state),
-                lease=None,
-            )
-            self._deliveries[delivery.id] = _DeliveryRow(stored, _Lease(stored.next_attempt_at))
-            if stored.state is DeliveryState.PENDING:
-                self._delivery_heap.push(stored.next_attempt_at, stored.id)
-            added += 1
-        return added
-
-    def _lease_delivery(self, row: _DeliveryRow, owner: str, now: float, lease: float) -> Delivery:
-        token, until = new_token(owner), now + lease
-        row.lease = _Lease(until, token, until)
-        self._delivery_heap.push(until, row.delivery.id)
-        return replace(row.delivery, lease=Lease(token, until))
-
-    async def claim_due_deliveries(
-        self,
-        *,
-        now: float,
-        limit: int,
-        owner: str,
-        lease: float,
-        notifiers: Collection[str] | None = None,
-    ) -> list[Delivery]:
-        """Pending deliveries with next_attempt_at <= now and no live lease, to these notifiers."""
-        claimed: list[Delivery] = []
-        skipped: list[tuple[float, str]] = []
-        while len(claimed) < limit:
-            entry = self._delivery_heap.pop_due(now, self._delivery_is_current)
-            if entry is None:
-                break
-            row = self._deliveries[entry[1]]
-            if notifiers is not None and row.delivery.notifier not in notifiers:
-                skipped.append(entry)  # another replica's: back in the heap, untouched
-                continue
-            claimed.append(self._lease_delivery(row, owner, now, lease))
-        for due_at, delivery_id in skipped:
-            self._delivery_heap.push(due_at, delivery_id)
-        self._compact()
-        return claimed
-
-    async def claim_expired_deliveries(self, *, now: float, limit: int, owner: str, lease: float) -> list[Delivery]:
-        """Pending deliveries past their deadline with no live lease, earliest deadline first."""
-        expired = sorted(
-            (row.delivery.deadline_at, row.delivery.id, row)
-            for row in self._deliveries.values()
-            if row.delivery.state is DeliveryState.PENDING
-            and row.delivery.deadline_at <= now
-            and (row.lease.until is None or row.lease.until <= now)
-        )[: max(0, limit)]
-        return [self._lease_delivery(row, owner, now, lease) for _, _, row in expired]
-
-    def _held_delivery(self, delivery_id: str, token: str, now: float) -> _DeliveryRow | None:
-        row = self._deliveries.get(delivery_id)
-        if row is None or row.delivery.state is not DeliveryState.PENDING or not row.lease.held(token, now):
-            return None
-        return row
-
-    async def renew_deliveries(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
-        """Extend each (delivery id, token) held within its lease to now + lease."""
-        answers = []
-        for delivery_id, token in leases:
-            row = self._held_delivery(delivery_id, token, now)
-            if row is not None:
-                row.lease = _Lease(now + lease, token, now + lease)
-                self._delivery_heap.push(now + lease, delivery_id)
-            answers.append(row is not None)
-        return answers
-
-    async def record_delivery(
-        self, delivery: Delivery, *, token: str, now: float, alerts: Sequence[Delivery] = ()
-    ) -> bool:
-        """Write the delivery's new state and end its lease, and insert `alerts`, together."""
-        row = self._held_delivery(delivery.id, token, now)
-        if row is None:
-            return False
-        row.delivery = replace(
-            row.delivery,
-            state=DeliveryState(delivery.state),
-            attempts=delivery.attempts,
-            next_attempt_at=delivery.next_attempt_at,
-            last_error=delivery.last_error,
-        )
-        row.lease = _Lease(delivery.next_attempt_at)
-        if row.delivery.state is DeliveryState.PENDING:
-            self._delivery_heap.push(delivery.next_attempt_at, delivery.id)
-        await self.add_deliveries(alerts)
-        return True
-
-    async def release_delivery(self, delivery_id: str, *, token: str) -> None:
-        """Give a delivery's lease back unchanged: due again at once."""
-        row = self._deliveries.get(delivery_id)
-        if row is not None and row.delivery.state is DeliveryState.PENDING and row.lease.token == token:
-            row.lease = _Lease(row.delivery.next_attempt_at)
-            self._delivery_heap.push(row.delivery.next_attempt_at, delivery_id)
-
-    async def list_deliveries(
-        self, job_ids: Iterable[str] | None = None, *, with_events: bool = True
-    ) -> list[Delivery]:
-        """Deliveries of these jobs (all when None), oldest first; events only when asked."""
-        found = self._deliveries_of(None if job_ids is None else set(job_ids))
-        return found if with_events else [replace(d, event={}) for d in found]
-
-    async def next_delivery_due_at(self) -> float | None:
-        """Earliest due time among pending deliveries (a leased one counts at its lease expiry)."""
-        return self._delivery_heap.peek(self._delivery_is_current)
-
     # --- bookkeeping ----------------------------------------------------------
 
     async def counts(self) -> StoreCounts:
@@ -403,31 +348,10 @@ class MemoryStore:
             deliveries[drow.delivery.state.value] += 1
         return StoreCounts(jobs_by_state=jobs, deliveries_by_state=deliveries)
 
-    async def set_meta(self, key: str, value: str) -> None:
-        self._meta[key] = value
-
-    async def get_meta(self, key: str) -> str | None:
-        return self._meta.get(key)
-
-    async def transition_meta(
-        self, key: str, *, expected: str | None, value: str, deliveries: Sequence[Delivery] = ()
-    ) -> bool:
-        """Compare-and-set `key`, inserting `deliveries` only when it succeeds."""
-        if self._meta.get(key) != expected:
-            return False
-        self._meta[key] = value
-        await self.add_deliveries(deliveries)
-        return True
-
     def _compact(self) -> None:
         """Rebuild a heap once stale entries outnumber live ones, so memory stays bounded."""
         if len(self._job_heap) > 2 * len(self._jobs) + 64:
             self._job_heap.rebuild(
                 (row.lease.due_at, job_id) for job_id, row in self._jobs.items() if row.job.outcome is None
             )
-        if len(self._delivery_heap) > 2 * len(self._deliveries) + 64:
-            self._delivery_heap.rebuild(
-                (row.lease.due_at, delivery_id)
-                for delivery_id, row in self._deliveries.items()
-                if row.delivery.state is DeliveryState.PENDING
-            )
+        self._compact_deliveries()

@@ -7,8 +7,9 @@ Layout 2 under the prefix P (job ids cannot hold ":", so keys never collide):
   P:jobs:final      zset by detected_at         P:dlvs:deadline   zset of pending by deadline_at
   P:tombs           zset of tombstones by when  P:dlvs:job:<id>   set of a job's deliveries
   P:tombs:why       hash id -> reason           P:dlvs:due:n:<n>  zset of pending to notifier n
-  P:counts          hash of totals by state
+  P:counts          hash of totals by state     P:dlvs:dead       zset of dead deliveries by created_at
   P:meta, P:schema  bookkeeping (P:schema holds the layout version)
+  P:batch:<name>, P:batchjobs:<name>, P:batches:*  batches (see redis_batch_scripts)
 
 A due score is next_poll_at (next_attempt_at, the caller's clock) while the record is
 free and its lease expiry while it is claimed, so "due and unclaimed" is one
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 from watcher.models import (
     WATCHING,
@@ -44,7 +45,8 @@ from watcher.models import (
 )
 from watcher.store import redis_rows as rows
 from watcher.store.base import HOUSEKEEPING_BATCH
-from watcher.store.redis_client import CHUNK, SCHEMA_VERSION, RedisConnection
+from watcher.store.redis_batches import RedisBatches
+from watcher.store.redis_client import CHUNK, SCHEMA_VERSION
 from watcher.store.tokens import new_token
 
 __all__ = ["SCHEMA_VERSION", "RedisStore"]
@@ -53,7 +55,7 @@ _SCAN_FACTOR = 8  # a claim looks at up to limit * 8 due entries: leases live by
 _LIST_SCAN = 2000  # members one list_jobs call looks at: short scripts even when a filter skips most
 
 
-class RedisStore(RedisConnection):
+class RedisStore(RedisBatches):
     """A StateStore in Redis, safe to share between replicas (see RedisConnection for the options)."""
 
     # --- jobs ---------------------------------------------------------------
@@ -62,7 +64,7 @@ class RedisStore(RedisConnection):
     def _add_args(ref: JobRef, now: float, first_poll_at: float, again: bool) -> list[str]:
         notify = None if ref.notify is None else list(ref.notify)
         return [ref.id, rows.dumps(dict(ref.labels)), rows.dumps(notify), rows.num(now), rows.num(first_poll_at),
-                "1" if again else "0"]  # fmt: skip
+                "1" if again else "0", ref.batch or ""]  # fmt: skip
 
     async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
         """Track a job; see StateStore.add_job for tombstones and `again`."""
@@ -155,11 +157,14 @@ class RedisStore(RedisConnection):
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
+        errors: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Set the final outcome and insert its deliveries in one script, if `token` holds a live lease."""
+        """Set the final outcome, insert its deliveries and count it in its batch, in one script,
+        if `token` holds a live lease."""
         recorded = await self._run(
             "record_outcome", now, job_id, token, Outcome(outcome).value, rows.snapshot_arg(snapshot),
-            polls, rows.num(detected_at), *rows.delivery_args(deliveries),
+            polls, rows.num(detected_at), rows.dumps(None if errors is None else dict(errors)), rows.num(now),
+            *rows.delivery_args(deliveries),
         )  # fmt: skip
         return bool(recorded)
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from watcher.models import Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
+from watcher.models import Batch, BatchPhase, Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
 
 #: Every delivery field but the event body, which is the large part and no view needs.
 DELIVERY_FIELDS_NO_EVENT = (
@@ -59,6 +59,28 @@ def job(h: dict[str, str], *, leased: bool = False) -> JobState:
         snapshot=None if snapshot is None else Snapshot.from_dict(snapshot),
         outcome=Outcome(h["outcome"]) if h["outcome"] else None,
         detected_at=float(h["detected_at"]) if h["detected_at"] else None,
+        lease=_lease(h, leased),
+        # A job written before batches existed lacks these fields.
+        batch=h.get("batch") or None,
+        errors=json.loads(h.get("errors") or "null"),
+        stuck_at=float(h["stuck_at"]) if h.get("stuck_at") else None,
+    )
+
+
+def batch(h: dict[str, str], *, leased: bool = False) -> Batch:
+    """A batch from its hash: outcome counts are its o:<outcome> fields."""
+    outcomes = {field[2:]: int(value) for field, value in h.items() if field.startswith("o:") and int(value) > 0}
+    return Batch(
+        name=h["name"],
+        phase=BatchPhase(h["phase"]),
+        jobs=int(h["jobs"]),
+        final=int(h["final"]),
+        outcomes=outcomes,
+        started_at=float(h["started_at"]),
+        quiet_since=float(h["quiet_since"]),
+        finished_at=float(h["finished_at"]) if h["finished_at"] else None,
+        summaries=int(h["summaries"]),
+        last_summary_id=h["last_summary_id"] or None,
         lease=_lease(h, leased),
     )
 

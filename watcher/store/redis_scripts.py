@@ -15,7 +15,9 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-_LIB = """
+from watcher.store.redis_batch_scripts import BATCH_LIB, BATCH_SCRIPTS
+
+_CORE = """
 local P = ARGV[1]
 local JDUE, JADDED, JFINAL = P..':jobs:due', P..':jobs:added', P..':jobs:final'
 local DDUE, DALL, DDEAD = P..':dlvs:due', P..':dlvs:all', P..':dlvs:deadline'
@@ -74,6 +76,7 @@ local function add_delivery(b)  -- ARGV[b..b+9]: the fields in delivery_args ord
     redis.call('ZADD', DDEAD, ARGV[b+5], id)
   end
   if job_id ~= '' then redis.call('SADD', dset(job_id), id) end
+  if state == 'dead' then redis.call('ZADD', P..':dlvs:dead', created, id) end
   bump('delivery:'..state, 1)
   return 1
 end
@@ -83,12 +86,17 @@ local function add_deliveries(n, b)
   for i = 0, n - 1 do added = added + add_delivery(b + i * 10) end
   return added
 end
+"""
 
+_JOBS = """
 -- Delete a job and its deliveries; `keep_pending` keeps those still to be sent (a job watched
--- again must not lose the notification of its previous outcome).
-local function remove_job(id, keep_pending)
-  local outcome = redis.call('HGET', jkey(id), 'outcome')
+-- again must not lose the notification of its previous outcome). `uncount` false (retention)
+-- leaves the job in its batch's counts.
+local function remove_job(id, keep_pending, now, uncount)
+  local v = redis.call('HMGET', jkey(id), 'outcome', 'batch')
+  local outcome = v[1]
   if not outcome then return 0 end
+  if v[2] and v[2] ~= '' then bleave(v[2], id, outcome, now, uncount) end
   redis.call('DEL', jkey(id))
   redis.call('ZREM', JDUE, id); redis.call('ZREM', JADDED, id); redis.call('ZREM', JFINAL, id)
   bump('job:'..job_state(outcome), -1)
@@ -97,7 +105,7 @@ local function remove_job(id, keep_pending)
     if not (keep_pending and v[1] == 'pending') then
       if v[1] then redis.call('DEL', dkey(did)); bump('delivery:'..v[1], -1) end
       if v[2] then dlv_undue(did, v[2]) else redis.call('ZREM', DDUE, did); redis.call('ZREM', DDEAD, did) end
-      redis.call('ZREM', DALL, did); redis.call('SREM', dset(id), did)
+      redis.call('ZREM', DALL, did); redis.call('SREM', dset(id), did); redis.call('ZREM', DDIED, did)
     end
   end
   return 1
@@ -184,24 +192,26 @@ local function renew(keyfn, setdue)
   return out
 end
 
--- The index in JADDED of the first member after the cursor (score, id), ties by id.
-local function after_index(score_s, id)
-  local rank = redis.call('ZRANK', JADDED, id)
-  if rank and tonumber(redis.call('ZSCORE', JADDED, id)) == tonumber(score_s) then return rank + 1 end
-  local lo = redis.call('ZCOUNT', JADDED, '-inf', '('..score_s)
-  local hi = redis.call('ZCOUNT', JADDED, '-inf', score_s)
+-- The index in zset `zkey` of the first member after the cursor (score, id), ties by id.
+local function zafter(zkey, score_s, id)
+  local rank = redis.call('ZRANK', zkey, id)
+  if rank and tonumber(redis.call('ZSCORE', zkey, id)) == tonumber(score_s) then return rank + 1 end
+  local lo = redis.call('ZCOUNT', zkey, '-inf', '('..score_s)
+  local hi = redis.call('ZCOUNT', zkey, '-inf', score_s)
   while lo < hi do  -- binary search within the members of equal score
     local mid = math.floor((lo + hi) / 2)
-    if bytes_le(redis.call('ZRANGE', JADDED, mid, mid)[1], id) then lo = mid + 1 else hi = mid end
+    if bytes_le(redis.call('ZRANGE', zkey, mid, mid)[1], id) then lo = mid + 1 else hi = mid end
   end
   return lo
 end
 """
 
+_LIB = _CORE + BATCH_LIB + _JOBS
+
 _SCRIPTS: dict[str, str] = {
-    # ARGV[3] id, [4] labels, [5] notify, [6] now, [7] first_poll_at, [8] again ("1"/"0")
+    # ARGV[3] id, [4] labels, [5] notify, [6] now, [7] first_poll_at, [8] again ("1"/"0"), [9] batch
     "add_job": """
-local id, again = ARGV[3], ARGV[8] == '1'
+local id, again, batch = ARGV[3], ARGV[8] == '1', ARGV[9]
 if redis.call('HEXISTS', TOMBWHY, id) == 1 then
   if not again then return 0 end
   redis.call('ZREM', TOMBS, id); redis.call('HDEL', TOMBWHY, id)
@@ -209,14 +219,16 @@ end
 local outcome = redis.call('HGET', jkey(id), 'outcome')
 if outcome then
   if not again or outcome == '' then return 0 end
-  remove_job(id, true)  -- a final job asked for again: a fresh watch replaces it
+  remove_job(id, true, ARGV[6], true)  -- a final job asked for again: a fresh watch replaces it
 end
 redis.call('HSET', jkey(id), 'id', id, 'labels', ARGV[4], 'notify', ARGV[5], 'added_at', ARGV[6],
   'next_poll_at', ARGV[7], 'polls', '0', 'transient_errors', '0', 'snapshot', 'null',
-  'outcome', '', 'detected_at', '', 'owner', '', 'lease_until', '')
+  'outcome', '', 'detected_at', '', 'owner', '', 'lease_until', '', 'batch', batch, 'errors', 'null',
+  'stuck_at', '')
 redis.call('ZADD', JDUE, ARGV[7], id)
 redis.call('ZADD', JADDED, ARGV[6], id)
 bump('job:watching', 1)
+if batch ~= '' then bjoin(batch, id, ARGV[6]) end
 return 1
 """,
     "claim_jobs": "return claim(JDUE, jkey, 'outcome', '', job_due)",
@@ -234,18 +246,19 @@ redis.call('HSET', key, 'next_poll_at', ARGV[5], 'polls', ARGV[6], 'transient_er
 redis.call('ZADD', JDUE, ARGV[5], id)
 return 1
 """,
-    # ARGV[3] id, [4] token, [5] outcome, [6] snapshot, [7] polls, [8] detected_at,
-    # [9] number of deliveries, [10..] their fields
+    # ARGV[3] id, [4] token, [5] outcome, [6] snapshot, [7] polls, [8] detected_at, [9] errors,
+    # [10] now, [11] number of deliveries, [12..] their fields
     "record_outcome": """
 local id, key, outcome = ARGV[3], jkey(ARGV[3]), ARGV[5]
-local cur = redis.call('HMGET', key, 'outcome', 'owner', 'lease_until')
+local cur = redis.call('HMGET', key, 'outcome', 'owner', 'lease_until', 'batch')
 if cur[1] ~= '' or not holds(ARGV[4], cur[2], cur[3]) then return 0 end
 redis.call('HSET', key, 'outcome', outcome, 'snapshot', ARGV[6], 'polls', ARGV[7],
-  'detected_at', ARGV[8], 'owner', '', 'lease_until', '')
+  'detected_at', ARGV[8], 'errors', ARGV[9], 'owner', '', 'lease_until', '')
 redis.call('ZREM', JDUE, id)
 redis.call('ZADD', JFINAL, ARGV[8], id)
 bump('job:watching', -1); bump('job:'..outcome, 1)
-add_deliveries(tonumber(ARGV[9]), 10)
+add_deliveries(tonumber(ARGV[11]), 12)
+if cur[4] and cur[4] ~= '' then bcount(cur[4], outcome, ARGV[10]) end
 return 1
 """,
     # ARGV[3] id, [4] token: the token alone, so a stale holder can never free a fresh claim.
@@ -267,7 +280,7 @@ return 1
 """,
     # ARGV[3] id, [4] now: the job and its deliveries go, a STOPPED tombstone stays.
     "remove_job": """
-if remove_job(ARGV[3], false) == 0 then return 0 end
+if remove_job(ARGV[3], false, ARGV[4], true) == 0 then return 0 end
 bury(ARGV[3], ARGV[4], 'stopped')
 return 1
 """,
@@ -309,7 +322,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', JFINAL, '-inf', '('..ARGV[3], 'L
     end
   end
   if settled then
-    remove_job(id, false); bury(id, now, 'finished')
+    remove_job(id, false, now, false); bury(id, now, 'finished')
     purged = purged + 1
     if purged >= limit then break end
   end
@@ -328,7 +341,7 @@ return #ids
     # [9] number of alerts, [10..] their fields
     "record_delivery": """
 local id, key, state, next_at = ARGV[3], dkey(ARGV[3]), ARGV[5], ARGV[7]
-local cur = redis.call('HMGET', key, 'state', 'owner', 'lease_until', 'notifier')
+local cur = redis.call('HMGET', key, 'state', 'owner', 'lease_until', 'notifier', 'created_at')
 if cur[1] ~= 'pending' or not holds(ARGV[4], cur[2], cur[3]) then return 0 end
 redis.call('HSET', key, 'state', state, 'attempts', ARGV[6], 'next_attempt_at', next_at,
   'last_error', ARGV[8], 'owner', '', 'lease_until', '')
@@ -336,6 +349,7 @@ if state == 'pending' then
   dlv_due(id, cur[4], next_at)
 else
   dlv_undue(id, cur[4])
+  if state == 'dead' then redis.call('ZADD', DDIED, cur[5], id) end
   bump('delivery:pending', -1); bump('delivery:'..state, 1)
 end
 add_deliveries(tonumber(ARGV[9]), 10)
@@ -359,7 +373,7 @@ return 1
     # Returns [records, last id looked at, its score, 1 when the end was reached].
     "list_jobs": """
 local start, state, want, bound = 0, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-if ARGV[3] == '1' then start = after_index(ARGV[4], ARGV[5]) end
+if ARGV[3] == '1' then start = zafter(JADDED, ARGV[4], ARGV[5]) end
 local out, seen, last_id, last_score, done = {}, 0, '', '', 0
 while #out < want and seen < bound do
   local page = redis.call('ZRANGE', JADDED, start, start + math.min(bound - seen, 200) - 1, 'WITHSCORES')
@@ -396,4 +410,5 @@ return math.floor(#page / 2)
 
 def register_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
     """Every script in _SCRIPTS, with _LIB in front, registered with `client` by name."""
-    return {name: client.register_script(_LIB + body) for name, body in _SCRIPTS.items()}
+    scripts = {**_SCRIPTS, **BATCH_SCRIPTS}
+    return {name: client.register_script(_LIB + body) for name, body in scripts.items()}

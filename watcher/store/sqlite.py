@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,8 +39,9 @@ from watcher.models import (
     TombstoneReason,
 )
 from watcher.store.base import HOUSEKEEPING_BATCH
+from watcher.store.sqlite_batches import SqliteBatches, count_outcome, join_batches, leave_batch
 from watcher.store.sqlite_db import BUSY_TIMEOUT_MS
-from watcher.store.sqlite_outbox import PARAMS_CHUNK, SqliteOutbox
+from watcher.store.sqlite_outbox import PARAMS_CHUNK
 from watcher.store.sqlite_rows import (
     _INSERT_DELIVERY,
     _JOB_COLUMNS,
@@ -48,7 +50,6 @@ from watcher.store.sqlite_rows import (
     _delivery_params,
     _dumps,
     _job,
-    _LabelsMemo,
     _snapshot_json,
     _SnapshotMemo,
 )
@@ -67,11 +68,11 @@ __all__ = [
     "migrate",
 ]
 
-_JOB_FIELDS = "(id, labels, notify, added_at, next_poll_at, due_at)"
-_ADD_JOB = f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
+_JOB_FIELDS = "(id, labels, notify, added_at, next_poll_at, due_at, batch)"
+_ADD_JOB = f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 # A tombstoned id stays out unless the caller asks again (then the tombstone goes first).
 _ADD_UNBURIED = (
-    f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} SELECT ?, ?, ?, ?, ?, ?"  # noqa: S608
+    f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} SELECT ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
     " WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?)"
 )
 _BURY = "INSERT OR REPLACE INTO tombstones (id, at, reason) VALUES (?, ?, ?)"
@@ -79,7 +80,7 @@ _BURY = "INSERT OR REPLACE INTO tombstones (id, at, reason) VALUES (?, ?, ?)"
 
 def _add_params(ref: JobRef, now: float, first_poll_at: float) -> tuple[Any, ...]:
     notify = None if ref.notify is None else _dumps(list(ref.notify))
-    return (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at)
+    return (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at, ref.batch)
 
 
 # Fencing: only the current token, and only while its lease lives.
@@ -89,7 +90,7 @@ _RECORD_POLL = (
     f" snapshot = ?, lease_owner = NULL, lease_until = NULL WHERE {_HELD}"
 )
 _RECORD_OUTCOME = (
-    "UPDATE jobs SET outcome = ?, snapshot = ?, polls = ?, detected_at = ?,"  # noqa: S608
+    "UPDATE jobs SET outcome = ?, snapshot = ?, polls = ?, detected_at = ?, errors = ?,"  # noqa: S608
     f" lease_owner = NULL, lease_until = NULL WHERE {_HELD}"
 )
 _PURGEABLE = (
@@ -108,13 +109,12 @@ _SPREAD_CHUNK = (
 )
 
 
-class SqliteStore(SqliteOutbox):
+class SqliteStore(SqliteBatches):
     """A StateStore in one SQLite file (or ":memory:")."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self._snapshots = _SnapshotMemo()
-        self._labels = _LabelsMemo()
 
     async def close(self) -> None:
         await super().close()
@@ -135,10 +135,13 @@ class SqliteStore(SqliteOutbox):
         with self._write() as conn:
             cursor = conn.cursor()
             if not again:
-                return [
+                added = [
                     cursor.execute(_ADD_UNBURIED, (*_add_params(ref, now, first_poll_at), ref.id)).rowcount == 1
                     for ref in refs
                 ]
+                joined = Counter(ref.batch for ref, new in zip(refs, added, strict=True) if new and ref.batch)
+                join_batches(cursor, joined, now)
+                return added
             added = [self._add_again(cursor, ref, now, first_poll_at) for ref in refs]
         for ref, new in zip(refs, added, strict=True):
             if new:
@@ -149,10 +152,12 @@ class SqliteStore(SqliteOutbox):
     def _add_again(cursor: sqlite3.Cursor, ref: JobRef, now: float, first_poll_at: float) -> bool:
         """Lift the tombstone; replace a final job by a fresh watch; leave a watching one be."""
         cursor.execute("DELETE FROM tombstones WHERE id = ?", (ref.id,))
-        row = cursor.execute("SELECT outcome FROM jobs WHERE id = ?", (ref.id,)).fetchone()
+        row = cursor.execute("SELECT outcome, batch FROM jobs WHERE id = ?", (ref.id,)).fetchone()
         if row is not None:
             if row[0] is None:
                 return False
+            if row[1] is not None:
+                leave_batch(cursor, row[1], row[0], now)
             # Old deliveries still pending keep going (their ids differ from the new watch's).
             pending = cursor.execute(
                 "SELECT 1 FROM deliveries WHERE job_id = ? AND state = 'pending' LIMIT 1", (ref.id,)
@@ -160,7 +165,10 @@ class SqliteStore(SqliteOutbox):
             if pending is None:
                 cursor.execute("DELETE FROM deliveries WHERE job_id = ?", (ref.id,))
             cursor.execute("DELETE FROM jobs WHERE id = ?", (ref.id,))
-        return cursor.execute(_ADD_JOB, _add_params(ref, now, first_poll_at)).rowcount == 1
+        new: bool = cursor.execute(_ADD_JOB, _add_params(ref, now, first_poll_at)).rowcount == 1
+        if new and ref.batch is not None:
+            join_batches(cursor, {ref.batch: 1}, now)
+        return new
 
     async def get_job(self, job_id: str) -> JobState | None:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
@@ -193,8 +201,12 @@ class SqliteStore(SqliteOutbox):
     async def remove_job(self, job_id: str, *, now: float) -> bool:
         """Delete the job and its deliveries and leave a STOPPED tombstone, in one transaction."""
         with self._write() as conn:
-            if conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 0:
+            row = conn.execute("SELECT outcome, batch FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
                 return False
+            if row[1] is not None:
+                leave_batch(conn, row[1], row[0], now)
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             conn.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
             conn.execute(_BURY, (job_id, now, TombstoneReason.STOPPED.value))
         self._snapshots.forget(job_id)
@@ -269,15 +281,30 @@ class SqliteStore(SqliteOutbox):
         polls: int,
         detected_at: float,
         deliveries: Sequence[Delivery],
+        errors: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Set the final outcome and insert its deliveries in one transaction."""
-        params = (Outcome(outcome).value, _snapshot_json(snapshot), polls, detected_at, job_id, token, now)
+        """Set the final outcome, insert its deliveries and count it in its batch, in one transaction."""
+        value = Outcome(outcome).value
+        errors_text = None if errors is None else _dumps(dict(errors))
+        params = (value, _snapshot_json(snapshot), polls, detected_at, errors_text, job_id, token, now)
         with self._write() as conn:
             changed = conn.execute(_RECORD_OUTCOME, params).rowcount == 1
             if changed:
                 conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in deliveries])
+                batch = conn.execute("SELECT batch FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+                if batch is not None:
+                    count_outcome(conn, batch, value, now)
         if changed:
             self._snapshots.forget(job_id)  # final: never claimed again
+        return changed
+
+    async def mark_stuck(self, job_id: str, *, token: str, now: float, deliveries: Sequence[Delivery]) -> bool:
+        """Set stuck_at and insert the warning's deliveries, once, in one transaction; the lease stays."""
+        sql = f"UPDATE jobs SET stuck_at = ? WHERE {_HELD} AND stuck_at IS NULL"  # noqa: S608
+        with self._write() as conn:
+            changed = conn.execute(sql, (now, job_id, token, now)).rowcount == 1
+            if changed:
+                conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in deliveries])
         return changed
 
     async def release_job(self, job_id: str, *, token: str) -> None:

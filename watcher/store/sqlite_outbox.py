@@ -133,6 +133,14 @@ class SqliteOutbox(SqliteDatabase):
             found.extend(_delivery(row) for row in rows)
         return sorted(found, key=lambda d: (d.created_at, d.id))
 
+    async def dead_deliveries(self, *, since: float, until: float, limit: int = 1000) -> list[Delivery]:
+        """Dead deliveries created in [since, until), oldest first, without their event bodies."""
+        sql = (
+            f"SELECT {_DELIVERY_COLUMNS_NO_EVENT} FROM deliveries INDEXED BY deliveries_dead"  # noqa: S608
+            " WHERE state = 'dead' AND created_at >= ? AND created_at < ? ORDER BY created_at, id LIMIT ?"
+        )
+        return [_delivery(row) for row in self._query(sql, (since, until, max(0, limit)))]
+
     async def next_delivery_due_at(self) -> float | None:
         """Earliest due time among pending deliveries (a leased one counts at its lease expiry)."""
         value = self._query("SELECT min(due_at) FROM deliveries WHERE state = 'pending'")[0][0]

@@ -12,9 +12,13 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from watcher.models import Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
+from watcher.models import Batch, BatchPhase, Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
 
-_JOB_COLUMNS = "id, labels, notify, added_at, next_poll_at, polls, transient_errors, snapshot, outcome, detected_at"
+_JOB_COLUMNS = (
+    "id, labels, notify, added_at, next_poll_at, polls, transient_errors, snapshot, outcome, detected_at,"
+    " batch, errors, stuck_at"
+)
+_BATCH_COLUMNS = "name, phase, jobs, final, outcomes, started_at, quiet_since, finished_at, summaries, last_summary_id"
 _DELIVERY_COLUMNS = "id, notifier, event, created_at, next_attempt_at, deadline_at, job_id, state, attempts, last_error"
 # The same columns with the body left unread: job views never need it, and it is the large part.
 _DELIVERY_COLUMNS_NO_EVENT = _DELIVERY_COLUMNS.replace("event,", "'{}' AS event,")
@@ -68,7 +72,8 @@ def _job(
 
     `snapshot`, when given, is the row's snapshot already parsed (see _SnapshotMemo).
     """
-    job_id, labels, notify, added_at, next_poll_at, polls, transient_errors, text, outcome, detected_at = row
+    job_id, labels, notify, added_at, next_poll_at, polls, transient_errors, text, outcome, detected_at = row[:10]
+    batch, errors, stuck_at = row[10:13]
     return JobState(
         job_id,
         labels_of(labels),
@@ -81,7 +86,19 @@ def _job(
         None if outcome is None else Outcome(outcome),
         detected_at,
         lease,
+        batch,
+        None if errors is None else json.loads(errors),
+        stuck_at,
     )
+
+
+def _batch(row: Sequence[Any], lease: Lease | None = None) -> Batch:
+    """A row of _BATCH_COLUMNS (by position) as a Batch."""
+    name, phase, jobs, final, outcomes, started_at, quiet_since, finished_at, summaries, last_summary_id = row
+    return Batch(
+        name, BatchPhase(phase), jobs, final, json.loads(outcomes), started_at, quiet_since,
+        finished_at, summaries, last_summary_id, lease,
+    )  # fmt: skip
 
 
 def _same_json(a: Snapshot, b: Snapshot) -> bool:
