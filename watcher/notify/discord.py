@@ -31,10 +31,11 @@ from watcher.models import Delivery
 from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
 from watcher.notify import render
 from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE, BaseNotifier
+from watcher.notify.chat import secret_url
 from watcher.notify.message import Message, Section, Severity, message_from_event
 from watcher.notify.pacing import DEFAULT_MAX_WAIT, Pacer, destination_key, pacer_for
 from watcher.notify.webhook import USER_AGENT, network_error, read_some, reveal
-from watcher.schema import Field, Secret, boolean, duration, optional_string, url
+from watcher.schema import Field, boolean, duration, optional_string
 
 MAX_TITLE, MAX_DESCRIPTION, MAX_FIELDS = 256, 4096, 25
 MAX_FIELD_NAME, MAX_FIELD_VALUE, MAX_FOOTER, MAX_TOTAL, MAX_USERNAME = 256, 1024, 2048, 6000, 80
@@ -160,11 +161,6 @@ def _section_field(section: Section) -> tuple[str, str, bool]:
 # --- the notifier ------------------------------------------------------------------
 
 
-def _secret_url(value: Any) -> Secret:
-    # The webhook URL embeds its token: parse it as a URL, keep it as a Secret.
-    return Secret(url("http", "https")(value))
-
-
 def webhook_url_problem(target: str, *, allow_insecure: bool, allow_private: bool) -> str | None:
     """Why a Discord webhook URL may not be used (None: it may)."""
     problem = configured_url_problem(target, allow_insecure=allow_insecure)
@@ -191,7 +187,7 @@ class DiscordNotifier(BaseNotifier):
 
     type_name: ClassVar[str] = "discord"
     fields: ClassVar[tuple[Field, ...]] = (
-        Field("webhook_url", _secret_url, required=True, secret=True, doc="channel webhook URL"),
+        Field("webhook_url", secret_url, required=True, secret=True, doc="channel webhook URL"),
         Field("username", optional_string, doc="shown as the sender; the webhook's own name when absent"),
         Field("timeout", duration(0.001), default=10.0, doc="per request"),
         Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),

@@ -19,6 +19,7 @@ from watcher.net import configured_url_problem
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
 from watcher.notify.blocks import blocks_message
+from watcher.notify.chat import secret_url
 from watcher.notify.message import message_from_event
 from watcher.notify.webhook import (
     USER_AGENT,
@@ -29,7 +30,7 @@ from watcher.notify.webhook import (
     read_whole,
     reveal,
 )
-from watcher.schema import Field, Secret, boolean, duration, optional_string, secret, url
+from watcher.schema import Field, boolean, duration, optional_string, secret, url
 
 # chat.postMessage answers 200 {"ok": false}; these errors are worth another try.
 _RETRYABLE_API_ERRORS = frozenset(
@@ -51,17 +52,12 @@ def build_message(event: Mapping[str, Any], *, title: str | None = None, text: s
     return blocks_message(message_from_event(event), title=title, text=text)
 
 
-def _secret_url(value: Any) -> Secret:
-    # The incoming-webhook URL embeds a token: parse it as a URL, keep it as a Secret.
-    return Secret(url("http", "https")(value))
-
-
 class SlackNotifier(BaseNotifier):
     """Posts to Slack with an incoming webhook, or with a bot token to a channel."""
 
     type_name: ClassVar[str] = "slack"
     fields: ClassVar[tuple[Field, ...]] = (
-        Field("webhook_url", _secret_url, secret=True, doc="incoming webhook URL"),
+        Field("webhook_url", secret_url, secret=True, doc="incoming webhook URL"),
         Field("bot_token", secret, secret=True, doc="xoxb-... for chat.postMessage"),
         Field("channel", optional_string, doc="channel id or name, with bot_token"),
         Field("api_url", url("http", "https"), default="https://slack.com/api"),
