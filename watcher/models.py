@@ -11,6 +11,7 @@ from typing import Any
 from watcher.errors import InvalidJobId
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+BATCH_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def validate_job_id(job_id: object) -> str:
@@ -18,6 +19,14 @@ def validate_job_id(job_id: object) -> str:
     if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         raise InvalidJobId(job_id)
     return job_id
+
+
+def validate_batch_name(name: object) -> str:
+    """Return the batch name unchanged, or raise ValueError (1 to 128 of A-Z a-z 0-9 - _ . :)."""
+    if not isinstance(name, str) or not BATCH_NAME_PATTERN.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ValueError(f"invalid batch name {shown}: expected 1 to 128 characters of A-Z a-z 0-9 - _ . :")
+    return name
 
 
 class Outcome(StrEnum):
@@ -55,9 +64,12 @@ class JobRef:
     id: str
     labels: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None  # overrides routes when set
+    batch: str | None = None  # the batch it belongs to (one summary for all its jobs)
 
     def __post_init__(self) -> None:
         validate_job_id(self.id)
+        if self.batch is not None:
+            validate_batch_name(self.batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +150,9 @@ class JobState:
     outcome: Outcome | None = None
     detected_at: float | None = None
     lease: Lease | None = None  # set on the copies a claim hands out
+    batch: str | None = None
+    errors: Mapping[str, Any] | None = None  # the errors-file summary stored with the outcome
+    stuck_at: float | None = None  # when its one stuck warning was written
 
     @property
     def state(self) -> str:
@@ -145,7 +160,40 @@ class JobState:
 
     @property
     def ref(self) -> JobRef:
-        return JobRef(self.id, self.labels, self.notify)
+        return JobRef(self.id, self.labels, self.notify, self.batch)
+
+
+class BatchPhase(StrEnum):
+    """Where a batch stands: open while a job runs or joined lately, finished once summarised."""
+
+    OPEN = "open"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A named group of jobs summarised once, when all are final and none joined for `batches.settle`.
+
+    Invariant: `jobs`, `final`, `outcomes` and `quiet_since` change only in the transaction that
+    adds a job to the batch or records a job's outcome; `phase` becomes FINISHED only in the
+    transaction that writes its summary's deliveries, and a job joining reopens it.
+    """
+
+    name: str
+    phase: BatchPhase
+    jobs: int
+    final: int
+    outcomes: Mapping[str, int]
+    started_at: float  # when its first job was added
+    quiet_since: float  # the last join or outcome: settled once all are final and this is `settle` old
+    finished_at: float | None = None  # when its latest summary was written
+    summaries: int = 0  # summaries written so far; the next one continues the last
+    last_summary_id: str | None = None
+    lease: Lease | None = None  # set on the copies a claim hands out
+
+    @property
+    def all_final(self) -> bool:
+        return self.final >= self.jobs
 
 
 @dataclass(frozen=True, slots=True)
