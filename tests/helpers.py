@@ -1,15 +1,35 @@
-"""Real local peers for integration tests: a Standard Webhooks receiver and config builders."""
+"""Real local peers for integration tests: services, ports, waits, the subprocess daemon, receivers, configs.
+
+The fixtures built on these (redis_url, redis_prefix, smtp_server, daemon) are in tests/conftest.py,
+which also turns a missing service into a failure under REQUIRE_SERVICES=1 (CI).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import os
+import shutil
+import signal
+import socket
+import sys
 import textwrap
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+import redis.asyncio as aioredis
+import redis.exceptions
 from aiohttp import web
+from aiosmtpd.smtp import Envelope, Session
 from standardwebhooks.webhooks import Webhook
 
 from watcher.config import Config, load_config
@@ -73,7 +93,22 @@ class WebhookReceiver:
         return out
 
     def statuses(self) -> dict[str, str]:
+        """The last status each job notified (see notifications() for how many there were)."""
         return {job: items[-1].body["data"]["status"] for job, items in self.by_job().items()}
+
+    def notifications(self) -> dict[str, list[str]]:
+        """Per job, the status of every distinct notification (webhook-id) in arrival order; resends of one id count once."""
+        out: dict[str, list[str]] = {}
+        for job, items in self.by_job().items():
+            seen: dict[str, str] = {}
+            for item in items:
+                seen.setdefault(item.webhook_id, item.body["data"]["status"])
+            out[job] = list(seen.values())
+        return out
+
+    def resends(self) -> int:
+        """Deliveries that repeated a webhook-id already received (at least once: after a crash)."""
+        return len(self.received) - len({item.webhook_id for item in self.received})
 
 
 def config_text(
@@ -91,6 +126,8 @@ sendgrid:
   api_key: {API_KEY}
   base_url: {fake_url}
   request_timeout: 2s
+  allow_private: true    # the fake serves errors files on plain-http loopback
+  allow_insecure: true
 polling:
   {polling}
 state:
@@ -113,3 +150,211 @@ def make_config(tmp_path: Path, text: str) -> Config:
 def write_jobs(path: Path, ids: list[str]) -> Path:
     path.write_text("jobs:\n" + "".join(f"  - {i}\n" for i in ids), encoding="utf-8")
     return path
+
+
+# -- services: REQUIRE_SERVICES=1 (CI) turns "not here" into a failure --------------------------
+
+REDIS_URL = os.environ.get("WATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+CHROMIUM = Path(os.environ.get("WATCHER_TEST_CHROMIUM", "/usr/bin/chromium"))
+#: Words in a skip reason that name a service CI must have; tests/conftest.py fails such skips there.
+SERVICE_WORDS = ("redis", "chromium")
+
+
+def services_required() -> bool:
+    """True in CI (.ci/run sets REQUIRE_SERVICES=1): a missing service fails instead of skipping."""
+    return os.environ.get("REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def missing_service(reason: str) -> None:
+    """Skip the test locally; fail it when services are required."""
+    if services_required():
+        pytest.fail(f"REQUIRE_SERVICES=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@functools.cache
+def _redis_problem(url: str) -> str | None:
+    """None when Redis at `url` answers PING, else why not (asked once per URL and session)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        return f"Redis at {url} is unreachable ({exc}); start it (make services) or set WATCHER_TEST_REDIS_URL"
+    finally:
+        client.close()
+    return None
+
+
+def require_redis(url: str = REDIS_URL) -> str:
+    """The test Redis URL; skips (fails under REQUIRE_SERVICES=1) when it does not answer."""
+    if (problem := _redis_problem(url)) is not None:
+        missing_service(problem)
+    return url
+
+
+async def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete every key under `prefix` on the Redis at `url` (what a test left behind)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for start in range(0, len(keys), 500):
+            await client.delete(*keys[start : start + 500])
+    finally:
+        await client.aclose()
+
+
+def require_chromium() -> Path:
+    """The Chromium binary; skips (fails under REQUIRE_SERVICES=1) when it is not installed."""
+    if not os.access(CHROMIUM, os.X_OK):
+        missing_service(f"needs chromium at {CHROMIUM} (apt-get install chromium; .ci/services installs it in CI)")
+    return CHROMIUM
+
+
+def require_binary(name: str) -> str:
+    """The path of a service binary such as redis-server; skips (fails under REQUIRE_SERVICES=1) without it."""
+    path = shutil.which(name)
+    if path is None:
+        missing_service(f"{name} is not installed (Debian: apt-get install redis-server)")
+    return str(path)
+
+
+def free_port() -> int:
+    """A local port nothing listens on right now (bound, read, released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- waiting with a deadline ---------------------------------------------------------------------
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = 10.0, *, what: str = "condition",
+    watch: Iterable[DaemonProcess] = (), interval: float = 0.02,
+) -> None:
+    """Wait until `check()` (sync or async) is truthy; fail after `timeout` s, or at once if a watched daemon exits.
+
+    The failure names `what` and carries the tail of each watched daemon's output, so a hung
+    run says why instead of waiting for the global pytest timeout.
+    """
+    deadline = time.monotonic() + timeout
+    watched = list(watch)
+    while True:
+        value = check()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return
+        for daemon in watched:
+            if daemon.returncode is not None:
+                raise AssertionError(f"{what}: the daemon exited with {daemon.returncode} first\n{daemon.tail()}")
+        if time.monotonic() > deadline:
+            tails = "\n".join(daemon.tail() for daemon in watched)
+            raise AssertionError(f"{what}: not met within {timeout}s\n{tails}".rstrip())
+        await asyncio.sleep(interval)
+
+
+# -- the daemon as a subprocess -------------------------------------------------------------------
+
+
+@dataclass
+class DaemonProcess:
+    """`python -m watcher run -c CONFIG ...` in its own process; its stdout and stderr go to `log`."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    @classmethod
+    async def start(
+        cls, config: Path, *args: str, log: Path | None = None, env: Mapping[str, str] | None = None,
+        command: str = "run",
+    ) -> DaemonProcess:
+        """Start it; the log is appended to (a restarted daemon keeps one log)."""
+        log = log or config.with_name("daemon.log")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "watcher", command, "-c", str(config), *args,
+                stdout=out, stderr=out, env=full_env, stdin=asyncio.subprocess.DEVNULL,
+            )
+        return cls(proc, log)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines (a SIGKILL may cut the last one short, and it is left out)."""
+        parsed = []
+        for line in self.text().splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    parsed.append(event)
+        return parsed
+
+    def tail(self, lines: int = 40) -> str:
+        """The last lines of its output, for assertion messages."""
+        kept = self.text().splitlines()[-lines:]
+        return f"--- last {len(kept)} lines of {self.log.name} (pid {self.proc.pid}) ---\n" + "\n".join(kept)
+
+    async def wait(self, timeout: float) -> int:
+        """Its exit code; past `timeout` it is killed and the test fails with its output."""
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            await self.kill()
+            raise AssertionError(f"the daemon did not exit within {timeout}s\n{self.tail()}") from None
+
+    async def exits_with(self, expected: int, timeout: float) -> None:
+        """Assert it exits with `expected` within `timeout`, showing its output otherwise."""
+        code = await self.wait(timeout)
+        assert expected == code, self.tail()
+
+    async def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then its exit code (killed, and a failure, past `timeout`)."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL it (if still running) and reap it."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+
+
+# -- an SMTP sink ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SmtpSink:
+    """An aiosmtpd handler that keeps every envelope; refuses the recipients in `refuse` with `refusal`."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    envelopes: list[Envelope] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+    refusal: str = "550 5.1.1 recipient rejected"
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return self.refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            message_from_bytes(e.original_content or b"", policy=policy.default)  # type: ignore[misc]
+            for e in self.envelopes
+        ]

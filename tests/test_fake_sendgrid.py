@@ -250,7 +250,7 @@ async def test_control_endpoints_script_and_report(fake: FakeSendGrid,
             assert 500 == (await get_job(http, fake, "job-1"))[0]
         async with plain.get(f"{control}/stats") as r:
             stats = await r.json()
-        assert {"polls": {"job-1": 3}, "requests_total": 3,
+        assert {"latency": 0.0, "polls": {"job-1": 3}, "requests_total": 3,
                 "responses_by_status": {"200": 1, "401": 1, "500": 1},
                 "max_concurrent_per_job": {"job-1": 1}} == stats
         async with plain.post(f"{control}/jobs", json={"id": "j", "bogus": 1}) as r:
@@ -319,6 +319,26 @@ async def test_max_concurrent_per_job_sees_overlapping_polls(
     for _ in range(2):
         await get_job(http, fake, "alone")
     assert {"together": 3, "alone": 1} == fake.max_concurrent_per_job
+
+
+async def test_latency_survives_fault_changes_and_lets_polls_overlap(
+    fake: FakeSendGrid, http: aiohttp.ClientSession
+) -> None:
+    """A latency set over the control API delays every answer, outlives set_faults, and makes concurrent GETs overlap."""
+    fake.script_job("job-1")
+    async with aiohttp.ClientSession() as plain:
+        async with plain.post(f"{fake.base_url}/_control/latency", json={"seconds": 0.05}) as r:
+            assert 200 == r.status
+        async with plain.post(f"{fake.base_url}/_control/latency", json={"seconds": -1}) as r:
+            assert 400 == r.status
+    fake.set_faults(error_rate=0.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.gather(*(get_job(http, fake, "job-1") for _ in range(4)))
+    assert loop.time() - began >= 0.05
+    assert {"job-1": 4} == fake.max_concurrent_per_job
+    fake.reset()
+    assert 0.0 == fake.latency
 
 
 async def test_records_on_behalf_of_and_user_agent(

@@ -29,6 +29,9 @@ FAST = Backoff(initial=0.05, maximum=0.2)
 POLLING = "initial_delay: 0s\n  min_interval: 100ms\n  max_interval: 1s\n  deadline: 20s\n  not_found_grace: 1s"
 REQUEST_TIMEOUT = 0.5
 RATE_LIMIT = 500  # requests per 1 s window, announced in X-RateLimit-* headers
+# Every answer takes this long, so two polls of one job in flight at once would overlap at the fake
+# and show in max_concurrent_per_job; with instant answers they never could.
+LATENCY = 0.01
 BASE_FAULTS = {"error_rate": 0.3, "timeout_rate": 0.03, "malformed_rate": 0.05, "drop_rate": 0.03}
 # 429s come in storms on top of the base faults: (start after the run began, length, share of 429s).
 # Any 429 holds every request until the window resets (watcher/ratelimit/), so a steady trickle of them
@@ -127,7 +130,7 @@ def max_requests(policy: PollPolicy) -> int:
 async def test_every_job_reaches_its_true_outcome_once_through_faults(tmp_path: Path) -> None:
     """Through 5xx, timeouts, garbage, hang-ups and 429 storms, 500 jobs each notify their true outcome once, polled within the policy."""
     requests = RequestLog()
-    fake = FakeSendGrid(rate_limit=RATE_LIMIT)
+    fake = FakeSendGrid(rate_limit=RATE_LIMIT, latency=LATENCY)
     requests.attach(fake)
     async with fake, WebhookReceiver() as hook:
         fake.set_faults(**BASE_FAULTS, seed=SEED)
@@ -152,11 +155,13 @@ async def test_every_job_reaches_its_true_outcome_once_through_faults(tmp_path: 
     print(f"\nfaulty sendgrid: {JOBS} jobs in {wall:.1f}s; {sum(map(len, requests.arrivals.values()))} status "
           f"requests, answered {dict(requests.kinds)}; per job {sum(polls.values()) / JOBS:.1f} polls on average, "
           f"max {max(polls.values())} (bound {max_requests(policy)}), plus {sum(p[1] for p in paces.values())} "
-          f"aiohttp resends after a dropped connection; last job to end was seen {latest:.1f}s after it was added")
+          f"aiohttp resends after a dropped connection; last job to end was seen {latest:.1f}s after it was added; "
+          f"most logged {events.most_common(8)}")
 
     assert 0 == exit_code
     assert {name: 0 for name in TROUBLE_EVENTS} == {name: events[name] for name in TROUBLE_EVENTS}
     assert expected == hook.statuses()
+    assert {job_id: [outcome] for job_id, outcome in expected.items()} == hook.notifications()
     assert {job_id: 1 for job_id in expected} == {job_id: len(items) for job_id, items in hook.by_job().items()}
     assert JOBS == len(hook.received)
     assert {DeliveryState.DELIVERED} == {d.state for d in deliveries}
@@ -166,5 +171,5 @@ async def test_every_job_reaches_its_true_outcome_once_through_faults(tmp_path: 
     assert [] == [(job_id, n) for job_id, n in polls.items() if n > max_requests(policy)]
     # Never faster than the policy: each gap is at least the shortest wait its answer allows.
     assert {} == {job_id: too_fast for job_id, (too_fast, _) in paces.items() if too_fast}
-    assert {1} == set(fake.max_concurrent_per_job.values())
+    assert {1} == set(fake.max_concurrent_per_job.values())  # one poll per job at a time, answers taking LATENCY
 

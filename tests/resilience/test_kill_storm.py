@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -16,11 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
-import redis.exceptions
 from aiohttp import web
 
-from tests.helpers import WebhookReceiver, config_text, write_jobs
+from tests.helpers import (
+    DaemonProcess,
+    WebhookReceiver,
+    config_text,
+    delete_redis_prefix,
+    eventually,
+    require_redis,
+    write_jobs,
+)
 from watcher.models import DeliveryState
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
@@ -28,7 +32,6 @@ from .conftest import TROUBLE_EVENTS, stored
 
 pytestmark = pytest.mark.resilience
 
-REDIS_URL = os.environ.get("WATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SEED = 6_1409
 JOBS = 60
 KILLS = 4
@@ -49,18 +52,8 @@ class SlowReceiver(WebhookReceiver):
         return response
 
 
-async def start_daemon(config: Path, log: Path, *extra: str) -> asyncio.subprocess.Process:
-    """`python -m watcher run` in its own process, its log appended to `log`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "watcher", "run", "-c", str(config), *extra,
-            stdout=asyncio.subprocess.DEVNULL, stderr=out, env=env,
-        )
-
-
 async def wait_until(count: Callable[[], int], target: int, timeout: float) -> None:
-    """Poll `count()` every 10 ms until it reaches `target` or `timeout` seconds pass."""
+    """Poll `count()` every 10 ms until it reaches `target` or `timeout` seconds pass (then go on: a kill moment, not a check)."""
     deadline = time.monotonic() + timeout
     while count() < target and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -86,8 +79,8 @@ async def kill_storm(config: Path, log: Path, fake: FakeSendGrid, hook: WebhookR
     kills = []
     for n in range(KILLS):
         polled, delivered = fake.requests_total, len(hook.received)
-        proc = await start_daemon(config, log)
-        await wait_until(lambda: fake.requests_total, polled + 1, 20)
+        daemon = await DaemonProcess.start(config, log=log)
+        await eventually(lambda polled=polled: fake.requests_total > polled, 20, what=f"run {n + 1}'s first poll", watch=[daemon])
         if n % 2 == 0:
             pause = rng.uniform(0.2, 1.5)
             await asyncio.sleep(pause)
@@ -96,30 +89,21 @@ async def kill_storm(config: Path, log: Path, fake: FakeSendGrid, hook: WebhookR
             more = rng.randint(3, 10)
             await wait_until(lambda: len(hook.received), delivered + more, 3)
             kills.append(f"after {len(hook.received) - delivered} deliveries (aimed at {more})")
-        proc.send_signal(signal.SIGKILL)
-        assert -signal.SIGKILL == await proc.wait()
+        daemon.proc.send_signal(signal.SIGKILL)
+        assert -signal.SIGKILL == await daemon.wait(10)
     return kills
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 async def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The state store of the run: a SQLite file, or a fresh namespace on the test Redis."""
+    """The state store of the run: a SQLite file, or a fresh namespace on the test Redis (failed in CI without it)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/state.db"
         return
+    redis_url = require_redis()
     prefix = f"iw-kill-{uuid.uuid4().hex}"
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        try:
-            await client.ping()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            pytest.skip(f"Redis at {REDIS_URL} is unreachable ({exc}); set WATCHER_TEST_REDIS_URL")
-        yield f"{REDIS_URL}?prefix={prefix}"
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    yield f"{redis_url}?prefix={prefix}"
+    await delete_redis_prefix(redis_url, prefix)
 
 
 async def test_kill_9_storm_then_restart_loses_and_forks_nothing(tmp_path: Path, state_url: str) -> None:
@@ -136,14 +120,15 @@ async def test_kill_9_storm_then_restart_loses_and_forks_nothing(tmp_path: Path,
             extra=f"heartbeat_file: {tmp_path}/hb\nlogging:\n  level: info\n  format: json\n",
         )
         text = text.replace("request_timeout: 2s", "request_timeout: 1s")
+        # Short, so a killed daemon's claims come free soon after each kill.
         config.write_text(text.replace("state:\n", "state:\n  lease: 2s\n"), encoding="utf-8")
         started = time.monotonic()
         kills = await kill_storm(config, log, fake, hook, rng)
         before_final = len(hook.received)
         for job_id in list(expected)[-HELD_BACK:]:
             fake.script_job(job_id, outcome="completed")
-        final = await start_daemon(config, log, "--until-idle")
-        assert 0 == await asyncio.wait_for(final.wait(), 60)
+        final = await DaemonProcess.start(config, "--until-idle", log=log)
+        await final.exits_with(0, 60)
         wall = time.monotonic() - started
 
     bodies: dict[str, set[bytes]] = defaultdict(set)

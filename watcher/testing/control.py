@@ -1,7 +1,8 @@
 """The fake SendGrid's `/_control/` JSON API, so another process can script it.
 
 Each route maps onto a `FakeSendGrid` method: `POST /_control/jobs` on
-`script_job`, `POST /_control/faults` on `set_faults`, `POST /_control/refuse_key`
+`script_job`, `POST /_control/faults` on `set_faults`, `POST /_control/latency` on
+`set_latency`, `POST /_control/refuse_key`
 on `refuse_key`, `GET /_control/stats` on `stats` and `POST /_control/reset` on
 `reset`. No auth, and the fake's request counters leave these calls out.
 """
@@ -33,6 +34,7 @@ class ControlAPI:
         return [
             web.post("/_control/jobs", self.jobs),
             web.post("/_control/faults", self.faults),
+            web.post("/_control/latency", self.latency),
             web.post("/_control/refuse_key", self.refuse_key),
             web.get("/_control/stats", self.stats),
             web.post("/_control/reset", self.reset),
@@ -56,6 +58,10 @@ class ControlAPI:
     async def faults(self, request: web.Request) -> web.StreamResponse:
         """POST /_control/faults: set_faults keyword arguments as JSON."""
         return call_with_json(self.fake.set_faults, await json_or_none(request) or {})
+
+    async def latency(self, request: web.Request) -> web.StreamResponse:
+        """POST /_control/latency: {"seconds": float}, every API answer's delay."""
+        return call_with_json(self.fake.set_latency, await json_or_none(request) or {})
 
     async def refuse_key(self, request: web.Request) -> web.StreamResponse:
         """POST /_control/refuse_key: optional {"refused": bool, "status": 401|403}."""

@@ -42,7 +42,7 @@ class FakeSendGrid:
 
     def __init__(self, *, api_keys: Iterable[str] = (DEFAULT_API_KEY,), clock: Clock | None = None,
                  rate_limit: int | None = None, rate_window: float = 1.0,
-                 base_url: str | None = None) -> None:
+                 base_url: str | None = None, latency: float = 0.0) -> None:
         self.api_keys = frozenset(api_keys)
         self.clock: Clock = clock or SystemClock()
         self.rate_limit = rate_limit
@@ -50,6 +50,9 @@ class FakeSendGrid:
         self.base_url = base_url or ""
         self._fixed_base = base_url is not None
         self.default_pending_for = 0.5
+        self._initial_latency = latency
+        self.latency = 0.0  # seconds every API answer waits, on top of any fault plan
+        self.set_latency(latency)
         self.errors_url_ttl: float | None = None  # seconds after finished_at; None = forever
         self._runner: web.AppRunner | None = None
         self._pauses = Pauses()  # latency and hangs, cut by close()
@@ -131,6 +134,16 @@ class FakeSendGrid:
             drop_rate=drop_rate, timeout_rate=timeout_rate, status_429_rate=status_429_rate,
             seed=seed)
 
+    def set_latency(self, seconds: float) -> None:
+        """Make every API answer take `seconds`; unlike a fault plan's latency it survives set_faults.
+
+        Without it two requests for one job can never overlap at the fake, so its
+        max_concurrent_per_job could not see two pollers at once.
+        """
+        if not 0.0 <= seconds < 60.0:
+            raise ValueError("latency must be within [0, 60) seconds")
+        self.latency = seconds
+
     def refuse_key(self, refused: bool = True, status: int = 401) -> None:
         """Answer every API request with 401 (or 403) while `refused`, as for a revoked key."""
         if status not in (401, 403):
@@ -148,10 +161,11 @@ class FakeSendGrid:
         self.last_on_behalf_of = self.last_user_agent = None
         self._refused_status = None
         self.set_faults()
+        self.set_latency(self._initial_latency)
 
     def stats(self) -> dict[str, Any]:
         """Counters as JSON-ready data."""
-        return {"polls": dict(self.polls), "requests_total": self.requests_total,
+        return {"latency": self.latency, "polls": dict(self.polls), "requests_total": self.requests_total,
                 "responses_by_status": {str(k): v for k, v in self.responses_by_status.items()},
                 "max_concurrent_per_job": dict(self.max_concurrent_per_job)}
 
@@ -183,6 +197,8 @@ class FakeSendGrid:
 
     async def _api(self, request: web.Request, answer: Answer) -> web.StreamResponse:
         """Authenticate, take a rate-limit token, inject faults, then answer."""
+        if self.latency:
+            await self._pauses.wait(self.latency)
         headers = request.headers
         self.last_user_agent = headers.get("User-Agent")
         if "On-Behalf-Of" in headers:
