@@ -10,6 +10,7 @@ import pytest
 
 from watcher.config import load_config
 from watcher.errors import ConfigError
+from watcher.notify.registry import load_notifier_types
 from watcher.sources.file import load_job_file
 from watcher.yamlloc import Problems, load_located
 
@@ -61,6 +62,7 @@ def test_defaults(tmp_path: Path) -> None:
 
 def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
     """A config with several mistakes gets all of them, in line order, as FILE:LINE: path: message."""
+    known_types = ", ".join(sorted(load_notifier_types()))  # other helpers add types
     path = write(tmp_path, """\
         sendgrid:
           api_key: SG.key-1234
@@ -88,10 +90,10 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
         f"{path}:6: polling.min_interval: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '5 parsecs'",
         f"{path}:7: polling.deadline: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '-3s'",
         f"{path}:12: notifiers.hook.retries: unknown key (expected one of allow_insecure, headers, secret, timeout, url)",
-        f"{path}:14: notifiers.pager.type: unknown notifier type 'carrier-pigeon' (known: console, email, slack, webhook)",
+        f"{path}:14: notifiers.pager.type: unknown notifier type 'carrier-pigeon' (known: {known_types})",
         f"{path}:16: routes[0].notify: unknown notifier 'nobody' (configured: hook)",
         f"{path}:17: shutdown_grace: expected a duration like 250ms, 5s, 2m, 1h or 1d, got 'soon'",
-        f"{path}:18: surprise: unknown key (expected one of heartbeat_file, logging, notifiers, polling, routes, sendgrid, server, shutdown_grace, sources, state)",
+        f"{path}:18: surprise: unknown key (expected one of batches, digests, heartbeat_file, logging, notifiers, polling, routes, sendgrid, server, shutdown_grace, sources, state)",
     ] == problems
 
 
@@ -173,7 +175,7 @@ def test_routes_conditions(tmp_path: Path) -> None:
           - when: {status: [errored, exploded], labels: {team: growth}, job_type: delete}
             notify: out
         """))
-    assert [f"{path}:6: routes[0].when.status: unknown outcome 'exploded' (expected completed, errored, failed, not_found, timed_out)"] == problems_of(path)
+    assert [f"{path}:6: routes[0].when.status: unknown status 'exploded' (expected completed, errored, failed, not_found, pending, timed_out)"] == problems_of(path)
 
 
 def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
@@ -199,7 +201,7 @@ def test_job_file_problems(tmp_path: Path) -> None:
     assert [
         f"{path}:3: jobs[1]: invalid job id 'bad id!': expected 1 to 64 characters of A-Z a-z 0-9 - _",
         f"{path}:4: jobs[2].notify: unknown notifier 'ghost'",
-        f"{path}:5: jobs[3]: unknown key 'colour' (expected id, labels, notify)",
+        f"{path}:5: jobs[3]: unknown key 'colour' (expected id, labels, notify, batch)",
         f"{path}:6: jobs[4]: job good-1 is listed twice",
         f"{path}:7: jobs[5]: a job id must be a string, got the number 12345: quote it, e.g. '12345'",
     ] == problems
@@ -349,3 +351,65 @@ def test_a_state_url_with_a_bad_port_is_located(tmp_path: Path) -> None:
     """state.url naming Redis with a port that is no number is a config problem, its password not shown."""
     path = write(tmp_path, MINIMAL + "state:\n  url: 'redis://:pw@h:99999/0'\n")
     assert [f"{path}:4: state.url: the port is not a number from 0 to 65535 in redis://h:99999/…"] == problems_of(path)
+
+
+def test_batch_stuck_and_digest_settings_have_documented_defaults(tmp_path: Path) -> None:
+    """Without the new keys: settle 60 s, no stuck warnings, no digests, no public URL; chat notifiers
+    get summaries and early failures only, webhook and console every event."""
+    config = load_config(write(tmp_path, MINIMAL + textwrap.dedent("""\
+        notifiers:
+          chat: {type: slack, webhook_url: "https://hooks.slack.com/services/T/B/x"}
+          hook: {type: webhook, url: "https://h.example/x"}
+          out: {type: console}
+        server:
+          listen: 127.0.0.1:8080
+        """)), env={})
+    assert (60.0, None, (), None) == (
+        config.batches.settle, config.polling.warn_after, config.digests, config.server and config.server.public_url
+    )
+    choices = {n.name: (n.batches.per_job, n.batches.summary, sorted(n.batches.early)) for n in config.notifiers}
+    assert {"chat": (False, True, ["failed"]), "hook": (True, True, ["failed"]), "out": (True, True, ["failed"])} == choices
+
+
+def test_batch_stuck_and_digest_settings_are_read(tmp_path: Path) -> None:
+    """Given values are taken: settle, warn_after, a notifier's batches, a digest, the public URL."""
+    config = load_config(write(tmp_path, MINIMAL + textwrap.dedent("""\
+        polling: {warn_after: 2h}
+        batches: {settle: 5m}
+        notifiers:
+          hook: {type: webhook, url: "https://h.example/x", batches: {per_job: false, early: [failed, errored]}}
+        server: {listen: 127.0.0.1:8080, public_url: "https://watcher.example.com"}
+        digests:
+          - {name: morning, schedule: "0 8 * * 1-5", timezone: Europe/Berlin, notify: [hook], skip_empty: false}
+        """)), env={})
+    [hook], [digest] = config.notifiers, config.digests
+    assert (7200.0, 300.0) == (config.polling.warn_after, config.batches.settle)
+    assert (False, True, {"failed", "errored"}) == (hook.batches.per_job, hook.batches.summary, set(hook.batches.early))
+    assert ("morning", "0 8 * * 1-5", "Europe/Berlin", ("hook",), False) == (
+        digest.name, digest.schedule, digest.timezone, digest.notify, digest.skip_empty
+    )
+    assert config.server is not None and "https://watcher.example.com" == config.server.public_url
+
+
+def test_batch_and_stuck_problems_are_located(tmp_path: Path) -> None:
+    """Every problem with batches, warn_after, a notifier's batches and public_url names its line."""
+    path = write(tmp_path, MINIMAL + textwrap.dedent("""\
+        polling: {warn_after: 2d}
+        batches: {settle: soon, size: 3}
+        notifiers:
+          hook:
+            type: webhook
+            url: "https://h.example/x"
+            batches: {per_job: sometimes, early: [exploded], late: true}
+        server: {listen: 127.0.0.1:8080, public_url: "ftp://watcher.example.com"}
+        """))
+    assert [
+        f"{path}:3: polling.warn_after: must be shorter than polling.deadline (the job times out first)",
+        f"{path}:4: batches.size: unknown key (expected one of settle)",
+        f"{path}:4: batches.settle: expected a duration like 250ms, 5s, 2m, 1h or 1d, got 'soon'",
+        f"{path}:9: notifiers.hook.batches.late: unknown key (expected early, per_job, summary)",
+        f"{path}:9: notifiers.hook.batches.per_job: expected true or false, got 'sometimes'",
+        f"{path}:9: notifiers.hook.batches.early: unknown outcome 'exploded' "
+        "(expected completed, errored, failed, not_found, timed_out)",
+        f"{path}:10: server.public_url: expected a https or http URL, got ftp://watcher.example.com/…",
+    ] == problems_of(path)

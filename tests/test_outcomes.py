@@ -10,7 +10,16 @@ import pytest
 from watcher.clock import ManualClock
 from watcher.errors import KeyRefused
 from watcher.models import JobState, Outcome, Snapshot
-from watcher.outcomes import KEY_STATE, ErrorsInfo, KeyAlerts, Recipient, errors_info, outcome_deliveries
+from watcher.outcomes import (
+    KEY_STATE,
+    BatchChoice,
+    ErrorsInfo,
+    KeyAlerts,
+    Recipient,
+    default_batch_choice,
+    errors_info,
+    outcome_deliveries,
+)
 from watcher.policy import Finish
 from watcher.routing import Route
 from watcher.store import SqliteStore
@@ -119,3 +128,59 @@ async def test_replicas_racing_on_a_refused_key_write_one_alert_with_the_state_c
     finally:
         await first.close()
         await second.close()
+
+
+def test_a_batched_job_notifies_only_notifiers_asking_for_every_job_or_this_outcome_early() -> None:
+    """For a job in a batch: a chat-like notifier gets a failure at once but not a completion (that waits
+    for the summary); a notifier with per_job gets both; an unbatched job still reaches everyone."""
+    recipients = {
+        "chat": Recipient("chat", 60.0, BatchChoice(per_job=False)),
+        "hook": Recipient("hook", 60.0, BatchChoice(per_job=True)),
+        "pager": Recipient("pager", 60.0, BatchChoice(per_job=False, early=frozenset({"timed_out"}))),
+    }
+
+    def names(j: JobState, outcome: Outcome) -> list[str]:
+        return outcome_deliveries(j, Finish(outcome, 1, None), NOW, routes=(), recipients=recipients, errors=None)[1]
+
+    batched = job(batch="nightly")
+    assert ["hook"] == names(batched, Outcome.COMPLETED)
+    assert ["chat", "hook"] == names(batched, Outcome.FAILED)
+    assert ["hook", "pager"] == names(batched, Outcome.TIMED_OUT)
+    assert ["chat", "hook", "pager"] == names(job(), Outcome.COMPLETED)
+
+
+def test_notifier_types_default_to_summaries_for_people_and_everything_for_machines() -> None:
+    """slack and email (and unknown types) get no per-job message for batched jobs; webhook and console do."""
+    assert {"slack": False, "email": False, "teams": False, "webhook": True, "console": True} == {
+        kind: default_batch_choice(kind).per_job for kind in ("slack", "email", "teams", "webhook", "console")
+    }
+    assert {frozenset({"failed"})} == {default_batch_choice(k).early for k in ("slack", "webhook")}
+
+
+async def test_the_engine_stores_the_errors_summary_with_the_outcome(tmp_path: Path) -> None:
+    """The errors-file summary read for an errored job is written with its outcome, for batch summaries."""
+    from watcher.engine import Engine
+    from watcher.models import JobRef
+    from watcher.policy import PollPolicy
+
+    class Errored:
+        async def get_import(self, job_id: str) -> Snapshot:
+            return ERRORED
+
+    async def fetch(url: str) -> ErrorsInfo:
+        return ErrorsInfo({"rows": 1, "top_reasons": [{"reason": "invalid email", "count": 1}]})
+
+    store = SqliteStore(str(tmp_path / "state.db"))
+    await store.open()
+    try:
+        clock = ManualClock(NOW)
+        await store.add_job(JobRef("e-1", batch="b"), now=NOW, first_poll_at=NOW)
+        engine = Engine(store=store, client=Errored(), policy=PollPolicy(), clock=clock, owner="w",
+                        recipients=[], errors_fetcher=fetch)
+        [claimed] = await store.claim_due_jobs(now=NOW, limit=1, owner="w", lease=30)
+        engine._hold(claimed.id, claimed.lease.token if claimed.lease else "")
+        await engine._poll(claimed)
+        stored = await store.get_job("e-1")
+    finally:
+        await store.close()
+    assert stored is not None and ("errored", 1) == (stored.state, dict(stored.errors or {})["rows"])

@@ -12,8 +12,10 @@ from watcher import net
 from watcher import schema as s
 from watcher.errors import ConfigError
 from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE
+from watcher.outcomes import BatchChoice, parse_batch_choice
 from watcher.policy import PollPolicy
 from watcher.routing import Route
+from watcher.schedules import DigestSettings, parse_digests
 from watcher.schema import Field, Secret, Validator
 from watcher.sendgrid import SendGridSettings
 from watcher.yamlloc import CONFIG_MAX_BYTES, FileRefused, Path_, Problems, load_located, read_capped
@@ -58,6 +60,7 @@ class NotifierSettings:
     settings: Mapping[str, Any]
     delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE
     templates: Mapping[str, str] = field(default_factory=dict)
+    batches: BatchChoice = field(default_factory=BatchChoice)  # what it gets for jobs in a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,12 @@ class ServerSettings:
     port: int
     token: Secret | None = None
     max_body: int = 64 * 1024
+    public_url: str | None = None  # where people reach the status page: links in batch summaries
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    settle: float = 60.0  # a batch is finished when all its jobs are final and none joined for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,8 @@ class Config:
     shutdown_grace: float = 20.0
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     heartbeat_file: Path | None = None
+    batches: BatchSettings = field(default_factory=BatchSettings)
+    digests: tuple[DigestSettings, ...] = ()
     path: Path | None = None
 
     @property
@@ -112,7 +123,9 @@ POLLING_FIELDS = (
     Field("deadline", s.duration(0.001), default=86400.0),
     Field("not_found_grace", s.duration(), default=120.0),
     Field("growth", s.number(0.01), default=0.2),
+    Field("warn_after", s.duration(0.001)),  # None: no stuck warnings
 )
+BATCH_FIELDS = (Field("settle", s.duration(), default=60.0),)
 STATE_FIELDS = (
     Field("url", s.string, default=DEFAULT_STATE_URL),
     Field("retention", s.duration(), default=7 * 86400.0),
@@ -133,15 +146,16 @@ SERVER_FIELDS = (
     Field("listen", s.string, required=True),
     Field("token", s.secret, secret=True),
     Field("max_body", s.integer(1024), default=64 * 1024),
+    Field("public_url", s.url("https", "http")),
 )
 LOGGING_FIELDS = (
     Field("level", s.choice("debug", "info", "warning", "error"), default="info"),
     Field("format", s.choice("auto", "json", "console"), default="auto"),
 )
-COMMON_NOTIFIER_KEYS = {"type", "delivery_deadline", "templates"}
+COMMON_NOTIFIER_KEYS = {"type", "delivery_deadline", "templates", "batches"}
 TOP_LEVEL = {
     "sendgrid", "polling", "state", "sources", "notifiers", "routes", "server",
-    "shutdown_grace", "logging", "heartbeat_file",
+    "shutdown_grace", "logging", "heartbeat_file", "batches", "digests",
 }
 
 
@@ -175,6 +189,7 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     polling = ctx.section(data, ("polling",), POLLING_FIELDS)
     state = ctx.section(data, ("state",), STATE_FIELDS)
     logging = ctx.section(data, ("logging",), LOGGING_FIELDS)
+    batches = ctx.section(data, ("batches",), BATCH_FIELDS)
     grace = ctx.value(data, ("shutdown_grace",), s.duration(), 20.0)
     heartbeat = ctx.value(data, ("heartbeat_file",), s.optional_string, None)
     try:
@@ -186,12 +201,10 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     notifiers = _notifiers(ctx, data.get("notifiers"), types)
     names = {n.name for n in notifiers}
     routes = _routes(ctx, data.get("routes"), names)
+    digests = parse_digests(data.get("digests"), problems, names)
     sources = _sources(ctx, data.get("sources"))
     server = _server(ctx, data.get("server"))
-    if polling and polling["growth"] > 10:
-        problems.add(("polling", "growth"), "must be at most 10 (the wait is growth × the job's age)")
-    if polling and polling["min_interval"] > polling["max_interval"]:
-        problems.add(("polling", "min_interval"), "must not be larger than polling.max_interval")
+    _check_polling(ctx, polling)
     _check_state_url(ctx, state)
     _check_base_url(ctx, sendgrid)
     _check_lease(ctx, state, sendgrid, notifiers)
@@ -208,6 +221,8 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
         shutdown_grace=grace,
         logging=LoggingSettings(**(logging or {})),
         heartbeat_file=ctx.resolve(heartbeat) if heartbeat else None,
+        batches=BatchSettings(**(batches or {})),
+        digests=tuple(digests),
     )
 
 
@@ -235,11 +250,12 @@ def _notifiers(ctx: Validator, raw: Any, types: Mapping[str, Any]) -> list[Notif
         templates = ctx.value(settings, (*path, "templates"), s.string_map, {})
         for key, message in validate_templates(templates):
             ctx.problems.add((*path, "templates", key), message)
+        choice = parse_batch_choice(settings.get("batches"), (*path, "batches"), ctx.problems, str(kind))
         if parsed is None:
             continue
         for key, message in cls.check(parsed):
             ctx.problems.add((*path, key), message)
-        out.append(NotifierSettings(str(name), str(kind), parsed, deadline, templates))
+        out.append(NotifierSettings(str(name), str(kind), parsed, deadline, templates, choice))
     return out
 
 
@@ -312,7 +328,18 @@ def _server(ctx: Validator, raw: Any) -> ServerSettings | None:
                 f"must be at least {MIN_TOKEN_LENGTH} characters when server.listen is not a loopback address "
                 "(e.g. the output of `openssl rand -hex 32`)",
             )
-    return ServerSettings(host, int(port_text), parsed["token"], parsed["max_body"])
+    return ServerSettings(host, int(port_text), parsed["token"], parsed["max_body"], parsed["public_url"])
+
+
+def _check_polling(ctx: Validator, polling: Mapping[str, Any] | None) -> None:
+    if not polling:
+        return
+    if polling["growth"] > 10:
+        ctx.problems.add(("polling", "growth"), "must be at most 10 (the wait is growth × the job's age)")
+    if polling["min_interval"] > polling["max_interval"]:
+        ctx.problems.add(("polling", "min_interval"), "must not be larger than polling.max_interval")
+    if polling["warn_after"] is not None and polling["warn_after"] >= polling["deadline"]:
+        ctx.problems.add(("polling", "warn_after"), "must be shorter than polling.deadline (the job times out first)")
 
 
 def _check_state_url(ctx: Validator, state: Mapping[str, Any] | None) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -21,7 +21,7 @@ from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.logs import CachedLogger, JobLog
 from watcher.models import TERMINAL_STATUSES, JobState, PollUpdate, Snapshot
-from watcher.outcomes import ErrorsFetcher, KeyAlerts, Recipient, errors_info, outcome_deliveries
+from watcher.outcomes import ErrorsFetcher, KeyAlerts, Recipient, StuckWarnings, errors_info, outcome_deliveries
 from watcher.policy import (
     Finish,
     NotFound,
@@ -82,6 +82,7 @@ class Engine(ClaimLoop):
         on_deliveries: Callable[[], None] | None = None,
         on_poll: Callable[[str, float], None] | None = None,
         store_health: StoreHealth | None = None,
+        on_batch_outcome: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(clock=clock, limit=max_concurrency, lease=lease, store_health=store_health)
         self.store = store
@@ -95,6 +96,7 @@ class Engine(ClaimLoop):
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.on_deliveries = on_deliveries or (lambda: None)
         self.on_poll = on_poll
+        self.on_batch_outcome = on_batch_outcome or (lambda: None)  # a batch may settle from now on
         self.stats = EngineStats()
         self._ready: deque[tuple[JobState, float]] = deque()  # claimed (job, when), not started
         self._reserve = 2 * max_concurrency  # ready jobs to keep besides those in flight
@@ -103,6 +105,7 @@ class Engine(ClaimLoop):
         self._claiming = False
         self._unknown_logged: set[tuple[str, str]] = set()
         self.key = KeyAlerts(store, self.recipients, clock, lambda: self.on_deliveries())
+        self.stuck = StuckWarnings(store, warn_after=policy.warn_after, routes=self.routes, recipients=self.recipients)
 
     @property
     def outcomes(self) -> dict[str, int]:
@@ -241,6 +244,8 @@ class Engine(ClaimLoop):
                 self.on_poll(type(seen).__name__.lower(), now - started)
             decision = decide(self.policy, job, seen, now, self.rng.random())
             if isinstance(decision, Reschedule):
+                if isinstance(seen, Seen):  # SendGrid itself says it still runs: it may be stuck
+                    await self._warn_if_stuck(job, decision, now, bound)
                 self._queue_record(job, decision.next_poll_at, decision, bound)
             else:
                 await self._finish(job, decision, now, bound)
@@ -254,6 +259,15 @@ class Engine(ClaimLoop):
             bound.warning("engine.record_failed", error=str(exc))
         except Exception as exc:
             self._crashed(job, exc, bound)
+
+    async def _warn_if_stuck(self, job: JobState, decision: Reschedule, now: float, bound: JobLog) -> None:
+        """One stuck warning once it has been pending warn_after; it is watched on until its deadline."""
+        polled = replace(job, polls=decision.polls, snapshot=decision.snapshot)
+        names = await self.stuck.warn(polled, _token(job), now)
+        if names is not None:
+            bound.warning("job.stuck", pending_for=round(now - job.added_at), batch=job.batch, notify=names)
+            if names:
+                self.on_deliveries()
 
     def _crashed(self, job: JobState, exc: Exception, bound: JobLog) -> None:
         """A bug or an answer we cannot handle: logged with its traceback; the job is not dropped
@@ -342,6 +356,7 @@ class Engine(ClaimLoop):
             polls=decision.polls,
             detected_at=now,
             deliveries=deliveries,
+            errors=errors.summary if errors else None,
         )
         self.store_health.succeeded()
         if not written:
@@ -354,6 +369,8 @@ class Engine(ClaimLoop):
         bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=names)
         if deliveries:
             self.on_deliveries()
+        if job.batch is not None:
+            self.on_batch_outcome()
 
     async def _release(self, job: JobState) -> None:
         await self._give_back(job.id, self.store.release_job)

@@ -1,5 +1,6 @@
 """What a final outcome notifies: its event, the errors file summary, and one delivery per recipient;
-and the API key alert, sent once when SendGrid refuses the key and once when it works again.
+the stuck warning of a job pending too long; and the API key alert, sent once when SendGrid
+refuses the key and once when it works again.
 
 The engine decides *that* a job ended (watcher.policy); this module says *whom to tell
 and what*, as functions of the job, the decision and the configuration, so the same
@@ -9,18 +10,21 @@ outcome always yields the same deliveries (and delivery ids) on every replica.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
+from watcher import batches
 from watcher.clock import Clock
 from watcher.errors import KeyRefused
 from watcher.events import alert_event, delivery_id, outcome_event
 from watcher.models import Delivery, JobState, Outcome
 from watcher.policy import Finish
 from watcher.routing import Route, targets
+from watcher.yamlloc import Path_, Problems
 
 log = structlog.get_logger("watcher.engine")
 
@@ -39,11 +43,64 @@ ErrorsFetcher = Callable[[str], Awaitable[ErrorsInfo]]
 
 
 @dataclass(frozen=True, slots=True)
+class BatchChoice:
+    """What a notifier gets for jobs in a batch (`batches:` on a notifier)."""
+
+    per_job: bool = True  # each job's own outcome event, as for unbatched jobs
+    summary: bool = True  # the batch's contact_import.batch_finished
+    early: frozenset[str] = frozenset({Outcome.FAILED.value})  # sent per job even without per_job
+
+
+#: Notifier types that get every event by default: machines, not people reading a channel.
+EVERY_EVENT_TYPES = frozenset({"webhook", "console"})
+
+
+def default_batch_choice(kind: str) -> BatchChoice:
+    """A chat channel or inbox gets one message per batch (and failures at once); a webhook everything."""
+    return BatchChoice(per_job=kind in EVERY_EVENT_TYPES)
+
+
+def parse_batch_choice(raw: Any, path: Path_, problems: Problems, kind: str) -> BatchChoice:
+    """Validate a notifier's `batches:` mapping; unset keys take the type's defaults."""
+    default = default_batch_choice(kind)
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        problems.add(path, "expected a mapping with per_job, summary, early")
+        return default
+    for key in raw:
+        if key not in {"per_job", "summary", "early"}:
+            problems.add((*path, key), "unknown key (expected early, per_job, summary)")
+    flags = {}
+    for key in ("per_job", "summary"):
+        value = raw.get(key, getattr(default, key))
+        if not isinstance(value, bool):
+            problems.add((*path, key), f"expected true or false, got {value!r}")
+            value = getattr(default, key)
+        flags[key] = value
+    early = raw.get("early", sorted(default.early))
+    items = [early] if isinstance(early, str) else early
+    known = {o.value for o in Outcome}
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        problems.add((*path, "early"), "expected a list of outcomes")
+        items = sorted(default.early)
+    for item in items:
+        if item not in known:
+            problems.add((*path, "early"), f"unknown outcome {item!r} (expected {', '.join(sorted(known))})")
+    return BatchChoice(flags["per_job"], flags["summary"], frozenset(i for i in items if i in known))
+
+
+@dataclass(frozen=True, slots=True)
 class Recipient:
     """A configured notifier as routing and the outbox see it."""
 
     name: str
     delivery_deadline: float
+    batches: BatchChoice = field(default_factory=BatchChoice)
+
+    def gets_job_event(self, job: JobState, outcome: str) -> bool:
+        """A batched job's own outcome goes only to who asked for every job, or for this outcome early."""
+        return job.batch is None or self.batches.per_job or outcome in self.batches.early
 
 
 async def errors_info(decision: Finish, fetcher: ErrorsFetcher | None) -> ErrorsInfo | None:
@@ -74,7 +131,11 @@ def outcome_deliveries(
     recipients: Mapping[str, Recipient],
     errors: ErrorsInfo | None,
 ) -> tuple[list[Delivery], list[str]]:
-    """The deliveries of a job's final outcome (one per routed recipient), and their names."""
+    """The deliveries of a job's final outcome (one per routed recipient), and their names.
+
+    For a job in a batch, a recipient gets its own event only when its `batches.per_job` is on
+    or the outcome is one of its `batches.early`; the others hear of it in the batch summary.
+    """
     event = outcome_event(
         job,
         outcome=decision.outcome,
@@ -93,6 +154,7 @@ def outcome_deliveries(
         job_type=decision.snapshot.job_type if decision.snapshot else None,
         override=job.notify,
     )
+    names = tuple(n for n in names if recipients[n].gets_job_event(job, decision.outcome.value))
     # The id depends only on the job (and when it was added), the outcome and the recipient:
     # a replica or a restart that finishes the same job again makes the same delivery.
     key = (job.id, repr(job.added_at), decision.outcome.value)
@@ -100,7 +162,17 @@ def outcome_deliveries(
     return deliveries, list(names)
 
 
-def make_delivery(recipient: Recipient, event: dict[str, Any], now: float, job_id: str | None, *key: str) -> Delivery:
+class Addressee(Protocol):
+    """Whom a delivery goes to: a Recipient, or anything with its name and delivery deadline."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def delivery_deadline(self) -> float: ...
+
+
+def make_delivery(recipient: Addressee, event: dict[str, Any], now: float, job_id: str | None, *key: str) -> Delivery:
     """A delivery of `event` to `recipient`, due now; its id is derived from `key` and the name."""
     return Delivery(
         id=delivery_id(*key, recipient.name),
@@ -111,6 +183,108 @@ def make_delivery(recipient: Recipient, event: dict[str, Any], now: float, job_i
         deadline_at=now + recipient.delivery_deadline,
         job_id=job_id,
     )
+
+
+#: Stuck jobs of one batch whose warning times fall in one such window share one message.
+STUCK_WINDOW = 60.0
+
+
+def is_stuck(job: JobState, now: float, warn_after: float | None) -> bool:
+    """Still pending `warn_after` after it was added and not warned about yet."""
+    return warn_after is not None and job.outcome is None and job.stuck_at is None and now - job.added_at >= warn_after
+
+
+def stuck_deliveries(
+    job: JobState,
+    now: float,
+    *,
+    warn_after: float,
+    mates: Sequence[JobState],
+    routes: Sequence[Route],
+    recipients: Mapping[str, Recipient],
+) -> list[Delivery]:
+    """The `contact_import.stuck` deliveries for `job` (as just polled), routed like outcomes with
+    status "pending"; `batches.per_job` does not hold warnings back.
+
+    A batched job shares one message with its batch mates (`mates`, its batch's jobs) whose
+    warning time (added_at + warn_after) falls in the same STUCK_WINDOW: the delivery id comes
+    from (batch, window, notifier), so the mate that comes next writes the same id, which the
+    store skips. Keying the window on the warning time, not the poll time, means a mate polled
+    minutes later still finds its message. Imperfections left: a mate is listed up to a window
+    before its own warning time (and stays listed if it finishes in between), and mates whose
+    warning times straddle a window edge get one message per window.
+    """
+    if job.batch is None:
+        event = batches.stuck_event(job, now=now)
+        names = _route_pending(routes, recipients, job.labels, job, job.notify)
+        return [make_delivery(recipients[n], event, now, job.id, job.id, repr(job.added_at), "stuck") for n in names]
+    window = math.floor((job.added_at + warn_after) / STUCK_WINDOW)
+    listed = [job] + [
+        mate for mate in mates
+        if mate.id != job.id and mate.outcome is None and mate.stuck_at is None
+        and math.floor((mate.added_at + warn_after) / STUCK_WINDOW) == window
+    ]
+    event = batches.stuck_batch_event(job.batch, listed, now=now)
+    # A batch's message has no job's `notify` list to honour (its jobs may differ): routes decide.
+    names = _route_pending(routes, recipients, event["data"]["labels"], job, None)
+    return [make_delivery(recipients[n], event, now, None, "stuck", job.batch, str(window)) for n in names]
+
+
+def _route_pending(
+    routes: Sequence[Route],
+    recipients: Mapping[str, Recipient],
+    labels: Mapping[str, str],
+    job: JobState,
+    override: Sequence[str] | None,
+) -> tuple[str, ...]:
+    job_type = job.snapshot.job_type if job.snapshot else None
+    return targets(routes, recipients, outcome="pending", labels=labels, job_type=job_type, override=override)
+
+
+class _StuckStore(Protocol):
+    async def batch_jobs(self, name: str) -> list[JobState]: ...
+
+    async def mark_stuck(self, job_id: str, *, token: str, now: float, deliveries: Sequence[Delivery]) -> bool: ...
+
+
+class StuckWarnings:
+    """Writes each stuck job's one warning (`mark_stuck`), its batch mates read once per window.
+
+    Only the first warning of a batch's window is written (the others carry the same delivery
+    ids), so its mates are read once per window and replica, not once per stuck job: a batch
+    of 10,000 jobs crossing warn_after together costs one read of it, not 10,000.
+    """
+
+    def __init__(
+        self, store: _StuckStore, *, warn_after: float | None, routes: Sequence[Route],
+        recipients: Mapping[str, Recipient],
+    ) -> None:
+        self.store = store
+        self.warn_after = warn_after
+        self.routes = routes
+        self.recipients = recipients
+        self._mates: dict[tuple[str, int], list[JobState]] = {}
+
+    async def warn(self, job: JobState, token: str, now: float) -> list[str] | None:
+        """Mark `job` (as just polled, still held by `token`) stuck with its warning; the notifier
+        names, or None when it was not written (not due, already marked, or the lease is gone)."""
+        if self.warn_after is None or not is_stuck(job, now, self.warn_after):
+            return None
+        mates = await self._batch_mates(job.batch, job.added_at + self.warn_after) if job.batch else []
+        deliveries = stuck_deliveries(
+            job, now, warn_after=self.warn_after, mates=mates, routes=self.routes, recipients=self.recipients
+        )
+        if not await self.store.mark_stuck(job.id, token=token, now=now, deliveries=deliveries):
+            return None
+        return [d.notifier for d in deliveries]
+
+    async def _batch_mates(self, batch: str, warn_at: float) -> list[JobState]:
+        key = (batch, math.floor(warn_at / STUCK_WINDOW))
+        if key not in self._mates:
+            if len(self._mates) >= 64:
+                self._mates.clear()  # windows pass; a bound, not an LRU, is enough
+            self._mates[key] = await self.store.batch_jobs(batch)
+        return self._mates[key]
 
 
 class _MetaStore(Protocol):

@@ -45,6 +45,7 @@ class PollPolicy:
     growth: float = 0.2
     jitter: float = 0.1
     transient_base: float = 1.0
+    warn_after: float | None = None  # pending this long: one contact_import.stuck warning (None: never)
 
 
 # --- what a poll observed ------------------------------------------------------

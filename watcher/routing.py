@@ -1,4 +1,10 @@
-"""Who hears about what: pure routing from outcome, labels and job type to notifier names."""
+"""Who hears about what: pure routing from outcome, labels and job type to notifier names.
+
+A stuck warning is routed with the status "pending": a route whose `when.status` lists
+`pending` sends warnings, a route with any other `when.status` never does, and a route
+without a status condition sends them like every outcome. A batch summary is routed with
+its worst outcome.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from typing import Any
 from watcher.models import Outcome
 from watcher.yamlloc import Path_, Problems
 
-_OUTCOMES = {o.value for o in Outcome}
+#: What `when.status` may name: the outcomes, and "pending" for stuck warnings.
+_STATUSES = {o.value for o in Outcome} | {"pending"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +76,9 @@ def parse_route(raw: Any, path: Path_, problems: Problems, names: set[str]) -> R
             problems.add((*path, "when", key), "unknown condition (expected status, labels, job_type)")
     statuses = _strings(when.get("status"), (*path, "when", "status"), problems)
     for status in statuses or ():
-        if status not in _OUTCOMES:
-            expected = ", ".join(sorted(_OUTCOMES))
-            problems.add((*path, "when", "status"), f"unknown outcome {status!r} (expected {expected})")
+        if status not in _STATUSES:
+            expected = ", ".join(sorted(_STATUSES))
+            problems.add((*path, "when", "status"), f"unknown status {status!r} (expected {expected})")
     job_types = _strings(when.get("job_type"), (*path, "when", "job_type"), problems)
     labels = _labels(when.get("labels"), (*path, "when", "labels"), problems)
     if notify is None:
