@@ -138,7 +138,7 @@ def test_every_command_and_argument_has_help() -> None:
     for name, sub in commands.choices.items():
         missing += [f"{name} {a.dest}" for a in sub._actions if not a.help]
     assert [] == missing
-    assert {"run", "check", "add", "status", "notify-test", "healthcheck", "demo", "fake-sendgrid"} == set(
+    assert {"run", "check", "add", "status", "digest", "notify-test", "healthcheck", "demo", "fake-sendgrid"} == set(
         commands.choices
     )
 
@@ -274,3 +274,111 @@ def test_check_catches_template_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert 2 == main(["check", "-c", str(path)])
     err = capsys.readouterr().err
     assert f"{path}:9: notifiers.out.templates.text: template syntax error" in err
+
+
+async def test_notify_test_sends_every_sample_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`notify-test --event all` sends an outcome, a batch summary, both stuck warnings and a digest, each its own id."""
+    from tests.helpers import SECRET, WebhookReceiver
+    from watcher.cli import SAMPLES, _notify_test, build_parser
+    from watcher.config import load_config
+
+    async with WebhookReceiver() as hook:
+        config = tmp_path / "notify.yaml"
+        config.write_text(f"sendgrid:\n  api_key: SG.cli-secret-key\nnotifiers:\n"
+                          f"  live:\n    type: webhook\n    url: {hook.url}\n    secret: {SECRET}\n", encoding="utf-8")
+        args = build_parser().parse_args(["notify-test", "-c", str(config), "--event", "all"])
+        assert 0 == await _notify_test(load_config(config, env={}), None, SAMPLES[args.event])
+    assert ["contact_import.errored", "contact_import.batch_finished", "contact_import.stuck",
+            "contact_import.stuck", "watcher.digest"] == [r.body["type"] for r in hook.received]
+    assert 5 == len({r.webhook_id for r in hook.received})
+    assert ["live: errored: sent", "live: batch_finished: sent", "live: stuck: sent", "live: stuck batch: sent",
+            "live: digest: sent"] == [line for line in capsys.readouterr().out.splitlines() if line.startswith("live:")]
+
+
+
+def _finished_job(tmp_path: Path, job_id: str, detected_at: float) -> None:
+    """Record a failed job in the config's SQLite store, as the daemon would have."""
+    from watcher.models import JobRef, Outcome, Snapshot
+    from watcher.store.sqlite import SqliteStore
+
+    async def record() -> None:
+        store = SqliteStore(str(tmp_path / "state.db"))
+        await store.open()
+        try:
+            await store.add_job(JobRef(job_id), now=detected_at - 60, first_poll_at=detected_at - 60)
+            (claimed,) = await store.claim_due_jobs(now=detected_at, limit=1, owner="t", lease=30)
+            assert claimed.lease is not None
+            assert await store.record_outcome(job_id, token=claimed.lease.token, now=detected_at,
+                                              outcome=Outcome.FAILED, snapshot=Snapshot(status="failed"), polls=2,
+                                              detected_at=detected_at, deliveries=[])
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+
+
+def _queued(tmp_path: Path) -> list[tuple[str, str]]:
+    from watcher.store.sqlite import SqliteStore
+
+    async def read() -> list[tuple[str, str]]:
+        store = SqliteStore(str(tmp_path / "state.db"))
+        await store.open()
+        try:
+            return sorted((d.notifier, d.event_type) for d in await store.list_deliveries(None, with_events=True))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_digest_prints_the_period_up_to_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`digest --since 2h` covers jobs finished in the last two hours only; `--json` prints the event."""
+    config = write_config(tmp_path).read_text().replace("notifiers:\n", "notifiers:\n  hook: {type: console}\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(config)
+    _finished_job(tmp_path, "recent-1", time.time() - 3600)
+    _finished_job(tmp_path, "old-1", time.time() - 3 * 3600)
+    assert 0 == main(["digest", "-c", str(path), "--since", "2h", "--json"])
+    event = json.loads(capsys.readouterr().out)
+    assert 0 == main(["digest", "-c", str(path), "--since", "2h"])
+    text = capsys.readouterr().out
+    assert ("watcher.digest", "last-2h", {"failed": 1}) == (event["type"], event["data"]["digest"], event["data"]["jobs"])
+    assert "import-watcher digest last-2h" in text
+    assert [] == _queued(tmp_path)  # printing sends nothing
+
+
+def test_digest_send_queues_for_the_configured_digests_notifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`digest --send` writes one delivery per notifier of the configured digests (all notifiers when none is)."""
+    base = write_config(tmp_path).read_text().replace("notifiers:\n", "notifiers:\n  hook: {type: console}\n")
+    with_digest = tmp_path / "with.yaml"
+    with_digest.write_text(base + "digests:\n  - {name: morning, schedule: '0 8 * * *', notify: [hook]}\n")
+    without = tmp_path / "without.yaml"
+    without.write_text(base)
+    _finished_job(tmp_path, "recent-1", time.time() - 60)
+    assert 0 == main(["digest", "-c", str(with_digest), "--send"])
+    assert [("hook", "watcher.digest")] == _queued(tmp_path)
+    assert 0 == main(["digest", "-c", str(without), "--send"])
+    assert [("hook", "watcher.digest"), ("hook", "watcher.digest"), ("out", "watcher.digest")] == _queued(tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert "digest morning: queued for hook (1 new delivery; the running daemon delivers them)" == out[0]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--since", "soon"], "import-watcher: --since: expected a duration like 250ms, 5s, 2m, 1h or 1d, got 'soon'"),
+    (["--since", "0s"], "import-watcher: --since: must be longer than 0s"),
+    (["evening"], "import-watcher: unknown digest 'evening' (configured: none)"),
+])
+def test_digest_usage_errors_are_one_line(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad --since or an unknown digest NAME is exit 2 with one line on stderr."""
+    assert 2 == main(["digest", "-c", str(write_config(tmp_path)), *argv])
+    assert [message] == capsys.readouterr().err.splitlines()
+
+
+def test_digest_send_refuses_a_store_that_keeps_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`digest --send` with a memory state store says the digest would never be delivered (exit 2)."""
+    path = tmp_path / "mem.yaml"
+    path.write_text(write_config(tmp_path).read_text().replace(f"sqlite:///{tmp_path}/state.db", "memory://"))
+    assert 2 == main(["digest", "-c", str(path), "--send"])
+    assert "would never be delivered" in capsys.readouterr().err

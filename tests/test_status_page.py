@@ -155,3 +155,85 @@ async def test_status_page_shows_one_page_and_the_counts(tmp_path: Path) -> None
     assert re.search(r'<button type="button" id="previous" disabled="">', dom)
     assert re.search(r'<button type="button" id="next">', dom)
     assert '<span id="page" class="muted">page 1</span>' in dom
+
+
+class _Batches(HTMLParser):
+    """The batch rows of the page (their cells' text) and, per opened batch, the job ids listed under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self.expanded: dict[str, str | None] = {}
+        self.opened: dict[str, list[str]] = {}
+        self._row: str | None = None
+        self._detail: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "tr" and found.get("data-batch"):
+            self._row = str(found["data-batch"])
+            self.rows[self._row] = []
+        elif tag == "tr" and found.get("data-batch-detail"):
+            self._detail = str(found["data-batch-detail"])
+            self.opened[self._detail] = []
+        elif tag == "tr" and self._detail is not None and found.get("data-job-id"):
+            self.opened[self._detail].append(str(found["data-job-id"]))
+        elif tag == "button" and self._row is not None:
+            self.expanded[self._row] = found.get("aria-expanded")
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._row is not None and self._cell is not None:
+            self.rows[self._row].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._row = None
+        elif tag == "table" and self._detail is not None:
+            self._detail = None  # the opened batch's own table of jobs ended
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data + " ")
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="needs Debian's chromium at /usr/bin/chromium")
+async def test_status_page_shows_batches_and_opens_one(tmp_path: Path) -> None:
+    """Open batches are listed with progress and worst outcome so far; a batch link opens it with its jobs under it,
+    first in the list even when it is not on the page; the finished ones are a choice away."""
+    from tests.test_batch_views import finish
+    from watcher.models import Outcome
+
+    async with serving_api() as (server, host):
+        assert isinstance(host.clock, ManualClock)
+        for i in range(3):
+            await host.intake.add(JobRef(f"nightly-job-{i}", batch="nightly:2026-11-27"))
+            host.clock.advance(0.001)
+        await host.intake.add(JobRef("other-job-1", batch="other"))
+        await host.intake.add(JobRef("loose-job-1"))
+        now = host.clock.now() + 60
+        await finish(host.store, "nightly-job-1", Outcome.FAILED, now)
+        await finish(host.store, "other-job-1", Outcome.COMPLETED, now)
+        (settled,) = await host.store.claim_settled_batches(now=now + 120, settle=60, limit=5, owner="t", lease=30)
+        assert settled.lease is not None
+        assert await host.store.finish_batch("other", token=settled.lease.token, now=now + 120, summary_id="s-1",
+                                             deliveries=[])
+        dumps = {}
+        for key, path in (("closed", "/?token="), ("linked", "/batches/nightly:2026-11-27?token="),
+                          ("pinned", "/?batch=other&token="), ("finished", "/?batches=finished&token=")):
+            dumps[key] = await dump_dom(f"{server.url}{path}{TOKEN}", tmp_path / f"profile-{key}")
+    page, opened, pinned, finished = (_Batches() for _ in range(4))
+    for parser, key in ((page, "closed"), (opened, "linked"), (pinned, "pinned"), (finished, "finished")):
+        parser.feed(dumps[key])
+    assert ["nightly:2026-11-27"] == list(page.rows)  # open batches by default
+    name, state, progress, worst = page.rows["nightly:2026-11-27"][:4]
+    assert ("nightly:2026-11-27", "open", "1/3 final 1 failed", "failed") == (name, state, progress, worst)
+    assert ({"nightly:2026-11-27": "false"}, {}) == (page.expanded, page.opened)
+    assert "true" == opened.expanded["nightly:2026-11-27"]
+    assert {"nightly:2026-11-27": ["nightly-job-0", "nightly-job-1", "nightly-job-2"]} == opened.opened
+    assert "Totals: requested 0" in dumps["linked"]
+    # A job's batch links to the page with that batch open; following such a link opens it, shown first.
+    assert '<a href="/?batch=nightly%3A2026-11-27">nightly:2026-11-27</a>' in dumps["closed"]
+    assert (["other", "nightly:2026-11-27"], {"other": ["other-job-1"]}) == (list(pinned.rows), pinned.opened)
+    assert (["other"], "finished") == (list(finished.rows), finished.rows["other"][1])

@@ -7,6 +7,7 @@ event and the same summary id, so racing replicas write identical deliveries (on
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -192,6 +193,6 @@ def _pending_for(job: JobState, now: float) -> int:
 
 def _count(value: Any) -> int:
     # Counts arrive as JSON numbers (sometimes 10.0); anything else counts as nothing.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0  # a stored NaN or Infinity must not crash the summary (int() raises on both)
     return int(value)

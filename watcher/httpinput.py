@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from watcher.errors import InvalidJobId
 from watcher.models import JobRef, validate_job_id
-from watcher.sources.base import parse_job_request
+from watcher.sources.base import InvalidBatch, parse_batch, parse_job_request
 from watcher.status import decode_cursor
 
 DEFAULT_PAGE = 100
@@ -68,11 +68,12 @@ def page_limit(text: str | None) -> int:
     return int(text)
 
 
-def page_after(text: str | None) -> tuple[float, str] | None:
+def page_after(text: str | None, check: Callable[[str], object] = validate_job_id) -> tuple[float, str] | None:
+    """The cursor `after` (its name checked by `check`: job ids for /jobs, batch names for /batches)."""
     if text is None:
         return None
     try:
-        return decode_cursor(text)
+        return decode_cursor(text, check)
     except ValueError as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
 
@@ -90,5 +91,15 @@ def job_request(message: Any) -> tuple[JobRef, bool]:
         raise ApiError(400, "invalid_job", "`labels` must be an object of strings or numbers, or null")
     try:
         return parse_job_request(message)
+    except InvalidBatch as exc:
+        raise ApiError(400, "invalid_batch", f"`batch`: {exc}") from None
     except ValueError as exc:
         raise ApiError(400, "invalid_job", str(exc)) from None
+
+
+def batch_name(text: str) -> str:
+    """A batch name from a path or query, or a 400 `invalid_batch`."""
+    try:
+        return parse_batch(text)
+    except InvalidBatch as exc:
+        raise ApiError(400, "invalid_batch", str(exc)) from None

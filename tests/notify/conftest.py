@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from typing import Any
 
 import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from watcher.logs import configure_logging
 from watcher.models import Delivery
 from watcher.notify.base import BaseNotifier
-
-SMTP_USER = "watcher"
-SMTP_PASSWORD = "s3cret-smtp-password"
 
 
 @dataclass
@@ -134,75 +126,6 @@ def start_notifier(
         return notifier
 
     return start
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bound, read, released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class SmtpSink:
-    """Collects envelopes; refuses the recipients in `refuse` with `refusal`."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    envelopes: list[Envelope] = field(default_factory=list)
-    refuse: set[str] = field(default_factory=set)
-    refusal: str = "550 5.1.1 recipient rejected"
-
-    async def handle_RCPT(
-        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address in self.refuse:
-            return self.refusal
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
-        self.envelopes.append(envelope)
-        return "250 Message accepted for delivery"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            message_from_bytes(e.original_content or b"", policy=policy.default)  # type: ignore[misc]
-            for e in self.envelopes
-        ]
-
-
-def _authenticator(server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and (
-        auth_data.login.decode(),
-        auth_data.password.decode(),
-    ) == (SMTP_USER, SMTP_PASSWORD)
-    # handled=False: aiosmtpd answers "535 authentication failed" itself.
-    return AuthResult(success=ok, handled=ok)
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[Callable[..., SmtpSink]]:
-    """Start aiosmtpd Controllers (optionally requiring AUTH); all are stopped after the test."""
-    controllers: list[Controller] = []
-
-    def start(*, auth: bool = False, **options: Any) -> SmtpSink:
-        sink = SmtpSink(port=free_port(), **options)
-        extra: dict[str, Any] = {}
-        if auth:
-            extra = {
-                "authenticator": _authenticator,
-                "auth_required": True,
-                "auth_require_tls": False,
-            }
-        controller = Controller(sink, hostname=sink.host, port=sink.port, **extra)
-        controller.start()
-        controllers.append(controller)
-        return sink
-
-    yield start
-    for controller in controllers:
-        controller.stop()
 
 
 @pytest.fixture

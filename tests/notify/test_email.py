@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SMTP_PASSWORD, SMTP_USER
+from tests.helpers import free_port
 from watcher.config import load_config
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.notify.email import EmailNotifier
@@ -16,7 +18,7 @@ from watcher.notify.registry import build_notifiers
 from watcher.notify.render import sample_event
 from watcher.schema import Secret
 
-from .conftest import SMTP_PASSWORD, SMTP_USER, Answer, free_port
+from .conftest import Answer
 
 JOB = "0b5f1c9e-6a3d-4a8e-9f43-2c6a1f0d9b11"
 

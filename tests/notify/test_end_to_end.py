@@ -9,14 +9,14 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from tests.helpers import SECRET, WebhookReceiver, config_text, make_config, write_jobs
+from tests.helpers import SECRET, SmtpSink, WebhookReceiver, config_text, make_config, write_jobs
 from watcher.daemon import Daemon
 from watcher.models import DeliveryState
 from watcher.notify.outbox import Backoff
 from watcher.store import open_store
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
-from .conftest import Answer, SmtpSink, StartHttp
+from .conftest import Answer, StartHttp
 from .test_slack import FakeSlack
 
 FAST = Backoff(initial=0.05, maximum=0.2)

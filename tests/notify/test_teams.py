@@ -208,7 +208,7 @@ def test_check_accepts_workflow_hosts_only(name: str, settings: dict[str, Any], 
 
 async def test_connection_refused_is_retryable_without_the_url(session, make_delivery) -> None:
     """Nothing listening is a retryable error whose text holds no part of the URL."""
-    from .conftest import free_port
+    from tests.helpers import free_port
 
     notifier = TeamsNotifier("t", {"url": Secret(f"http://127.0.0.1:{free_port()}/x?sig={SIG}")}, clock=VirtualClock())
     await notifier.start(session)

@@ -10,13 +10,14 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from tests.helpers import free_port
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.notify.render import sample_event
 from watcher.notify.webhook import WebhookNotifier
 from watcher.ratelimit.signals import MAX_WAIT
 from watcher.schema import Secret
 
-from .conftest import Answer, free_port
+from .conftest import Answer
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from tests.helpers import WebhookReceiver, config_text, make_config, write_jobs
-from tests.notify.conftest import Answer, SmtpSink, free_port
+from tests.helpers import SmtpSink, WebhookReceiver, config_text, free_port, make_config, write_jobs
+from tests.notify.conftest import Answer
 from tests.notify.test_slack import FakeSlack
 from watcher.daemon import Daemon
 from watcher.models import DeliveryState

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.resilience
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The daemon's notifiers: its /openapi.json lists them as the names `notify` accepts.
 NOTIFIERS = ("console",)
+BATCH = "known:batch.1"
 
 
 class DaemonThread(threading.Thread):
@@ -58,6 +59,8 @@ class DaemonThread(threading.Thread):
             fake.script_job("known-1", outcome="errored", errored=2)
             fake.script_job("known-2", outcome="pending")
             jobs = write_jobs(self.tmp_path / "jobs.yaml", ["known-1", "known-2", "ghost-1"])
+            # All three in one batch, so the batch routes answer with data too (the file's `batch:`).
+            jobs.write_text(f"batch: {BATCH}\n{jobs.read_text()}", encoding="utf-8")
             notifiers = "".join(f"  {name}:\n    type: console\n" for name in NOTIFIERS)
             text = server_config_text(fake.base_url, self.tmp_path, jobs_file=jobs, extra=f"notifiers:\n{notifiers}")
             daemon = Daemon(make_config(self.tmp_path, text), delivery_backoff=FAST)
@@ -153,6 +156,19 @@ def test_api_conforms_to_its_openapi_document(case: Any, api_url: str) -> None:
     headers = {**AUTH, "Content-Type": "application/json"} if case.method == "DELETE" else AUTH
     case.call_and_validate(base_url=api_url, headers=headers, timeout=10,
                            excluded_checks=KNOWN_GAPS.get(case.operation.label, []))
+
+
+@pytest.mark.parametrize(("path", "query"), [
+    ("/batches/{name}", {}), ("/batches", {}), ("/batches", {"state": "open"}), ("/jobs", {"batch": BATCH}),
+])
+def test_batch_answers_with_data_match_the_document(path: str, query: dict[str, str], api_url: str) -> None:
+    """The batch routes' answers about a batch that exists (generated names rarely hit one) match the document."""
+    parameters = {"name": BATCH} if "{name}" in path else {}
+    case = schema[path]["GET"].Case(path_parameters=parameters, query=query)
+    response = case.call_and_validate(base_url=api_url, headers=AUTH, timeout=10)
+    body = response.json()
+    assert (200, True) == (response.status_code, bool(body))
+    assert 3 == (body["jobs"] if isinstance(body, dict) else len(body) if path == "/jobs" else body[0]["jobs"])
 
 
 def _nested(levels: int) -> bytes:

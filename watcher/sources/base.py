@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import Any, Protocol
 
 import structlog
 
 from watcher.clock import Clock
 from watcher.errors import InvalidJobId
-from watcher.models import JobRef
+from watcher.models import JobRef, validate_batch_name
 from watcher.policy import PollPolicy, first_poll_at
 from watcher.store.base import AddsJobs, StateStore
 
 log = structlog.get_logger("watcher.sources")
 
-JOB_KEYS = ("id", "labels", "notify")
+JOB_KEYS = ("id", "labels", "notify", "batch")
 
 
 class JobSource(Protocol):
@@ -86,20 +87,38 @@ class Intake:
             raise ValueError(f"unknown notifier {', '.join(map(repr, unknown))} (configured: {configured})")
 
 
-def parse_job(raw: Any) -> JobRef:
-    """A job as the job file or a queue message gives it: a bare id or {id, labels, notify}."""
-    ref, _ = _parse(raw, JOB_KEYS)
+class InvalidBatch(ValueError):
+    """A `batch` that is not a batch name: its message says so, without the job's place."""
+
+
+def parse_job(raw: Any, *, batch: str | None = None) -> JobRef:
+    """A job as the job file or a queue message gives it: a bare id or {id, labels, notify, batch};
+    `batch` is the default (a job file's top-level `batch:`), which the job's own `batch` overrides."""
+    ref, _ = _parse(raw, JOB_KEYS, batch)
     return ref
 
 
 def parse_job_request(raw: Any) -> tuple[JobRef, bool]:
     """A job as `POST /jobs` gives it: parse_job's forms plus `again` (a boolean), returned apart."""
-    return _parse(raw, (*JOB_KEYS, "again"))
+    return _parse(raw, (*JOB_KEYS, "again"), None)
 
 
-def _parse(raw: Any, keys: tuple[str, ...]) -> tuple[JobRef, bool]:
+def parse_batch(value: Any) -> str:
+    """A batch name as given (1 to 128 of A-Z a-z 0-9 - _ . :); InvalidBatch otherwise."""
+    if isinstance(value, int | float | date) and not isinstance(value, bool):
+        # YAML reads `batch: 2026-11-27` as a date and `batch: 42` as a number: say how to keep it.
+        if isinstance(value, int) and abs(value) >= 10**40:  # str() of a huge int is slow, or refused
+            raise InvalidBatch("a batch name must be a string, got a number: quote it")
+        raise InvalidBatch(f"a batch name must be a string, got {value}: quote it, e.g. '{value}'")
+    try:
+        return validate_batch_name(value)
+    except ValueError as exc:
+        raise InvalidBatch(str(exc)) from None
+
+
+def _parse(raw: Any, keys: tuple[str, ...], default_batch: str | None) -> tuple[JobRef, bool]:
     if isinstance(raw, str):
-        return _ref(raw, {}, None), False
+        return _ref(raw, {}, None, default_batch), False
     _refuse_number(raw)
     if not isinstance(raw, Mapping):
         raise ValueError("expected a job id or a mapping with `id`")
@@ -125,12 +144,14 @@ def _parse(raw: Any, keys: tuple[str, ...]) -> tuple[JobRef, bool]:
             notify = [notify]
         if not isinstance(notify, list) or not all(isinstance(n, str) and n and _is_text(n) for n in notify):
             raise ValueError("`notify` must be a list of notifier names")
-    return _ref(raw["id"], text_labels, tuple(notify) if notify is not None else None), again
+    # null, like absent, leaves the job in the default batch (none outside a job file).
+    batch = default_batch if raw.get("batch") is None else parse_batch(raw["batch"])
+    return _ref(raw["id"], text_labels, tuple(notify) if notify is not None else None, batch), again
 
 
-def _ref(job_id: Any, labels: dict[str, str], notify: tuple[str, ...] | None) -> JobRef:
+def _ref(job_id: Any, labels: dict[str, str], notify: tuple[str, ...] | None, batch: str | None) -> JobRef:
     try:
-        return JobRef(job_id, labels, notify)
+        return JobRef(job_id, labels, notify, batch)
     except InvalidJobId as exc:
         raise ValueError(str(exc)) from None
 

@@ -1,5 +1,7 @@
 """The job file source: re-read when it changes; removed entries keep being watched.
 
+A file's top-level `batch:` puts every job it lists in that batch; an entry's own `batch:` wins.
+
 A job file is data, not configuration: `${VAR}` stays as written, and a job stopped or
 purged (tombstoned) is never brought back by still being listed.
 """
@@ -9,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from watcher.errors import ConfigError, StoreUnavailable
 from watcher.models import JobRef
-from watcher.sources.base import Intake, parse_job
+from watcher.sources.base import Intake, InvalidBatch, parse_batch, parse_job
 from watcher.yamlloc import JOB_FILE_MAX_BYTES, FileRefused, Problems, load_located, read_capped
 
 log = structlog.get_logger("watcher.sources.file")
@@ -39,18 +42,33 @@ def load_job_file(path: Path, notifiers: tuple[str, ...] | None = None) -> tuple
         return [], problems.sorted()
     if data is None:
         return [], []
-    if not isinstance(data, dict) or set(data) - {"jobs"}:
-        problems.add((), "expected a mapping with one key `jobs:` holding a list")
+    if not isinstance(data, dict) or set(data) - {"jobs", "batch"}:
+        problems.add((), "expected a mapping with the key `jobs:` holding a list (and optionally `batch:`)")
         return [], problems.sorted()
     items = data.get("jobs") or []
     if not isinstance(items, list):
-        problems.add(("jobs",), "expected a list of job ids or {id, labels, notify} mappings")
+        problems.add(("jobs",), "expected a list of job ids or {id, labels, notify, batch} mappings")
         return [], problems.sorted()
+    try:
+        batch = None if data.get("batch") is None else parse_batch(data["batch"])
+    except InvalidBatch as exc:
+        problems.add(("batch",), str(exc))
+        return [], problems.sorted()  # every job would land in the wrong batch (or none)
+    return _entries(items, batch, notifiers, problems), problems.sorted()
+
+
+def _entries(
+    items: list[Any], batch: str | None, notifiers: tuple[str, ...] | None, problems: Problems
+) -> list[JobRef]:
+    """The valid jobs of the `jobs:` list, in order; each invalid one is a located problem."""
     refs: list[JobRef] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
         try:
-            ref = parse_job(item)
+            ref = parse_job(item, batch=batch)
+        except InvalidBatch as exc:
+            problems.add(("jobs", i, "batch"), str(exc))
+            continue
         except ValueError as exc:
             problems.add(("jobs", i), str(exc))
             continue
@@ -64,7 +82,7 @@ def load_job_file(path: Path, notifiers: tuple[str, ...] | None = None) -> tuple
             continue
         seen.add(ref.id)
         refs.append(ref)
-    return refs, problems.sorted()
+    return refs
 
 
 class FileSource:

@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from watcher.config import RedisSourceSettings
 from watcher.errors import StoreUnavailable
 from watcher.models import JobRef
-from watcher.sources.base import Intake, parse_job
+from watcher.sources.base import Intake, InvalidBatch, parse_job
 from watcher.strictjson import strict_json
 
 log = structlog.get_logger("watcher.sources.redis")
@@ -72,7 +72,8 @@ def client_url(url: str) -> str:
 
 
 def read_entry(fields: Fields) -> JobRef:
-    """The job an entry names: a `job` field holding JSON, or a bare `id`; ValueError says why not."""
+    """The job an entry names: a `job` field holding JSON ({id, labels, notify, batch}), or a bare `id`;
+    ValueError says why not."""
     if sum(len(key) + len(value) for key, value in fields.items()) > MAX_ENTRY_BYTES:
         raise ValueError(f"entry larger than {MAX_ENTRY_BYTES} bytes")
     job = fields.get(b"job")
@@ -81,7 +82,10 @@ def read_entry(fields: Fields) -> JobRef:
             raw = strict_json(job)  # the API's rules: no NaN, Infinity or lone surrogate gets stored
         except ValueError as exc:
             raise ValueError(f"`job` is not valid JSON: {exc}") from None
-        return parse_job(raw)
+        try:
+            return parse_job(raw)
+        except InvalidBatch as exc:
+            raise ValueError(f"`job.batch`: {exc}") from None
     bare = fields.get(b"id")
     if bare is not None:
         try:
