@@ -343,7 +343,8 @@ class Engine(ClaimLoop):
             bound.warning("engine.unknown_status", status=snapshot.status)
 
     async def _finish(self, job: JobState, decision: Finish, now: float, bound: Any) -> None:
-        errors = await errors_info(decision, self.errors_fetcher)
+        with structlog.contextvars.bound_contextvars(job_id=job.id):  # the download's log lines name the job
+            errors = await errors_info(decision, self.errors_fetcher)
         deliveries, names = outcome_deliveries(
             job, decision, now, routes=self.routes, recipients=self.recipients, errors=errors
         )
