@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from watcher.config import load_config
+from watcher.errors import ConfigError, PermanentDeliveryError, RetryableDeliveryError
 from watcher.notify.apprise import INSTALL_HINT, AppriseNotifier, apprise_urls, shown
 from watcher.notify.message import message_from_event
+from watcher.notify.registry import load_notifier_types
 from watcher.notify.samples import sample_alert, sample_event
 from watcher.schema import Secret, Validator
 from watcher.testing.chatfakes_b.events import big_batch_event
@@ -148,6 +150,7 @@ async def test_no_token_in_logs_errors_or_describe(http_server, notifiers, make_
     assert "notify.apprise_failed" in logs
     assert "Failed to send JSON" in logs  # Apprise's warning passes, scrubbed
     assert "POST /***/*** HTTP/1.1" in logs  # urllib3's request line passes, masked
+    assert "JSON Payload" not in logs  # Apprise's debug lines (request URLs, payloads) are dropped
     for secret in (TOKEN, PASSWORD):
         assert secret not in logs
         assert secret not in str(caught.value)
@@ -231,3 +234,32 @@ async def test_without_apprise_send_is_permanent(monkeypatch, session, make_deli
             await notifier.send(make_delivery(sample_event("failed")))
     finally:
         await notifier.close()
+
+
+@pytest.fixture
+def apprise_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The `apprise` type registered through an entry point (as pyproject.toml's extra will), fresh registry."""
+    info = tmp_path / "plugins" / "apprise_entry-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: apprise_entry\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[import_watcher.notifiers]\napprise = watcher.notify.apprise:AppriseNotifier\n"
+    )
+    monkeypatch.syspath_prepend(str(info.parent))
+    load_notifier_types.cache_clear()
+    yield
+    load_notifier_types.cache_clear()
+
+
+def test_config_check_locates_the_install_hint(apprise_registered, tmp_path: Path, monkeypatch) -> None:
+    """Without apprise, loading a config with an apprise notifier fails with one located install hint."""
+    monkeypatch.setitem(sys.modules, "apprise", None)
+    (tmp_path / "urls").write_text(f"json://127.0.0.1:9/hooks/{TOKEN}\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sendgrid:\n  api_key: SG.test-key-123\nnotifiers:\n"
+        f"  team:\n    type: apprise\n    urls_file: {tmp_path / 'urls'}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert [f"{config}:5: notifiers.team.type: {INSTALL_HINT}"] == caught.value.problems
