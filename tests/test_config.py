@@ -39,6 +39,14 @@ def test_example_config_is_valid() -> None:
     assert config.server is not None and config.server.token is None
 
 
+def test_notifier_example_has_every_type_and_validates() -> None:
+    """config/notifiers.example.yaml shows one notifier of every registered type, and `check` accepts it."""
+    from watcher.notify.registry import load_notifier_types
+
+    config = load_config(ROOT / "config" / "notifiers.example.yaml", env={"SENDGRID_API_KEY": "SG.example"})
+    assert sorted(load_notifier_types()) == sorted({n.type for n in config.notifiers})
+
+
 def test_example_job_file_is_valid() -> None:
     """The shipped job file parses with both a full entry and a bare id."""
     refs, problems = load_job_file(ROOT / "config" / "jobs.example.yaml", ("team-slack",))
