@@ -9,11 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from tests.contract.test_redis_store import command_calls, redis_server
 from tests.serving import ApiHost, bearer, serving_api
 from watcher.clock import ManualClock
 from watcher.models import Delivery, JobRef, Outcome, Snapshot
 from watcher.status import encode_cursor
+from watcher.store.redis import RedisStore
 from watcher.store.sqlite import SqliteStore
 
 LINK = re.compile(r'^</jobs\?([^>]+)>; rel="next"$')
@@ -192,3 +195,27 @@ async def test_summary_is_shared_for_two_seconds() -> None:
             async with http.get(f"{server.url}/summary") as response:
                 seen.append((await response.json())["jobs"]["watching"])
     assert [1, 1, 3] == seen
+
+
+async def test_a_batch_filter_reads_only_the_page_of_that_batch() -> None:
+    """GET /jobs?batch=&limit=10 in a batch of 2000 reads 11 job records (a page and one to tell if
+    another follows), not the whole batch; the next link carries on where the page stopped."""
+    with redis_server() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        admin = aioredis.Redis.from_url(url)
+        try:
+            async with serving_api(RedisStore(url, prefix="iw-pages")) as (server, host), \
+                    aiohttp.ClientSession(headers=bearer()) as http:
+                refs = [JobRef(f"b{index:04d}", batch="big") for index in range(2000)]
+                await host.intake.add_many(refs + [JobRef(f"o{index:04d}") for index in range(500)])
+                before = await command_calls(admin, "hgetall")
+                async with http.get(f"{server.url}/jobs", params={"batch": "big", "limit": "10"}) as response:
+                    first = [job["id"] for job in await response.json()]
+                    cursor = response.headers["X-Next-Cursor"]
+                read = await command_calls(admin, "hgetall") - before
+                params = {"batch": "big", "limit": "3", "after": cursor}
+                async with http.get(f"{server.url}/jobs", params=params) as response:
+                    second = [job["id"] for job in await response.json()]
+        finally:
+            await admin.aclose()
+    assert (11, [f"b{index:04d}" for index in range(13)]) == (read, first + second)

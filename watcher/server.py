@@ -33,10 +33,11 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from watcher.api_batches import BatchRoutes
 from watcher.clock import Clock
 from watcher.config import ServerSettings
 from watcher.errors import InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
-from watcher.httpinput import ApiError, authority, job_request, page_after, page_limit, same_origin
+from watcher.httpinput import ApiError, authority, batch_name, job_request, page_after, page_limit, same_origin
 from watcher.models import WATCHING, JobRef, Outcome, validate_job_id
 from watcher.net import is_loopback_host
 from watcher.status import encode_cursor, job_views, summary_view, tombstone_view
@@ -164,7 +165,6 @@ class WatcherServer:
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         """Listen; the listener is closed when `stack` unwinds (after the daemon's drain)."""
         self.app = self.build_app()
-        # In-flight requests get a few seconds when the listener closes; the daemon's drain came first.
         # The daemon's drain came first; requests still open get what is left of the shutdown margin.
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.daemon.close_time_left())
         await runner.setup()
@@ -200,6 +200,11 @@ class WatcherServer:
         routes.add_get("/jobs", self.list_jobs)
         routes.add_get("/jobs/{job_id}", self.get_job)
         routes.add_delete("/jobs/{job_id}", self.delete_job)
+        BatchRoutes(
+            lambda: self.daemon.store,
+            require_read=functools.partial(self._require_token, read_only=True),
+            page=self.page,
+        ).register(routes)
         routes.add_get("/", self.page)
         routes.add_get("/static/{name}", self.asset)
         return app
@@ -345,21 +350,24 @@ class WatcherServer:
         return json_answer(tombstone_view(tombstone))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        """GET /jobs?state=&limit=&after=: one page of `status --json` objects, oldest first;
+        """GET /jobs?state=&batch=&limit=&after=: one page of `status --json` objects, oldest first;
         the next page's cursor in `Link: <...>; rel="next"` and `X-Next-Cursor`."""
         self._require_token(request, read_only=True)
         state = request.query.get("state") or None  # `state=` is "all", as the page's "all jobs" option
         if state is not None and state not in STATES:
             raise ApiError(400, "invalid_state", f"state must be one of {', '.join(sorted(STATES))}")
+        batch = batch_name(request.query["batch"]) if "batch" in request.query else None
         limit = page_limit(request.query.get("limit"))
         after = page_after(request.query.get("after"))
         store = self.daemon.store
-        jobs = await store.list_jobs(state=state, limit=limit + 1, after=after)  # one more: is there a next page?
+        # One more than a page: is there a next page? A batch's page reads only that batch's index.
+        jobs = await store.list_jobs(state=state, limit=limit + 1, after=after, batch=batch)
         page = jobs[:limit]
         headers = {}
         if len(jobs) > limit:
             cursor = encode_cursor(page[-1].added_at, page[-1].id)
-            query = urlencode({**({"state": state} if state else {}), "after": cursor, "limit": limit})
+            filters = {**({"state": state} if state else {}), **({"batch": batch} if batch else {})}
+            query = urlencode({**filters, "after": cursor, "limit": limit})
             headers = {"Link": f'</jobs?{query}>; rel="next"', "X-Next-Cursor": cursor}
         return json_answer(await job_views(store, page), headers=headers)
 

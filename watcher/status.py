@@ -1,4 +1,4 @@
-"""The job view shared by `status --json`, `GET /jobs` and the status page, and the API's paging cursor."""
+"""The job and batch views shared by `status --json`, the API and the status page, and the API's paging cursor."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import binascii
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from watcher.errors import InvalidJobId
+from watcher.batches import TOTAL_KEYS, batch_status
 from watcher.events import iso
-from watcher.models import Delivery, JobState, StoreCounts, Tombstone, validate_job_id
+from watcher.models import Batch, BatchPhase, Delivery, JobState, StoreCounts, Tombstone, validate_job_id
 from watcher.store.base import StateStore
 
 #: What a cursor's time may look like: repr() of a non-negative float, nothing else.
 _CURSOR_TIME = re.compile(r"\d{1,20}(\.\d{1,20})?(e[+-]\d{1,3})?")
 MAX_CURSOR = 200
+TOTALS_PAGE = 500  # jobs per read when summing a batch's totals
 
 
 def job_view(job: JobState, deliveries: Iterable[Delivery]) -> dict[str, Any]:
@@ -29,6 +30,7 @@ def job_view(job: JobState, deliveries: Iterable[Delivery]) -> dict[str, Any]:
         "polls": job.polls,
         "labels": dict(job.labels),
         "notify": list(job.notify) if job.notify is not None else None,
+        "batch": job.batch,
         "added_at": iso(job.added_at),
         "next_poll_at": iso(job.next_poll_at) if job.outcome is None else None,
         "status": snapshot.status if snapshot else None,
@@ -81,21 +83,23 @@ def summary_view(counts: StoreCounts) -> dict[str, dict[str, int]]:
 
 
 def encode_cursor(added_at: float, job_id: str) -> str:
-    """The opaque cursor of the page that starts after this place in (added_at, id) order."""
+    """The opaque cursor of the page that starts after this place in (added_at, id) order
+    (or (started_at, name) for batches)."""
     text = f"{float(added_at)!r}:{job_id}".encode()
     return base64.urlsafe_b64encode(text).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    """(added_at, id) from a cursor this module made; ValueError for anything else."""
+def decode_cursor(cursor: str, check: Callable[[str], object] = validate_job_id) -> tuple[float, str]:
+    """(time, name) from a cursor this module made, the name passing `check` (a job id unless
+    told otherwise: batch cursors hold batch names); ValueError for anything else."""
     bogus = ValueError("`after` is not a cursor this server gave out")
     if not cursor.isascii() or len(cursor) > MAX_CURSOR:
         raise bogus
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        at_text, _, job_id = raw.decode("ascii").partition(":")
-        validate_job_id(job_id)
-    except (binascii.Error, UnicodeDecodeError, InvalidJobId):
+        at_text, _, job_id = raw.decode("ascii").partition(":")  # a batch name's own colons stay in it
+        check(job_id)
+    except (binascii.Error, ValueError):  # UnicodeDecodeError and InvalidJobId are ValueErrors
         raise bogus from None
     if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != cursor:
         raise bogus  # only the one spelling this module writes
@@ -106,13 +110,85 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 def status_table(views: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table for `import-watcher status`."""
-    rows = [("JOB", "STATE", "POLLS", "NEXT POLL / DETECTED", "DELIVERIES")]
+    """A plain-text table for `import-watcher status`; a BATCH column when any job has a batch."""
+    batched = any(v.get("batch") for v in views)
+    rows = [("JOB", "STATE", "POLLS", "NEXT POLL / DETECTED", *(("BATCH",) if batched else ()), "DELIVERIES")]
     for v in views:
         when = v["next_poll_at"] or v["detected_at"] or "-"
         deliveries = ", ".join(f"{d['notifier']}={d['state']}({d['attempts']})" for d in v["deliveries"]) or "-"
-        rows.append((v["id"], v["state"], str(v["polls"]), when, deliveries))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        batch = (v.get("batch") or "-",) if batched else ()
+        rows.append((v["id"], v["state"], str(v["polls"]), when, *batch, deliveries))
+    aligned = len(rows[0]) - 1  # every column but the last, which runs on
+    widths = [max(len(r[i]) for r in rows) for i in range(aligned)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:aligned])) + "  " + row[aligned] for row in rows
     )
+
+
+def batch_view(
+    batch: Batch, jobs: Sequence[JobState] | None = None, *, totals: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """One batch as `GET /batches/{name}` and `status --batch` show it; `totals` only with its jobs
+    (or given, summed already).
+
+    `jobs` is the count (as in the batch_finished event), `final` how many of them are final, and
+    `status` the worst outcome so far (null while none is final); `finished_at` is set while the
+    batch stands finished (a job joining reopens it).
+    """
+    view: dict[str, Any] = {
+        "name": batch.name,
+        "state": batch.phase.value,
+        "jobs": batch.jobs,
+        "final": batch.final,
+        "status": batch_status(batch.outcomes) if batch.final else None,
+        "outcomes": {k: v for k, v in batch.outcomes.items() if v > 0},
+        "started_at": iso(batch.started_at),
+        "finished_at": iso(batch.finished_at) if batch.phase is BatchPhase.FINISHED else None,
+    }
+    if totals is not None:
+        view["totals"] = dict(totals)
+    elif jobs is not None:
+        view["totals"] = batch_totals(jobs)
+    return view
+
+
+async def stored_batch_totals(store: StateStore, name: str, *, page: int = TOTALS_PAGE) -> dict[str, int]:
+    """`batch_totals` of every job of the batch, read a page at a time through the store's batch index.
+
+    The work grows with the batch's size (a batch is one nightly sync, not the whole store), but memory
+    stays one page. Running totals kept in the batch row would make this one read, at the price of a
+    batch-row write on every poll of every batched job (results change with each poll, not only at the
+    outcome), on the hot path of all three stores: not worth it for a view opened by hand.
+    """
+    summed = dict.fromkeys(TOTAL_KEYS, 0)
+    after: tuple[float, str] | None = None
+    while True:
+        jobs = await store.list_jobs(batch=name, limit=page, after=after)
+        for key, value in batch_totals(jobs).items():
+            summed[key] += value
+        if len(jobs) < page:
+            return summed
+        after = (jobs[-1].added_at, jobs[-1].id)
+
+
+def batch_totals(jobs: Iterable[JobState]) -> dict[str, int]:
+    """SendGrid's five counters summed over the jobs' last results; a missing or non-finite one counts 0."""
+    summed = dict.fromkeys(TOTAL_KEYS, 0)
+    for job in jobs:
+        results = job.snapshot.results if job.snapshot else {}
+        for key in TOTAL_KEYS:
+            value = results.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                summed[key] += int(value)
+    return summed
+
+
+def batch_line(view: dict[str, Any]) -> str:
+    """The one line `status --batch` prints above the batch's jobs."""
+    outcomes = ", ".join(f"{n} {o}" for o, n in sorted(view["outcomes"].items())) or "none final yet"
+    when = f"finished {view['finished_at']}" if view["finished_at"] else f"started {view['started_at']}"
+    totals = view.get("totals") or {}
+    counts = ", ".join(f"{k.removesuffix('_count')} {v}" for k, v in totals.items() if v)
+    worst = f", worst {view['status']}" if view["status"] else ""
+    head = f"batch {view['name']}: {view['state']}, {view['final']}/{view['jobs']} final ({outcomes}){worst}"
+    return f"{head}; {when}" + (f"; {counts}" if counts else "")

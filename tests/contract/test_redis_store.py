@@ -310,3 +310,26 @@ async def test_a_batch_lease_is_measured_by_the_server_clock(store: RedisStore, 
     assert True is await store.finish_batch(
         "nightly", token=held.lease.token, now=now + 30, summary_id="s-1", deliveries=[make_delivery("s", job_id=None)]
     )
+
+
+async def test_a_batch_claim_is_renewed_by_the_server_clock(store: RedisStore, redis_url: str) -> None:
+    """A holder whose clock says the claim is long over still renews it while the server says it lives,
+    to the server's now + lease: past its first 0.2 s a fast replica still cannot take it."""
+    now = await server_now(redis_url)
+    await store.add_job(JobRef("job-1", batch="nightly"), now=now - 100, first_poll_at=now - 100)
+    (job,) = await store.claim_due_jobs(now=now - 100, limit=5, owner="w1", lease=30)
+    await store.record_outcome(
+        "job-1", token=token(job), now=now - 100, outcome=Outcome.COMPLETED, snapshot=None, polls=1,
+        detected_at=now - 100, deliveries=[],
+    )  # fmt: skip
+    (held,) = await store.claim_settled_batches(now=now, settle=60, limit=5, owner="w1", lease=0.2)
+    assert held.lease is not None
+    assert [True] == await store.renew_batches([("nightly", held.lease.token)], now=now + 1000, lease=60)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        until = float(await client.hget(f"{store.prefix}:batch:nightly", "lease_until"))
+    finally:
+        await client.aclose()
+    assert now + 59 < until < now + 61  # the server's clock, not the caller's now + 1000
+    await asyncio.sleep(0.3)
+    assert [] == await store.claim_settled_batches(now=now + 30, settle=60, limit=5, owner="w2", lease=20)

@@ -6,7 +6,6 @@ import sqlite3
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from tests.contract.batchkit import SETTLE, end, held, join, settled_batch
 from tests.contract.storekit import LEASE, NOW, claim_one, get, ids, make_delivery, token
@@ -66,16 +65,8 @@ async def test_finished_jobs_and_dead_deliveries_answer_their_time_range(store: 
     assert ["d-early"] == ids(await store.dead_deliveries(since=NOW, until=NOW + 99, limit=1))
 
 
-@runtime_checkable
-class CountsBatches(Protocol):
-    """What every built-in store offers beyond the protocol: batches by phase, for metrics."""
-
-    async def batch_counts(self) -> dict[str, int]: ...
-
-
 async def test_batch_counts_follow_the_phases(store: StateStore) -> None:
     """batch_counts gives open and finished batches, moving as a batch finishes and reopens."""
-    assert isinstance(store, CountsBatches)
     assert {"open": 0, "finished": 0} == await store.batch_counts()
     claimed = await settled_batch(store)
     await join(store, "other-1", "other")

@@ -71,9 +71,11 @@ class StateStore(Protocol):
         state: str | None = None,
         limit: int | None = None,
         after: tuple[float, str] | None = None,
+        batch: str | None = None,
     ) -> list[JobState]:
         """Jobs ordered by (added_at, id), starting after the cursor `after`;
-        `state` is "watching" or an outcome value."""
+        `state` is "watching" or an outcome value; `batch` keeps that batch's jobs, read
+        through a per-batch index (never a scan of every job)."""
 
     async def remove_job(self, job_id: str, *, now: float) -> bool:
         """Stop watching: delete the job and its deliveries, leave a STOPPED tombstone. False if unknown."""
@@ -151,6 +153,9 @@ class StateStore(Protocol):
         """Mark the batch finished (finished_at = now, summaries + 1, last_summary_id) and insert
         its summary deliveries in one transaction; False (nothing written) when `token` holds no
         live lease or the batch changed since the claim (a job joined, or not all are final)."""
+
+    async def renew_batches(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each (batch name, token) held within its lease to now + lease; the answers in order."""
 
     async def release_batch(self, name: str, *, token: str) -> None:
         """Give a batch claim back unchanged."""

@@ -112,14 +112,20 @@ class MemoryStore(MemoryOutbox):
         state: str | None = None,
         limit: int | None = None,
         after: tuple[float, str] | None = None,
+        batch: str | None = None,
     ) -> list[JobState]:
-        """Jobs ordered by (added_at, id) after the cursor; `state` is "watching" or an outcome."""
-        jobs = sorted((row.job for row in self._jobs.values()), key=lambda j: (j.added_at, j.id))
+        """Jobs ordered by (added_at, id) after the cursor; `state` is "watching" or an outcome;
+        `batch` reads only that batch's members."""
+        rows = self._jobs.values() if batch is None else self._batch_rows(batch)
+        jobs = sorted((row.job for row in rows), key=lambda j: (j.added_at, j.id))
         if after is not None:
             jobs = [job for job in jobs if (job.added_at, job.id) > after]
         if state is not None:
             jobs = [job for job in jobs if job.state == state]
         return jobs if limit is None else jobs[: max(0, limit)]
+
+    def _batch_rows(self, name: str) -> list[_JobRow]:
+        return [self._jobs[job_id] for job_id in self._batches.members(name) if job_id in self._jobs]
 
     async def remove_job(self, job_id: str, *, now: float) -> bool:
         """Delete the job and its deliveries and leave a STOPPED tombstone."""
@@ -271,8 +277,7 @@ class MemoryStore(MemoryOutbox):
 
     async def batch_jobs(self, name: str) -> list[JobState]:
         """Every job of the batch, ordered by (added_at, id)."""
-        jobs = [self._jobs[job_id].job for job_id in self._batches.members(name) if job_id in self._jobs]
-        return sorted(jobs, key=lambda j: (j.added_at, j.id))
+        return await self.list_jobs(batch=name)
 
     async def claim_settled_batches(
         self, *, now: float, settle: float, limit: int, owner: str, lease: float
@@ -288,6 +293,10 @@ class MemoryStore(MemoryOutbox):
             return False
         await self.add_deliveries(deliveries)
         return True
+
+    async def renew_batches(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each (batch name, token) held within its lease to now + lease."""
+        return [self._batches.renew(name, token, now, lease) for name, token in leases]
 
     async def release_batch(self, name: str, *, token: str) -> None:
         """Give a batch claim back unchanged; a stale token frees nothing."""

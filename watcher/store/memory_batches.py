@@ -120,6 +120,14 @@ class MemoryBatches:
         row.token = row.until = None
         return True
 
+    def renew(self, name: str, token: str, now: float, lease: float) -> bool:
+        """Extend a claim held by `token` whose lease still lives; a lapsed or stale one stays lost."""
+        row = self.rows.get(name)
+        if row is None or row.token != token or not row.live(now):
+            return False
+        row.until = now + lease
+        return True
+
     def release(self, name: str, token: str) -> None:
         row = self.rows.get(name)
         if row is not None and row.token == token:

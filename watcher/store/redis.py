@@ -87,9 +87,10 @@ class RedisStore(RedisBatches):
         state: str | None = None,
         limit: int | None = None,
         after: tuple[float, str] | None = None,
+        batch: str | None = None,
     ) -> list[JobState]:
         """Jobs ordered by (added_at, id) after the cursor, a page per script call: a filter
-        or an absent limit never makes one call read every job."""
+        or an absent limit never makes one call read every job; `batch` reads its own zset."""
         if limit is not None and limit <= 0:
             return []
         jobs: list[JobState] = []
@@ -97,7 +98,7 @@ class RedisStore(RedisBatches):
         while limit is None or len(jobs) < limit:
             want = CHUNK if limit is None else min(limit - len(jobs), CHUNK)
             where = ["1", rows.num(cursor[0]), cursor[1]] if cursor else ["0", "", ""]
-            raw = await self._run("list_jobs", None, *where, state or "", want, _LIST_SCAN)
+            raw = await self._run("list_jobs", None, *where, state or "", want, _LIST_SCAN, batch or "")
             found, last_id, last_score, done = json.loads(raw)
             if isinstance(found, list):
                 jobs.extend(rows.job(rows.pairs(h)) for h in found)
@@ -105,6 +106,10 @@ class RedisStore(RedisBatches):
                 break
             cursor = (float(last_score), last_id)
         return jobs
+
+    async def batch_jobs(self, name: str) -> list[JobState]:
+        """Every job of the batch, ordered by (added_at, id): its zset, a page per script call."""
+        return await self.list_jobs(batch=name)
 
     async def remove_job(self, job_id: str, *, now: float) -> bool:
         """Delete the job and its deliveries and leave a STOPPED tombstone, in one script."""
@@ -125,12 +130,6 @@ class RedisStore(RedisBatches):
     async def renew_jobs(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
         """Extend each held (job id, token) to lease-clock now + lease, in one script."""
         return await self._renew("renew_jobs", leases, now, lease)
-
-    async def _renew(self, name: str, leases: Sequence[tuple[str, str]], now: float, lease: float) -> list[bool]:
-        if not leases:
-            return []
-        flat = [part for pair in leases for part in pair]
-        return [bool(answer) for answer in await self._run(name, now, rows.num(lease), *flat)]
 
     @staticmethod
     def _poll_args(job_id: str, token: str, update: PollUpdate) -> list[str]:

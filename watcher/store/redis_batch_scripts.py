@@ -4,7 +4,7 @@ Keys under the prefix P (batch names cannot hold a space, and "batch:" / "batchj
 differ before any name starts, so keys never collide):
   P:batch:<name>      hash: name, phase, jobs, final, o:<outcome> counts, started_at, quiet_since,
                       finished_at, summaries, last_summary_id, owner, lease_until
-  P:batchjobs:<name>  zset of its jobs by added_at (batch_jobs)
+  P:batchjobs:<name>  zset of its jobs by added_at (batch_jobs, list_jobs(batch=...) pages)
   P:batches:all       zset of every batch by started_at; P:batches:open / :finished by phase
   P:batches:settled   zset by quiet_since of open batches whose jobs are all final (claims read it)
   P:dlvs:dead         zset of dead deliveries by created_at (digests)
@@ -124,6 +124,8 @@ redis.call('ZREM', BSETTLED, name)
 add_deliveries(tonumber(ARGV[7]), 8)
 return 1
 """,
+    # ARGV[3] lease seconds, [4..] pairs of (name, token): fenced like renew_jobs; no due score to move.
+    "renew_batches": "return renew(bkey, function() end)",
     # ARGV[3] name, [4] token: the token alone, so a stale holder can never free a fresh claim.
     "release_batch": """
 local key = bkey(ARGV[3])

@@ -51,12 +51,6 @@ class RedisBatches(RedisConnection):
             cursor = (found[-1].started_at, found[-1].name)
         return found
 
-    async def batch_jobs(self, name: str) -> list[JobState]:
-        """Every job of the batch, ordered by (added_at, id): its zset, then the job hashes."""
-        with self._errors():
-            job_ids = cast("list[str]", await self._r.zrange(self._key(f"batchjobs:{name}"), 0, -1))
-        return [rows.job(h) for h in await self._hashes("job", job_ids) if h.get("batch") == name]
-
     async def claim_settled_batches(
         self, *, now: float, settle: float, limit: int, owner: str, lease: float
     ) -> list[Batch]:
@@ -75,6 +69,10 @@ class RedisBatches(RedisConnection):
             "finish_batch", now, name, token, rows.num(now), summary_id, *rows.delivery_args(deliveries)
         )
         return bool(finished)
+
+    async def renew_batches(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each held (batch name, token) to lease-clock now + lease, in one script."""
+        return await self._renew("renew_batches", leases, now, lease)
 
     async def release_batch(self, name: str, *, token: str) -> None:
         """Give a batch claim back unchanged; a stale token frees nothing."""

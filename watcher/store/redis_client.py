@@ -139,6 +139,13 @@ class RedisConnection:
                     await script(keys=keys, args=[self.prefix, clock, *args], client=pipe)
                 return list(await pipe.execute())
 
+    async def _renew(self, name: str, leases: Sequence[tuple[str, str]], now: float, lease: float) -> list[bool]:
+        """Run a renew script over (id, token) pairs: each held one extended to lease-clock now + lease."""
+        if not leases:
+            return []
+        flat = [part for pair in leases for part in pair]
+        return [bool(answer) for answer in await self._run(name, now, rows.num(lease), *flat)]
+
     async def open(self) -> None:
         """Connect, check the server answers, and record, check or upgrade the layout version."""
         if self._client is not None:

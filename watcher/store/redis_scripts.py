@@ -369,26 +369,29 @@ add_deliveries(tonumber(ARGV[7]), 8)
 return 1
 """,
     # ARGV[3] cursor given ("1"/"0"), [4] cursor score, [5] cursor id, [6] state ("" any),
-    # [7] how many wanted, [8] how many members to look at most.
+    # [7] how many wanted, [8] how many members to look at most, [9] batch ("" any: then
+    # P:jobs:added, else the batch's own zset by added_at, so a batch's page reads only it).
     # Returns [records, last id looked at, its score, 1 when the end was reached].
     "list_jobs": """
-local start, state, want, bound = 0, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-if ARGV[3] == '1' then start = zafter(JADDED, ARGV[4], ARGV[5]) end
+local start, state, want, bound, batch = 0, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local zkey = JADDED
+if batch ~= '' then zkey = bjobs(batch) end
+if ARGV[3] == '1' then start = zafter(zkey, ARGV[4], ARGV[5]) end
 local out, seen, last_id, last_score, done = {}, 0, '', '', 0
 while #out < want and seen < bound do
-  local page = redis.call('ZRANGE', JADDED, start, start + math.min(bound - seen, 200) - 1, 'WITHSCORES')
+  local page = redis.call('ZRANGE', zkey, start, start + math.min(bound - seen, 200) - 1, 'WITHSCORES')
   if #page == 0 then done = 1; break end
   for i = 1, #page, 2 do
     local id = page[i]
     seen, start, last_id, last_score = seen + 1, start + 1, id, page[i + 1]
-    local outcome = redis.call('HGET', jkey(id), 'outcome')
-    if outcome and (state == '' or job_state(outcome) == state) then
+    local v = redis.call('HMGET', jkey(id), 'outcome', 'batch')
+    if v[1] and (state == '' or job_state(v[1]) == state) and (batch == '' or v[2] == batch) then
       out[#out + 1] = redis.call('HGETALL', jkey(id))
       if #out >= want then break end
     end
   end
 end
-if done == 0 and start >= redis.call('ZCARD', JADDED) then done = 1 end
+if done == 0 and start >= redis.call('ZCARD', zkey) then done = 1 end
 if #out == 0 then return cjson.encode({0, last_id, last_score, done}) end
 return cjson.encode({out, last_id, last_score, done})
 """,

@@ -181,12 +181,19 @@ class SqliteStore(SqliteBatches):
         state: str | None = None,
         limit: int | None = None,
         after: tuple[float, str] | None = None,
+        batch: str | None = None,
     ) -> list[JobState]:
-        """Jobs ordered by (added_at, id) after the cursor; `state` is "watching" or an outcome."""
+        """Jobs ordered by (added_at, id) after the cursor; `state` is "watching" or an outcome;
+        `batch` reads that batch's range of the jobs_batch index, not every job."""
         clauses: list[str] = []
         params: list[Any] = []
+        index = "jobs_added"
+        if batch is not None:
+            clauses.append("batch = ?")
+            params.append(batch)
+            index = "jobs_batch"
         if after is not None:
-            clauses.append("(added_at, id) > (?, ?)")  # a range on the jobs_added index
+            clauses.append("(added_at, id) > (?, ?)")  # a range on the index
             params += [after[0], after[1]]
         if state == WATCHING:
             clauses.append("outcome IS NULL")
@@ -194,9 +201,14 @@ class SqliteStore(SqliteBatches):
             clauses.append("outcome = ?")
             params.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_added {where} ORDER BY added_at, id LIMIT ?"  # noqa: S608
+        # INDEXED BY: a page must never fall back to scanning (or sorting) the whole table.
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY {index} {where} ORDER BY added_at, id LIMIT ?"  # noqa: S608
         rows = self._query(sql, [*params, -1 if limit is None else max(0, limit)])
         return [_job(row, self._labels) for row in rows]
+
+    async def batch_jobs(self, name: str) -> list[JobState]:
+        """Every job of the batch, ordered by (added_at, id)."""
+        return await self.list_jobs(batch=name)
 
     async def remove_job(self, job_id: str, *, now: float) -> bool:
         """Delete the job and its deliveries and leave a STOPPED tombstone, in one transaction."""

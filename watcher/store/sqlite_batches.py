@@ -115,11 +115,6 @@ class SqliteBatches(SqliteOutbox):
         sql = f"SELECT {_BATCH_COLUMNS} FROM batches {where} ORDER BY started_at, name LIMIT ?"  # noqa: S608
         return [_batch(row) for row in self._query(sql, [*params, -1 if limit is None else max(0, limit)])]
 
-    async def batch_jobs(self, name: str) -> list[JobState]:
-        """Every job of the batch, ordered by (added_at, id)."""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch = ? ORDER BY added_at, id"  # noqa: S608
-        return [_job(row, self._labels) for row in self._query(sql, (name,))]
-
     async def claim_settled_batches(
         self, *, now: float, settle: float, limit: int, owner: str, lease: float
     ) -> list[Batch]:
@@ -143,6 +138,15 @@ class SqliteBatches(SqliteOutbox):
             if changed:
                 conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in deliveries])
         return changed
+
+    async def renew_batches(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
+        """Extend each (batch name, token) held within its lease to now + lease, in one transaction."""
+        if not leases:
+            return []
+        sql = "UPDATE batches SET lease_until = ? WHERE name = ? AND lease_owner = ? AND lease_until > ?"
+        with self._write() as conn:
+            execute = conn.cursor().execute
+            return [execute(sql, (now + lease, name, token, now)).rowcount == 1 for name, token in leases]
 
     async def release_batch(self, name: str, *, token: str) -> None:
         """Give a batch claim back unchanged; only the token decides, so a stale holder frees nothing."""
