@@ -10,14 +10,14 @@ double-counted when several replicas share one store.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watcher.errors import StoreBroken, StoreUnavailable
-from watcher.models import BatchPhase, Delivery, StoreCounts
+from watcher.models import Delivery, StoreCounts
 
 PREFIX = "import_watcher"
 # The engine reports the observation class name; these are the labels EngineStats uses too.
@@ -30,7 +30,6 @@ POLL_RESULTS: Mapping[str, str] = {
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Without a store count of batches, at most this many are listed per state at a scrape.
-BATCH_LIST_BOUND = 10_000
 
 PollHook = Callable[[str, float], None]
 ResultHook = Callable[[Delivery, str, float], None]
@@ -38,6 +37,8 @@ ResultHook = Callable[[Delivery, str, float], None]
 
 class _Counts(Protocol):
     async def counts(self) -> StoreCounts: ...
+
+    async def batch_counts(self) -> Mapping[str, int]: ...
 
 
 class _Engine(Protocol):
@@ -151,22 +152,10 @@ class WatcherMetrics:
             _set_all(self.jobs, counts.jobs_by_state)
             _set_all(self.outbox, counts.deliveries_by_state)
             try:
-                _set_all(self.batches, await batch_counts(daemon.store))
+                _set_all(self.batches, await daemon.store.batch_counts())
             except (StoreUnavailable, StoreBroken):
                 self.batches.clear()
         return generate_latest(self.registry)
-
-
-async def batch_counts(store: Any) -> dict[str, int]:
-    """Batches by state: the store's own count when it has one, else a bounded listing."""
-    count = getattr(store, "batch_counts", None)
-    if count is not None:
-        counted: dict[str, int] = await count()
-        return counted
-    listed: dict[str, int] = {}
-    for phase in BatchPhase:
-        listed[phase.value] = len(await store.list_batches(phase=phase.value, limit=BATCH_LIST_BOUND))
-    return listed
 
 
 def _set_all(gauge: Gauge, values: Mapping[str, int]) -> None:
