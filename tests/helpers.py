@@ -38,6 +38,15 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 API_KEY = "SG.fake-key"
 
 
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve `app` on 127.0.0.1 at a free port: its runner (to clean up) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
 @dataclass
 class Received:
     webhook_id: str
@@ -61,11 +70,7 @@ class WebhookReceiver:
     async def __aenter__(self) -> WebhookReceiver:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_app(app)
         self.url = f"http://127.0.0.1:{port}/hook"
         return self
 
@@ -109,6 +114,30 @@ class WebhookReceiver:
     def resends(self) -> int:
         """Deliveries that repeated a webhook-id already received (at least once: after a crash)."""
         return len(self.received) - len({item.webhook_id for item in self.received})
+
+
+@dataclass
+class SlackReceiver:
+    """A local stand-in for a Slack incoming webhook: answers `ok` and keeps every message posted."""
+
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> SlackReceiver:
+        app = web.Application()
+        app.router.add_post("/services/T0/B0/x", self._handle)
+        self._runner, port = await serve_app(app)
+        self.url = f"http://127.0.0.1:{port}/services/T0/B0/x"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.posts.append(json.loads(await request.read()))
+        return web.Response(text="ok")
 
 
 def config_text(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from tests.helpers import config_text, make_config
+from tests.helpers import eventually as eventually  # the API tests import it from here
 from watcher.clock import Clock, ManualClock
 from watcher.config import ServerSettings
 from watcher.metrics import WatcherMetrics
@@ -87,15 +88,6 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 def api_headers(token: str = TOKEN) -> dict[str, str]:
     """What an API client sends: the token, and the JSON media type POST and DELETE need."""
     return {**bearer(token), "Content-Type": "application/json"}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait until `check()` is true (polling a real daemon, whose work takes real time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def all_settled(session: aiohttp.ClientSession, url: str, count: int, token: str = TOKEN) -> bool:

@@ -14,10 +14,6 @@ from watcher.testing.fake_sendgrid import FakeSendGrid
 OUTCOMES = ("completed", "errored", "failed")
 
 
-async def start_daemon(config: Path, *extra: str) -> DaemonProcess:
-    return await DaemonProcess.start(config, *extra)
-
-
 async def test_kill_9_then_restart_loses_nothing(tmp_path: Path) -> None:
     """Two SIGKILLs at random moments, then a restart: each job's outcome arrives, never two different ids."""
     rng = random.Random(1234)
@@ -33,13 +29,13 @@ async def test_kill_9_then_restart_loses_nothing(tmp_path: Path) -> None:
             extra=f"heartbeat_file: {tmp_path}/hb\nlogging:\n  level: warning\n",
         ).replace("state:\n", "state:\n  lease: 11s\n"), encoding="utf-8")
         for kill_after in (rng.randint(3, 8), rng.randint(12, 18)):
-            proc = await start_daemon(config)
+            proc = await DaemonProcess.start(config)
             await eventually(lambda: len(hook.received) >= kill_after, timeout=60,  # noqa: B023
                              what=f"{kill_after} notifications", watch=[proc])
             proc.proc.send_signal(signal.SIGKILL)
             assert -signal.SIGKILL == await proc.wait(10)
         assert len(hook.received) < len(ids)
-        final = await start_daemon(config, "--until-idle")
+        final = await DaemonProcess.start(config, "--until-idle")
         await final.exits_with(0, timeout=60)
     expected = {job_id: OUTCOMES[i % 3] for i, job_id in enumerate(ids)}
     assert expected == hook.statuses()
@@ -62,11 +58,11 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(tmp_path: Path) -> No
             jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
             extra=f"heartbeat_file: {tmp_path}/hb\n",
         ).replace("deadline: 3s", "deadline: 60s"), encoding="utf-8")
-        proc = await start_daemon(config)
+        proc = await DaemonProcess.start(config)
         await eventually(lambda: fake.requests_total >= 3, timeout=30, what="three polls", watch=[proc])
         proc.proc.send_signal(signal.SIGTERM)
         await proc.exits_with(0, timeout=10)
-        final = await start_daemon(config, "--until-idle")
+        final = await DaemonProcess.start(config, "--until-idle")
         await final.exits_with(0, timeout=30)
     assert {job_id: "completed" for job_id in ids} == hook.statuses()
     assert len(ids) == len(hook.received)
@@ -83,7 +79,7 @@ async def test_sighup_rereads_the_job_file(tmp_path: Path) -> None:
             fake.base_url, f"sqlite:///{tmp_path}/state.db", hook_url=hook.url, jobs_file=jobs,
             extra=f"heartbeat_file: {tmp_path}/hb\n",
         ).replace("deadline: 3s", "deadline: 60s"), encoding="utf-8")
-        proc = await start_daemon(config)
+        proc = await DaemonProcess.start(config)
         try:
             await eventually(lambda: hook.received, timeout=30, what="the first notification", watch=[proc])
             stat = jobs.stat()
@@ -92,10 +88,8 @@ async def test_sighup_rereads_the_job_file(tmp_path: Path) -> None:
             await asyncio.sleep(2.5)  # longer than the periodic refresh
             assert ["hup-aaa1"] == list(hook.statuses())
             proc.proc.send_signal(signal.SIGHUP)
-            for _ in range(500):
-                if "hup-bbb2" in hook.statuses():
-                    break
-                await asyncio.sleep(0.02)
+            await eventually(lambda: "hup-bbb2" in hook.statuses(), timeout=10, what="hup-bbb2 notified after SIGHUP",
+                             watch=[proc])
         finally:
             assert 0 == await proc.terminate(10), proc.tail()
     assert {"hup-aaa1": "completed", "hup-bbb2": "completed"} == hook.statuses()

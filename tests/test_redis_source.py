@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
+from tests.helpers import eventually, free_port
 from watcher.clock import SystemClock
 from watcher.config import RedisSourceSettings
 from watcher.errors import StoreUnavailable
@@ -46,27 +47,6 @@ class FlakyStore(MemoryStore):
             self.refused.append(ref.id)
             raise StoreUnavailable("store down for this test")
         return await super().add_job(ref, now=now, first_poll_at=first_poll_at, again=again)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait until `check()` (sync or async) is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    """A local port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -149,6 +129,20 @@ async def test_good_entries_are_stored_then_acked(
     assert 2 == source.stats["added"]
 
 
+async def test_a_job_message_may_name_its_batch(
+    make_source: SourceFactory, redis_client: aioredis.Redis, settings: RedisSourceSettings, store: FlakyStore
+) -> None:
+    """A `job` JSON entry's `batch` is stored with the job and counted in that batch."""
+    source = await make_source()
+    await redis_client.xadd(settings.stream, {"job": json.dumps({"id": "in-batch-1", "batch": "nightly:2026-11-27"})})
+    await redis_client.xadd(settings.stream, {"job": json.dumps({"id": "no-batch-1", "batch": None})})
+    await eventually(source.idle)
+    batched, plain = await store.get_job("in-batch-1"), await store.get_job("no-batch-1")
+    assert ("nightly:2026-11-27", None) == (batched and batched.batch, plain and plain.batch)
+    batch = await store.get_batch("nightly:2026-11-27")
+    assert 1 == (batch.jobs if batch else None)
+
+
 async def test_duplicate_entry_is_a_no_op_and_acked(
     make_source: SourceFactory, redis_client: aioredis.Redis, settings: RedisSourceSettings, store: FlakyStore
 ) -> None:
@@ -176,6 +170,8 @@ MALFORMED = [
     ({"job": '{"id": "ok-id", "labels": {"n": NaN}}'}, "NaN is not a JSON number"),
     ({"job": '{"id": "ok-id", "labels": {"n": "\\ud800"}}'}, "lone surrogate"),
     ({"job": json.dumps({"id": 12345})}, "quote it"),
+    ({"job": json.dumps({"id": "ok-id", "batch": "a b"})}, "`job.batch`: invalid batch name 'a b'"),
+    ({"job": json.dumps({"id": "ok-id", "batch": "x" * 129})}, "`job.batch`: invalid batch name"),
     ({"id": "ok-id", "padding": "x" * (64 * 1024)}, "entry larger than 65536 bytes"),
 ]
 

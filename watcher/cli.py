@@ -1,4 +1,4 @@
-"""The `import-watcher` command line: run, check, add, status, notify-test, healthcheck, demo, fake-sendgrid.
+"""The `import-watcher` command line: run, check, add, status, digest, notify-test, healthcheck, demo, fake-sendgrid.
 
 Every failure a user can cause (a bad config, an invalid id, a corrupt state file, a
 state URL that is not Redis) is one clear line on stderr and an exit code, never a traceback.
@@ -9,22 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
+from watcher.cli_commands import (
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    SAMPLES,
+    parse_since,
+    say,
+    store_command,
+)
+from watcher.cli_commands import notify_test as _notify_test  # noqa: F401 - tests call it as watcher.cli._notify_test
 from watcher.config import Config, FileSourceSettings, load_config
 from watcher.errors import ConfigError, InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
-from watcher.models import validate_job_id
-
-if TYPE_CHECKING:
-    from watcher.store.base import StateStore
-
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+from watcher.models import validate_batch_name, validate_job_id
 
 
 def package_version() -> str:
@@ -66,11 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="notify only this configured notifier, instead of the routes (repeatable)")
     add.add_argument("--again", action="store_true",
                      help="start a new watch even if the job was stopped or has finished")
+    add.add_argument("--batch", metavar="NAME",
+                     help="put the job in this batch: one summary for all its jobs (1 to 128 of A-Z a-z 0-9 - _ . :)")
     status = with_config("status", "show tracked jobs: state, polls, next poll, deliveries")
     status.add_argument("job_id", nargs="?", metavar="JOB_ID", help="show only this job (exit 1 if not tracked)")
+    status.add_argument("--batch", metavar="NAME",
+                        help="show this batch (one line) and its jobs (exit 1 if not known); with --json: "
+                             '{"batch": {name, state, jobs, outcomes, totals, ...}, "jobs": [...]}')
     status.add_argument("--json", action="store_true", help="print a JSON array, one object per job")
+    digest = with_config("digest", "print a digest of the period up to now, or send it with --send")
+    digest.add_argument("--since", default="24h", metavar="DURATION",
+                        help="the period: from now minus this until now, e.g. 24h, 7d (default: 24h)")
+    digest.add_argument("name", nargs="?", metavar="NAME",
+                        help="a configured digest: its name, and its notifiers with --send (default: the "
+                             "notifiers of every configured digest, or every notifier when none is configured; "
+                             "named after the one digest, or else the period, e.g. last-24h)")
+    digest.add_argument("--send", action="store_true",
+                        help="queue it in the state store's outbox for those notifiers (the running daemon "
+                             "delivers it, with retries) instead of printing it")
+    digest.add_argument("--json", action="store_true", help="print the watcher.digest event as JSON")
     test = with_config("notify-test", "send a sample notification through one or all notifiers")
     test.add_argument("name", nargs="?", metavar="NAME", help="only this notifier (default: every one)")
+    test.add_argument("--event", choices=tuple(SAMPLES), default="outcome",
+                      help="which sample: a job's outcome (default), a batch summary, stuck warnings (one job, "
+                           "and several of one batch), a digest, or all of them")
     with_config("healthcheck", "exit 0 if the daemon is fully started and its heartbeat is fresh")
     commands.add_parser("demo", help="watch sample jobs on the bundled fake SendGrid; no setup, no network",
                         description="watch sample jobs on the bundled fake SendGrid; no setup, no network")
@@ -91,23 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
     except (InvalidJobId, ValueError) as exc:
-        _say(str(exc))
+        say(str(exc))
         return EXIT_USAGE
     except StoreBroken as exc:
-        _say(f"the state store cannot be used: {exc}")
+        say(f"the state store cannot be used: {exc}")
         return EXIT_RUNTIME
     except StoreUnavailable as exc:
-        _say(f"state store unavailable: {exc}")
+        say(f"state store unavailable: {exc}")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
-
-
-def _say(message: str) -> None:
-    from watcher.net import mask_urls_in_text
-    from watcher.schema import redact
-
-    print(f"import-watcher: {redact(mask_urls_in_text(message))}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -117,24 +132,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo())
     if args.command == "fake-sendgrid":
         return _fake_sendgrid(args.host, args.port)
-    # An invalid id is a usage error before the config is even read, in every command.
-    if getattr(args, "job_id", None) is not None:
-        validate_job_id(args.job_id)
+    since = _check_arguments(args)
     config = _load(args.config)
     _configure_logging(config)
     if args.command == "check":
         return _check(config)
     if args.command == "run":
         return _run(config, until_idle=args.until_idle)
-    if args.command == "add":
-        return asyncio.run(_add(config, args.job_id, args.label, args.notify, again=args.again))
-    if args.command == "status":
-        return asyncio.run(_status(config, args.job_id, as_json=args.json))
-    if args.command == "notify-test":
-        return asyncio.run(_notify_test(config, args.name))
     if args.command == "healthcheck":
         return _healthcheck(config)
-    raise ValueError(f"unknown command {args.command}")  # pragma: no cover - argparse guards it
+    return asyncio.run(store_command(config, args, since))
+
+
+def _check_arguments(args: argparse.Namespace) -> float:
+    """Usage errors before the config is even read, in every command; `digest --since` in seconds."""
+    if getattr(args, "job_id", None) is not None:
+        validate_job_id(args.job_id)
+    if getattr(args, "batch", None) is not None:
+        try:
+            validate_batch_name(args.batch)
+        except ValueError as exc:
+            raise ValueError(f"--batch: {exc}") from None
+    if args.command == "status" and args.job_id is not None and args.batch is not None:
+        raise ValueError("status takes a JOB_ID or --batch NAME, not both")
+    return parse_since(args.since) if args.command == "digest" else 0.0
 
 
 def _load(path: str | None) -> Config:
@@ -188,131 +209,8 @@ def _run(config: Config, *, until_idle: bool) -> int:
     except (StoreBroken, StoreUnavailable, ConfigError):
         raise  # main() prints these
     except WatcherError as exc:
-        _say(str(exc))
+        say(str(exc))
         return EXIT_RUNTIME
-
-
-def keeps_nothing(state_url: str) -> bool:
-    """A state URL whose store ends with the process: `add` would keep nothing."""
-    scheme, _, rest = state_url.partition("://")
-    return scheme.lower() == "memory" or (scheme.lower() == "sqlite" and rest in ("", "/:memory:"))
-
-
-@contextlib.asynccontextmanager
-async def _opened(config: Config) -> AsyncIterator[StateStore]:
-    """The configured store, opened and closed again; its errors reach main() as they are."""
-    from watcher.store import open_store
-
-    store = open_store(config.state.url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        with contextlib.suppress(StoreUnavailable, StoreBroken):
-            await store.close()
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    parsed: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--label expects K=V, got {item!r}")
-        parsed[key] = value
-    return parsed
-
-
-async def _add(config: Config, job_id: str, labels: list[str], notify: list[str] | None, *, again: bool) -> int:
-    from watcher.clock import SystemClock
-    from watcher.models import JobRef
-    from watcher.sources.base import Intake, check_label_text
-
-    if keeps_nothing(config.state.url):
-        raise ValueError(f"state.url is {config.state.url}: nothing `add` stores would be kept; "
-                         "point state.url at the daemon's SQLite file or Redis")
-    parsed = _labels(labels)
-    check_label_text(parsed)
-    ref = JobRef(job_id, parsed, tuple(notify) if notify else None)
-    async with _opened(config) as store:
-        intake = Intake(store, config.polling, SystemClock(), config.notifier_names)
-        intake.check_notify(ref.notify)
-        if not again and (tomb := (await store.tombstones([job_id])).get(job_id)) is not None:
-            print(f"{job_id}: {_buried(tomb.reason.value, tomb.at)}; nothing new (add --again starts a new watch)")
-            return EXIT_OK
-        if await intake.add(ref, again=again):
-            print(f"{job_id}: now watching")
-            return EXIT_OK
-        job = await store.get_job(job_id)
-    if job is not None and job.outcome is not None and not again:
-        print(f"{job_id}: already finished ({job.outcome.value}); nothing new (add --again starts a new watch)")
-    else:
-        print(f"{job_id}: already tracked")
-    return EXIT_OK
-
-
-def _buried(reason: str, at: float) -> str:
-    from watcher.events import iso
-
-    return f"was stopped at {iso(at)}" if reason == "stopped" else f"already finished (purged at {iso(at)})"
-
-
-async def _status(config: Config, job_id: str | None, *, as_json: bool) -> int:
-    from watcher.status import job_views, status_table
-
-    async with _opened(config) as store:
-        if job_id is not None:
-            job = await store.get_job(job_id)
-            if job is None:
-                _say(await _untracked(store, job_id))
-                return EXIT_RUNTIME
-            jobs = [job]
-        else:
-            jobs = await store.list_jobs()
-        views = await job_views(store, jobs)
-    print(json.dumps(views, indent=2) if as_json else status_table(views))
-    return EXIT_OK
-
-
-async def _untracked(store: StateStore, job_id: str) -> str:
-    tomb = (await store.tombstones([job_id])).get(job_id)
-    if tomb is None:
-        return f"job {job_id} is not tracked"
-    return f"job {job_id} is not tracked: it {_buried(tomb.reason.value, tomb.at)}"
-
-
-async def _notify_test(config: Config, name: str | None) -> int:
-    import aiohttp
-
-    from watcher.events import delivery_id
-    from watcher.models import Delivery
-    from watcher.net import mask_urls_in_text
-    from watcher.notify.registry import build_notifiers
-    from watcher.notify.render import sample_event
-    from watcher.schema import redact
-
-    notifiers = build_notifiers(config)
-    if name is not None and name not in notifiers:
-        raise ValueError(f"unknown notifier {name!r} (configured: {', '.join(notifiers) or 'none'})")
-    chosen = [notifiers[name]] if name else list(notifiers.values())
-    failures = 0
-    now = time.time()
-    async with aiohttp.ClientSession() as session:
-        for notifier in chosen:
-            await notifier.start(session)
-            delivery = Delivery(
-                id=delivery_id("notify-test", notifier.name, str(now)), notifier=notifier.name,
-                event=sample_event(), created_at=now, next_attempt_at=now, deadline_at=now,
-            )
-            try:
-                await notifier.send(delivery)
-                print(f"{notifier.name}: sent")
-            except Exception as exc:  # every failure is reported per notifier, the others still tried
-                failures += 1
-                why = redact(mask_urls_in_text(f"{type(exc).__name__}: {exc}"))
-                print(f"{notifier.name}: FAILED: {why}")
-            finally:
-                await notifier.close()
-    return EXIT_RUNTIME if failures else EXIT_OK
 
 
 def _healthcheck(config: Config) -> int:

@@ -23,26 +23,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from watcher.batchloop import BatchLoop
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, FileSourceSettings, RedisSourceSettings
 from watcher.engine import Engine
 from watcher.errors import ConfigError, StoreBroken, StoreUnavailable
-from watcher.heartbeat import HEARTBEAT_INTERVAL, heartbeat_path, remove_heartbeat, write_heartbeat
+from watcher.heartbeat import HEARTBEAT_INTERVAL, beat, heartbeat_path, remove_heartbeat
 from watcher.metrics import WatcherMetrics
 from watcher.net import OutboundPolicy
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
 from watcher.notify.registry import build_notifiers
-from watcher.outcomes import ErrorsInfo, Recipient
+from watcher.outcomes import ErrorsInfo, Recipient, default_batch_choice
 from watcher.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
+from watcher.schedules import DigestJob, housekeep, start_scheduler
 from watcher.sendgrid import SendGridClient
 from watcher.sources.base import Intake, JobSource
 from watcher.sources.file import FileSource
 from watcher.store import RedisStore, open_store
-from watcher.store.base import HOUSEKEEPING_BATCH, StateStore
-from watcher.supervise import Supervisor
+from watcher.store.base import StateStore
+from watcher.supervise import Supervisor, nothing_left, open_when_available
 
 if TYPE_CHECKING:
     from watcher.server import WatcherServer
@@ -55,7 +56,6 @@ SHUTDOWN_MARGIN = 2.0
 HOUSEKEEPING_INTERVAL = 600.0
 #: While a store write has failed, how often a small write checks whether it works again.
 STORE_PROBE_INTERVAL = 1.0
-PROBE_KEY = "watcher.probe"
 
 
 class Daemon:
@@ -91,6 +91,7 @@ class Daemon:
         self.sources: list[JobSource] = []
         self.engine: Engine | None = None
         self.outbox: Outbox | None = None
+        self.batch_loop: BatchLoop | None = None
         self.intake: Intake | None = None
         self.budget: RateBudget | None = None
         self.client: SendGridClient | None = None
@@ -167,20 +168,10 @@ class Daemon:
 
     async def _open_store(self, stack: contextlib.AsyncExitStack) -> bool:
         """Open the store, retrying while it is unavailable; False when stopped meanwhile."""
-        attempt = 0
-        while not self.stop_event.is_set():
-            try:
-                await self.store.open()
-            except StoreUnavailable as exc:
-                attempt += 1
-                delay = min(30.0, 0.5 * 2**attempt)
-                log.warning("daemon.store_unavailable", error=str(exc), retry_in=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), delay)
-                continue
-            self._on_close(stack, "store", self.store.close)
-            return True
-        return False
+        if not await open_when_available(self.store, self.stop_event):
+            return False
+        self._on_close(stack, "store", self.store.close)
+        return True
 
     async def _start_components(self, stack: contextlib.AsyncExitStack) -> None:
         config = self.config
@@ -202,13 +193,16 @@ class Daemon:
             store=self.store, notifiers=self.notifiers, clock=self.clock, owner=self.owner,
             lease=self.lease, backoff=self.delivery_backoff, store_health=health,
         )
+        self.batch_loop = BatchLoop(
+            store=self.store, clock=self.clock, owner=self.owner, settle=config.batches.settle,
+            recipients=self.recipients(), routes=config.routes, lease=self.lease, store_health=health,
+            public_url=config.server.public_url if config.server else None, on_deliveries=self.outbox.wake,
+        )
         self.engine = Engine(
             store=self.store, client=self.client, policy=config.polling, clock=self.clock,
-            owner=self.owner,
-            recipients=[Recipient(n.name, n.delivery_deadline) for n in self.notifiers.values()],
-            routes=config.routes, errors_fetcher=self._fetch_errors,
+            owner=self.owner, recipients=self.recipients(), routes=config.routes, errors_fetcher=self._fetch_errors,
             max_concurrency=config.sendgrid.max_concurrency, lease=self.lease,
-            on_deliveries=self.outbox.wake, store_health=health,
+            on_deliveries=self.outbox.wake, store_health=health, on_batch_outcome=self.batch_loop.batch_changed,
         )
         self.metrics.hook_into(self)
         self.intake = Intake(self.store, config.polling, self.clock, tuple(self.notifiers))
@@ -219,6 +213,15 @@ class Daemon:
         await self._start_sources(stack)
         self._start_scheduler(stack)
         await self._start_server(stack)
+
+    def recipients(self) -> list[Recipient]:
+        """Every notifier as routing sees it, with its `batches:` choice (a type's default for
+        notifiers given in code rather than in the configuration)."""
+        configured = {n.name: n.batches for n in self.config.notifiers}
+        return [
+            Recipient(n.name, n.delivery_deadline, configured.get(n.name) or default_batch_choice(n.type_name))
+            for n in self.notifiers.values()
+        ]
 
     def _make_budget(self) -> RateBudget:
         # The state URL may carry `?prefix=`, which redis-py rejects on connect: use the URL and
@@ -248,11 +251,12 @@ class Daemon:
             self.sources.append(source)
 
     def _start_loops(self, until_idle: bool) -> list[asyncio.Task[None]]:
-        """The engine, the outbox and each source's own loop (if it has one), supervised."""
+        """The engine, the outbox, the batch loop and each source's own loop (if it has one), supervised."""
         stop, supervisor = self.stop_event, self.supervisor
         tasks = [
             supervisor.start("engine", functools.partial(self._require(self.engine).run, stop), stop),
             supervisor.start("outbox", functools.partial(self._require(self.outbox).run, stop), stop),
+            supervisor.start("batches", functools.partial(self._require(self.batch_loop).run, stop), stop),
         ]
         for source in self.sources:
             run = getattr(source, "run", None)
@@ -263,19 +267,21 @@ class Daemon:
         return tasks
 
     def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
-        scheduler = AsyncIOScheduler()
-
-        def every(name: str, job: Callable[[], Awaitable[None]], seconds: float, **options: Any) -> None:
-            scheduler.add_job(
-                self.supervisor.periodic(name, job), trigger="interval", seconds=seconds, id=name,
-                max_instances=1, coalesce=True, misfire_grace_time=None, **options,
-            )
-
-        every("refresh", self.refresh_sources, self.refresh_interval)
-        every("heartbeat", self.heartbeat, HEARTBEAT_INTERVAL)
-        every("store-probe", self.probe_store, STORE_PROBE_INTERVAL)
-        every("housekeeping", self.housekeeping, HOUSEKEEPING_INTERVAL, next_run_time=datetime.now(UTC))
-        scheduler.start()
+        """Periodic work on intervals, and each digest on its cron trigger (see watcher.schedules)."""
+        periodic = self.supervisor.periodic
+        intervals: list[tuple[str, Callable[[], Awaitable[None]], float, dict[str, Any]]] = [
+            ("refresh", periodic("refresh", self.refresh_sources), self.refresh_interval, {}),
+            ("heartbeat", periodic("heartbeat", self.heartbeat), HEARTBEAT_INTERVAL, {}),
+            ("store-probe", periodic("store-probe", self.probe_store), STORE_PROBE_INTERVAL, {}),
+            ("housekeeping", periodic("housekeeping", self.housekeeping), HOUSEKEEPING_INTERVAL,
+             {"next_run_time": datetime.now(UTC)}),
+        ]
+        recipients = {r.name: r for r in self.recipients()}
+        outbox = self._require(self.outbox)
+        digests = [DigestJob(d, self.store, recipients, self.clock, outbox.wake) for d in self.config.digests]
+        crons = [(f"digest {job.settings.name}", periodic(f"digest {job.settings.name}", job), job.trigger)
+                 for job in digests]
+        scheduler = start_scheduler(intervals, crons)
         stack.callback(scheduler.shutdown, wait=False)
 
     async def _start_server(self, stack: contextlib.AsyncExitStack) -> None:
@@ -305,7 +311,7 @@ class Daemon:
         log.warning("daemon.stopping_now", signal=sig.name)
         if self._close_by is not None:
             self._close_by = min(self._close_by, asyncio.get_running_loop().time() + SHUTDOWN_MARGIN)
-        for loop in (self.engine, self.outbox):
+        for loop in (self.engine, self.outbox, self.batch_loop):
             if loop is not None:
                 loop.hurry()
 
@@ -314,7 +320,9 @@ class Daemon:
         self._close_by = asyncio.get_running_loop().time() + grace + SHUTDOWN_MARGIN
         await self.heartbeat()
         engine, outbox = self._require(self.engine), self._require(self.outbox)
-        polls_cut, deliveries_cut = await asyncio.gather(engine.drain(grace), outbox.drain(grace))
+        polls_cut, deliveries_cut, _ = await asyncio.gather(
+            engine.drain(grace), outbox.drain(grace), self._require(self.batch_loop).drain(grace)
+        )
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=self.close_time_left())
@@ -348,49 +356,23 @@ class Daemon:
         """Rewrite the heartbeat with the readiness now (only once fully started)."""
         if not self.started:
             return
-        reason = await self.not_ready_reason()
-        try:
-            write_heartbeat(self.heartbeat_path, owner=self.owner, healthy=reason is None, reason=reason)
-        except OSError as exc:
-            log.warning("daemon.heartbeat_failed", path=str(self.heartbeat_path), error=str(exc))
+        beat(self.heartbeat_path, owner=self.owner, reason=await self.not_ready_reason())
 
     async def probe_store(self) -> None:
         """While a write has failed, try a small one: the store is ready again once it works."""
-        if self.supervisor.store.problem is None:
-            return
-        await self.store.set_meta(PROBE_KEY, f"{self.clock.now():.3f} {self.owner}")
-        self.supervisor.store.succeeded()
+        await self.supervisor.store.probe(self.store, f"{self.clock.now():.3f} {self.owner}")
 
     async def housekeeping(self) -> None:
-        """Purge finished jobs past retention and old tombstones; declare dead what nobody delivered
-        by its deadline. In bounded batches, letting other work run in between."""
-        now, state = self.clock.now(), self.config.state
-        outbox = self._require(self.outbox)
-        purged = await _in_batches(functools.partial(self.store.purge_finished, before=now - state.retention, now=now))
-        forgotten = await _in_batches(
-            functools.partial(self.store.purge_tombstones, before=now - state.tombstone_retention)
-        )
-        expired = await _in_batches(outbox.expire)
-        if purged or forgotten or expired:
-            log.info("daemon.housekeeping", purged_jobs=purged, forgotten_tombstones=forgotten,
-                     expired_deliveries=expired)
+        """Purge what retention lets go, declare dead what nobody delivered (watcher.schedules.housekeep)."""
+        state = self.config.state
+        await housekeep(self.store, now=self.clock.now(), retention=state.retention,
+                        tombstone_retention=state.tombstone_retention, expire=self._require(self.outbox).expire)
 
     async def _stop_when_idle(self) -> None:
         """--until-idle: stop once every job is final and every delivery settled."""
         while not self.stop_event.is_set():
             await asyncio.sleep(self.idle_check_interval)
-            # Queue sources: unread or pending entries are jobs still to come. Asked before the
-            # store counts, so an entry stored in between is seen.
-            idle_checks = [getattr(source, "idle", None) for source in self.sources]
-            if not all([await check() for check in idle_checks if check is not None]):
-                continue
-            try:
-                counts = await self.store.counts()
-            except (StoreUnavailable, StoreBroken):
-                continue
-            busy = self.engine is not None and self.engine.in_flight
-            busy = busy or (self.outbox is not None and self.outbox.in_flight)
-            if counts.watching == 0 and counts.pending_deliveries == 0 and not busy:
+            if await nothing_left(self.store, self.sources, (self.engine, self.outbox)):
                 log.info("daemon.idle")
                 self.stop_event.set()
 
@@ -399,17 +381,6 @@ class Daemon:
 
         summary = await summarize_errors_file(self._answered_session, url, policy=self._answered)
         return ErrorsInfo(summary.summary, summary.sample_csv)
-
-
-async def _in_batches(step: Callable[[], Awaitable[int]]) -> int:
-    """Call `step` (one bounded batch) until a batch comes back short; the total."""
-    total = 0
-    while True:
-        done = await step()
-        total += done
-        if done < HOUSEKEEPING_BATCH:
-            return total
-        await asyncio.sleep(0)  # other work runs between batches
 
 
 async def _maybe_await(value: Any) -> None:

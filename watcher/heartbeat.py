@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
+
+log = structlog.get_logger("watcher.heartbeat")
+
 HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_STALE = 30.0
 #: A heartbeat file bigger than this is not ours.
@@ -82,6 +86,15 @@ def write_heartbeat(path: Path, *, owner: str, healthy: bool, reason: str | None
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def beat(path: Path, *, owner: str, reason: str | None) -> None:
+    """The daemon's periodic write: healthy when `reason` is None; a failed write is logged, and
+    `healthcheck` then sees the heartbeat go stale."""
+    try:
+        write_heartbeat(path, owner=owner, healthy=reason is None, reason=reason)
+    except OSError as exc:
+        log.warning("daemon.heartbeat_failed", path=str(path), error=str(exc))
 
 
 def remove_heartbeat(path: Path) -> None:

@@ -5,7 +5,8 @@ traceback (`supervisor.loop_crashed`), counted, marked down and started again af
 backoff (0.5 s doubling to 30 s). Periodic jobs report into the same health: down from a
 failed run until the next run succeeds. Store health is separate: a write refused with
 StoreUnavailable marks the store unavailable until a later store call succeeds.
-`/readyz`, the heartbeat and `healthcheck` read both.
+`/readyz`, the heartbeat and `healthcheck` read both. `nothing_left` is the other end of
+readiness: `run --until-idle` stops once it holds.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from watcher.errors import StoreBroken, StoreUnavailable
+
+if TYPE_CHECKING:
+    from watcher.store.base import StateStore
 
 log = structlog.get_logger("watcher.supervise")
 
@@ -30,6 +34,8 @@ STABLE_AFTER = 60.0
 
 #: How long readiness waits for the store to answer a ping.
 PING_TIMEOUT = 1.0
+#: The meta key the store probe writes while the store is marked unavailable.
+PROBE_KEY = "watcher.probe"
 
 LoopFactory = Callable[[], Awaitable[None]]
 
@@ -44,6 +50,11 @@ class _Source(Protocol):
 
     @property
     def started(self) -> bool: ...
+
+
+class _Busy(Protocol):
+    @property
+    def in_flight(self) -> int: ...
 
 
 @dataclass
@@ -71,6 +82,13 @@ class StoreHealth:
         if self.problem is not None:
             log.info("supervisor.store_available")
             self.problem = None
+
+    async def probe(self, store: StateStore, marker: str) -> None:
+        """While a write has failed, try a small one: the store is ready again once it works."""
+        if self.problem is None:
+            return
+        await store.set_meta(PROBE_KEY, marker)
+        self.succeeded()
 
 
 class Supervisor:
@@ -163,3 +181,38 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
     """Until `stop` is set or `seconds` have passed."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def open_when_available(store: StateStore, stop: asyncio.Event) -> bool:
+    """Open the store, retrying with backoff while it is unavailable; False when stopped meanwhile."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            attempt += 1
+            delay = min(30.0, 0.5 * 2**attempt)
+            log.warning("daemon.store_unavailable", error=str(exc), retry_in=delay)
+            await _wait(stop, delay)
+            continue
+        return True
+    return False
+
+
+async def nothing_left(store: StateStore, sources: Sequence[object], loops: Sequence[_Busy | None]) -> bool:
+    """Whether every job is final, every delivery settled, no batch open and nothing in flight or unread."""
+    # Queue sources: unread or pending entries are jobs still to come. Asked before the
+    # store counts, so an entry stored in between is seen.
+    idle_checks = [getattr(source, "idle", None) for source in sources]
+    if not all([await check() for check in idle_checks if check is not None]):
+        return False
+    try:
+        counts = await store.counts()
+        # An open batch is summarised once settled: work still to come.
+        if await store.list_batches(phase="open", limit=1):
+            return False
+    except (StoreUnavailable, StoreBroken):
+        return False
+    if any(loop is not None and loop.in_flight for loop in loops):
+        return False
+    return counts.watching == 0 and counts.pending_deliveries == 0

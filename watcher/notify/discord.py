@@ -19,23 +19,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-import aiohttp
-import structlog
-
-from watcher.clock import Clock
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
 from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
-from watcher.notify import render
-from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE, BaseNotifier
-from watcher.notify.chat import secret_url
+from watcher.notify.chat import ChatNotifier, Outgoing, encode, json_answer, secret_url, transport_fields
 from watcher.notify.message import Message, Section, Severity, message_from_event
-from watcher.notify.pacing import DEFAULT_MAX_WAIT, Pacer, destination_key, pacer_for
-from watcher.notify.webhook import USER_AGENT, network_error, read_some, reveal
-from watcher.schema import Field, boolean, duration, optional_string
+from watcher.notify.pacing import Pacer, destination_key, pacer_for
+from watcher.notify.webhook import reveal
+from watcher.schema import Field, optional_string
 
 MAX_TITLE, MAX_DESCRIPTION, MAX_FIELDS = 256, 4096, 25
 MAX_FIELD_NAME, MAX_FIELD_VALUE, MAX_FOOTER, MAX_TOTAL, MAX_USERNAME = 256, 1024, 2048, 6000, 80
@@ -48,8 +42,6 @@ _PATH = re.compile(r"/api(?:/v\d+)?/webhooks/\d+/[A-Za-z0-9_.-]+/?")
 _MARKDOWN = re.compile(r"([\\*_~`|\[\]<>#])")
 _COLORS = {Severity.INFO: 0x2EB67D, Severity.WARNING: 0xECB22E, Severity.ERROR: 0xE01E5A, Severity.CRITICAL: 0x8B0000}
 _MAX_ITEMS = 10
-
-_log = structlog.get_logger("watcher.notify")
 
 
 # --- rendering --------------------------------------------------------------------
@@ -182,29 +174,16 @@ def with_wait(target: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode([*query, ("wait", "true")]), ""))
 
 
-class DiscordNotifier(BaseNotifier):
+class DiscordNotifier(ChatNotifier):
     """Posts each event as an embed to a Discord channel webhook."""
 
     type_name: ClassVar[str] = "discord"
+    service = answerer = "discord"
     fields: ClassVar[tuple[Field, ...]] = (
         Field("webhook_url", secret_url, required=True, secret=True, doc="channel webhook URL"),
         Field("username", optional_string, doc="shown as the sender; the webhook's own name when absent"),
-        Field("timeout", duration(0.001), default=10.0, doc="per request"),
-        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
-        Field("allow_private", boolean, default=False, doc="allow a host other than discord.com (a relay)"),
+        *transport_fields(private="allow a host other than discord.com (a relay)"),
     )
-
-    def __init__(
-        self,
-        name: str,
-        settings: Mapping[str, Any],
-        *,
-        delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE,
-        templates: Mapping[str, str] | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(name, settings, delivery_deadline=delivery_deadline, templates=templates)
-        self.clock = clock
 
     @classmethod
     def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -230,52 +209,26 @@ class DiscordNotifier(BaseNotifier):
         key = destination_key("discord", target.netloc.lower(), target.path.rstrip("/"))
         return pacer_for(key, RATE, BURST, clock=self.clock)
 
-    async def send(self, delivery: Delivery) -> None:
-        """Post once (paced); raise a retryable or permanent error when Discord says no."""
-        hook = reveal(self.settings.get("webhook_url"))
-        if not hook:
-            raise PermanentDeliveryError("discord: webhook_url is not set")
+    def render(self, delivery: Delivery) -> Outgoing:
+        """The embed of the event, within every limit, to the webhook with `?wait=true`."""
+        hook = self.required_url("webhook_url")
         event = delivery.event
         payload = discord_payload(
-            message_from_event(event),
-            title=render.render_override(self.templates, "title", event, notifier=self.name),
-            text=render.render_override(self.templates, "text", event, notifier=self.name),
-            username=self.settings.get("username"),
+            message_from_event(event), **self.overrides(event), username=self.settings.get("username")
         )
-        log = _log.bind(notifier=self.name, delivery=delivery.id)
-        try:
-            status = await self._post(with_wait(hook), payload)
-        except PermanentDeliveryError as exc:
-            log.warning("notify.discord_rejected", error=str(exc))
-            raise
-        except RetryableDeliveryError as exc:
-            log.info("notify.discord_failed", error=str(exc), retry_after=exc.retry_after)
-            raise
-        log.debug("notify.discord_delivered", status=status)
+        return Outgoing(with_wait(hook), encode(payload, "discord: the message holds a number JSON cannot carry"))
 
-    async def _post(self, target: str, payload: Mapping[str, Any]) -> int:
-        pacer = self.pacer()
-        if reason := pacer.shut_reason():
+    async def post(self, outgoing: Outgoing) -> int:
+        """Nothing is sent for a minute after the webhook was found gone (no flood of invalid requests)."""
+        if reason := self.pacer().shut_reason():
             raise PermanentDeliveryError(f"{reason}; not sent (the webhook refused a send less than a minute ago)")
-        try:
-            body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
-        except ValueError:
-            raise PermanentDeliveryError("discord: the message holds a number JSON cannot carry") from None
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
-        async with pacer.turn(DEFAULT_MAX_WAIT):
-            try:
-                async with self.session.post(
-                    target, data=body, headers=headers, timeout=timeout, allow_redirects=False
-                ) as response:
-                    status, answer_headers = response.status, response.headers.copy()
-                    # A success's body is the posted message: not needed, not read.
-                    text = "" if status < 300 else await read_some(response)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise network_error("discord", exc) from None
-            wait = pacer.observe(status, answer_headers, retry_after=_body_retry_after(text) if status == 429 else None)
-        if status < 300:
-            return status
+        return await super().post(outgoing)
+
+    def observe(self, pacer: Pacer, status: int, text: str, headers: Mapping[str, str]) -> float | None:
+        """The headers, and a 429's JSON `retry_after`."""
+        return pacer.observe(status, headers, retry_after=_body_retry_after(text) if status == 429 else None)
+
+    def refuse(self, pacer: Pacer, status: int, text: str, headers: Mapping[str, str], wait: float | None) -> NoReturn:
         raise _answer_error(pacer, status, text, wait)
 
 
@@ -305,12 +258,9 @@ def _answer_error(pacer: Pacer, status: int, text: str, wait: float | None) -> E
 
 def _discord_says(text: str) -> str:
     """Discord's error message and the first failing path ("embeds.0.title: Must be 256 ..."), masked."""
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return mask_urls_in_text(" ".join(text[:200].split()))
-    if not isinstance(answer, dict):
-        return ""
+    answer = json_answer(text)
+    if isinstance(answer, str):
+        return answer
     said = str(answer.get("message") or "")
     path: list[str] = []
     node = answer.get("errors")

@@ -12,33 +12,28 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from watcher.clock import Clock
-from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from watcher.errors import RetryableDeliveryError
 from watcher.models import Delivery
 from watcher.net import shown_url
 from watcher.notify import facts as f
-from watcher.notify import render
-from watcher.notify.base import BaseNotifier
 from watcher.notify.chat import (
     BUDGETS,
     Budget,
+    Outgoing,
+    WebhookChatNotifier,
     answer_message,
     clip,
-    describe_with_url,
     encode,
-    post_json,
     secret_url,
-    url_problems,
+    transport_fields,
 )
 from watcher.notify.message import Message, Section, Severity, message_from_event
-from watcher.notify.pacing import Pacer, destination_key, pacer_for
-from watcher.notify.webhook import raise_for_answer, reveal
-from watcher.schema import Field, boolean, choice, duration
+from watcher.notify.pacing import Pacer
+from watcher.schema import Field, choice
 
 #: Google Chat refuses messages of 32,000 bytes or more.
 MAX_BODY_BYTES = 31_000
@@ -60,8 +55,6 @@ SEVERITY_COLOR: Mapping[Severity, str] = {
     Severity.ERROR: "#d93025",
     Severity.CRITICAL: "#a50e0e",
 }
-
-_log = structlog.get_logger("watcher.notify")
 
 
 def esc(text: str, limit: int) -> str:
@@ -173,73 +166,54 @@ def space_of(target: str) -> str:
     return f"{parts.netloc}/{space}"
 
 
-class GoogleChatNotifier(BaseNotifier):
-    """Posts a card to a Google Chat space, threaded per batch or per job."""
+class GoogleChatNotifier(WebhookChatNotifier):
+    """Posts a card to a Google Chat space, threaded per batch or per job.
+
+    2xx is success, 429 backs off, 5xx retryable, other 4xx final.
+    """
 
     type_name: ClassVar[str] = "google_chat"
+    service = answerer = "google chat"
+    hosts, rate = ("chat.googleapis.com",), (RATE_PER_SECOND, BURST)
     fields: ClassVar[tuple[Field, ...]] = (
         Field("webhook_url", secret_url, required=True, secret=True, doc="the space's incoming webhook URL"),
         Field("thread", choice(*THREAD_MODES), default="batch", doc="one thread per batch, per job, or none"),
-        Field("timeout", duration(0.001), default=10.0, doc="per request"),
-        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
-        Field("allow_private", boolean, default=False, doc="allow a private IP address as the host"),
+        *transport_fields(),
     )
 
     def __init__(self, name: str, settings: Mapping[str, Any], *, clock: Clock | None = None, **options: Any) -> None:
-        super().__init__(name, settings, **options)
-        self.clock = clock  # the pacer's; tests pass a virtual one
+        super().__init__(name, settings, clock=clock, **options)
         self._strikes = 0  # 429s in a row without a hint
 
-    @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """https on chat.googleapis.com (unless loopback), and a known thread mode."""
-        return url_problems("webhook_url", reveal(settings.get("webhook_url")), settings, ("chat.googleapis.com",))
+    def destination(self) -> str:
+        """The space: its 60 messages a minute are shared by every webhook posting there."""
+        return space_of(super().destination())
 
-    def describe(self) -> dict[str, Any]:
-        """Settings for logs: the URL reduced to its host (`key` and `token` are credentials)."""
-        return describe_with_url(super().describe(), self.settings, "webhook_url")
-
-    def _pacer(self, target: str) -> Pacer:
-        return pacer_for(destination_key("google_chat", space_of(target)), RATE_PER_SECOND, BURST, clock=self.clock)
-
-    async def send(self, delivery: Delivery) -> None:
-        """Post once; 2xx is success, 429 backs off, 5xx retryable, other 4xx final."""
-        target = reveal(self.settings.get("webhook_url"))
-        if not target:
-            raise PermanentDeliveryError("google chat: webhook_url is not set")
+    def render(self, delivery: Delivery) -> Outgoing:
+        """The card of the event, threaded by `thread:`, within MAX_BODY_BYTES."""
+        target = self.required_url("webhook_url")
         event = delivery.event
         key = thread_key(event, str(self.settings.get("thread") or "batch"))
-        body = build_body(
-            message_from_event(event),
-            title=render.render_override(self.templates, "title", event, notifier=self.name),
-            text=render.render_override(self.templates, "text", event, notifier=self.name),
-            thread=key,
-        )
-        log = _log.bind(notifier=self.name, delivery=delivery.id, url=shown_url(target), thread=key)
-        try:
-            await self._post(threaded_url(target) if key else target, self._pacer(target), body)
-        except PermanentDeliveryError as exc:
-            log.warning("notify.google_chat_rejected", error=str(exc))
-            raise
-        except RetryableDeliveryError as exc:
-            log.info("notify.google_chat_failed", error=str(exc), retry_after=exc.retry_after)
-            raise
-        log.debug("notify.google_chat_delivered", bytes=len(body))
+        body = build_body(message_from_event(event), **self.overrides(event), thread=key)
+        return Outgoing(threaded_url(target) if key else target, body, {"url": shown_url(target), "thread": key})
 
-    async def _post(self, target: str, pacer: Pacer, body: bytes) -> None:
-        seconds = float(self.settings.get("timeout") or 10.0)
-        async with pacer.turn():
-            status, text, headers = await post_json(self.session, target, body, "google chat", seconds)
-            hinted = pacer.observe(status, headers) if status != 429 or _has_hint(headers) else None
-            if status == 429 and hinted is None:
-                self._strikes += 1
-                hinted = pacer.hold(min(MAX_BACKOFF, 2.0**self._strikes))
-        if status < 300:
-            self._strikes = 0
-            return
+    async def post(self, outgoing: Outgoing) -> int:
+        status = await super().post(outgoing)
+        self._strikes = 0
+        return status
+
+    def observe(self, pacer: Pacer, status: int, text: str, headers: Mapping[str, str]) -> float | None:
+        """A 429 without a hint backs off exponentially (2, 4, 8 ... s), as Google asks."""
+        hinted = pacer.observe(status, headers) if status != 429 or _has_hint(headers) else None
+        if status == 429 and hinted is None:
+            self._strikes += 1
+            hinted = pacer.hold(min(MAX_BACKOFF, 2.0**self._strikes))
+        return hinted
+
+    def refuse(self, pacer: Pacer, status: int, text: str, headers: Mapping[str, str], wait: float | None) -> NoReturn:
         if status == 429:
-            raise RetryableDeliveryError(f"google chat answered HTTP 429: {answer_message(text)}", hinted)
-        raise_for_answer("google chat", status, answer_message(text), headers)
+            raise RetryableDeliveryError(f"google chat answered HTTP 429: {answer_message(text)}", wait)
+        super().refuse(pacer, status, text, headers, wait)
 
 
 def _has_hint(headers: Mapping[str, str]) -> bool:

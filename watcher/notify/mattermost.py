@@ -13,29 +13,20 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import structlog
-
-from watcher.clock import Clock
-from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
 from watcher.net import shown_url
-from watcher.notify import render
-from watcher.notify.base import BaseNotifier
 from watcher.notify.chat import (
     BUDGETS,
     Budget,
-    answer_message,
+    Outgoing,
+    WebhookChatNotifier,
     clip,
-    describe_with_url,
     encode,
-    post_json,
     secret_url,
-    url_problems,
+    transport_fields,
 )
 from watcher.notify.message import Message, Section, Severity, message_from_event
-from watcher.notify.pacing import Pacer, destination_key, pacer_for
-from watcher.notify.webhook import raise_for_answer, reveal
-from watcher.schema import Field, boolean, duration, optional_string, url
+from watcher.schema import Field, optional_string, url
 
 #: Mattermost's post limit (runes); the text of all attachments is held to it too.
 MAX_POST_CHARS = 16_383
@@ -54,8 +45,6 @@ SEVERITY_COLOR: Mapping[Severity, str] = {
 # Markdown that event text could otherwise trigger: emphasis, code, links, headings, tables, HTML.
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+|<>~])")
 _MENTION = re.compile(r"@(?=\w)")
-
-_log = structlog.get_logger("watcher.notify")
 
 
 def md(text: str, limit: int) -> str:
@@ -130,60 +119,24 @@ def build_payload(
     return {**extra, "attachments": [attachment(message, BUDGETS[-1])]}
 
 
-class MattermostNotifier(BaseNotifier):
-    """Posts a Slack-style attachment to Mattermost or Rocket.Chat through an incoming webhook."""
+class MattermostNotifier(WebhookChatNotifier):
+    """Posts a Slack-style attachment to Mattermost or Rocket.Chat through an incoming webhook.
+
+    2xx is success, 429 and 5xx retryable, other 4xx final.
+    """
 
     type_name: ClassVar[str] = "mattermost"
+    service, answerer, rate = "mattermost", "mattermost webhook", (RATE_PER_SECOND, BURST)
     fields: ClassVar[tuple[Field, ...]] = (
         Field("webhook_url", secret_url, required=True, secret=True, doc="the incoming webhook URL"),
         Field("username", optional_string, doc="shown as the sender, where the server allows overrides"),
         Field("icon_url", url("https"), doc="the sender's picture, where the server allows overrides"),
         Field("channel", optional_string, doc="another channel than the webhook's own"),
-        Field("timeout", duration(0.001), default=10.0, doc="per request"),
-        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
-        Field("allow_private", boolean, default=False, doc="allow a private IP address as the host"),
+        *transport_fields(),
     )
 
-    def __init__(self, name: str, settings: Mapping[str, Any], *, clock: Clock | None = None, **options: Any) -> None:
-        super().__init__(name, settings, **options)
-        self.clock = clock  # the pacer's; tests pass a virtual one
-
-    @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """https unless loopback or allow_insecure; a private IP literal needs allow_private."""
-        return url_problems("webhook_url", reveal(settings.get("webhook_url")), settings)
-
-    def describe(self) -> dict[str, Any]:
-        """Settings for logs: the URL reduced to its host (the hook id is the credential)."""
-        return describe_with_url(super().describe(), self.settings, "webhook_url")
-
-    def _pacer(self, target: str) -> Pacer:
-        return pacer_for(destination_key("mattermost", target), RATE_PER_SECOND, BURST, clock=self.clock)
-
-    async def send(self, delivery: Delivery) -> None:
-        """Post once; 2xx is success, 429 and 5xx retryable, other 4xx final."""
-        target = reveal(self.settings.get("webhook_url"))
-        if not target:
-            raise PermanentDeliveryError("mattermost: webhook_url is not set")
-        event = delivery.event
-        payload = build_payload(
-            message_from_event(event),
-            self.settings,
-            title=render.render_override(self.templates, "title", event, notifier=self.name),
-            text=render.render_override(self.templates, "text", event, notifier=self.name),
-        )
-        log = _log.bind(notifier=self.name, delivery=delivery.id, url=shown_url(target))
-        pacer, seconds = self._pacer(target), float(self.settings.get("timeout") or 10.0)
-        try:
-            async with pacer.turn():
-                status, text, headers = await post_json(self.session, target, encode(payload), "mattermost", seconds)
-                pacer.observe(status, headers)
-            if status >= 300:
-                raise_for_answer("mattermost webhook", status, answer_message(text), headers)
-        except PermanentDeliveryError as exc:
-            log.warning("notify.mattermost_rejected", error=str(exc))
-            raise
-        except RetryableDeliveryError as exc:
-            log.info("notify.mattermost_failed", error=str(exc), retry_after=exc.retry_after)
-            raise
-        log.debug("notify.mattermost_delivered")
+    def render(self, delivery: Delivery) -> Outgoing:
+        """The attachment of the event, within MAX_POST_CHARS."""
+        target = self.required_url("webhook_url")
+        payload = build_payload(message_from_event(delivery.event), self.settings, **self.overrides(delivery.event))
+        return Outgoing(target, encode(payload), {"url": shown_url(target)})

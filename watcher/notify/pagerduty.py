@@ -27,26 +27,23 @@ Dead-delivery alerts (`watcher.alert`) reach every other notifier without a rout
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 
 from watcher.batches import BATCH_FINISHED
-from watcher.clock import Clock
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.events import ALERT_EVENT
 from watcher.models import Delivery, Outcome
 from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
-from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE, BaseNotifier
+from watcher.notify.chat import ChatNotifier, Outgoing, encode, json_answer, transport_fields
 from watcher.notify.message import Message, message_from_event
-from watcher.notify.pacing import DEFAULT_MAX_WAIT, Pacer, destination_key, pacer_for
-from watcher.notify.webhook import USER_AGENT, network_error, read_some, reveal
-from watcher.schema import Field, Secret, boolean, duration, optional_string, string, url
+from watcher.notify.pacing import Pacer, destination_key, pacer_for
+from watcher.notify.webhook import reveal
+from watcher.schema import Field, Secret, boolean, optional_string, string, url
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 HOSTS = ("events.pagerduty.com", "events.eu.pagerduty.com")
@@ -167,32 +164,19 @@ def events_url_problem(target: str, *, allow_insecure: bool, allow_private: bool
     return None
 
 
-class PagerDutyNotifier(BaseNotifier):
+class PagerDutyNotifier(ChatNotifier):
     """Triggers (and optionally resolves) PagerDuty alerts through the Events API v2."""
 
     type_name: ClassVar[str] = "pagerduty"
+    service = answerer = "pagerduty"
     fields: ClassVar[tuple[Field, ...]] = (
         Field("routing_key", lambda v: Secret(string(v)), required=True, secret=True, doc="integration key"),
         Field("events_url", url("http", "https"), default=EVENTS_URL),
         Field("severity", severity_map, default=dict(DEFAULT_SEVERITY), doc="outcome -> critical|error|warning|info"),
         Field("resolve", boolean, default=False, doc="resolve the alert when the job or batch completes"),
         Field("source", optional_string, default="import-watcher", doc="payload.source"),
-        Field("timeout", duration(0.001), default=10.0, doc="per request"),
-        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
-        Field("allow_private", boolean, default=False, doc="allow a host other than PagerDuty's (a relay)"),
+        *transport_fields(private="allow a host other than PagerDuty's (a relay)"),
     )
-
-    def __init__(
-        self,
-        name: str,
-        settings: Mapping[str, Any],
-        *,
-        delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE,
-        templates: Mapping[str, str] | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(name, settings, delivery_deadline=delivery_deadline, templates=templates)
-        self.clock = clock
 
     @classmethod
     def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -217,17 +201,15 @@ class PagerDutyNotifier(BaseNotifier):
         key = destination_key("pagerduty", target, reveal(self.settings.get("routing_key")) or "")
         return pacer_for(key, RATE, BURST, clock=self.clock)
 
-    async def send(self, delivery: Delivery) -> None:
-        """Send one event (paced); raise a retryable or permanent error when PagerDuty says no."""
-        routing_key = reveal(self.settings.get("routing_key"))
-        if not routing_key:
-            raise PermanentDeliveryError("pagerduty: routing_key is not set")
+    def render(self, delivery: Delivery) -> Outgoing | None:
+        """The event to send, or None (logged) for good news with nothing to resolve."""
+        routing_key = self.required_url("routing_key")
         message = message_from_event(delivery.event)
-        log = _log.bind(notifier=self.name, delivery=delivery.id)
         action = event_action(message, resolve=bool(self.settings.get("resolve")))
         if action is None:
-            log.debug("notify.pagerduty_skipped", reason="good news with resolve: false", kind=message.subject)
-            return
+            _log.bind(notifier=self.name, delivery=delivery.id).debug(
+                "notify.pagerduty_skipped", reason="good news with resolve: false", kind=message.subject)
+            return None
         body = pagerduty_event(
             message,
             routing_key=routing_key,
@@ -235,37 +217,11 @@ class PagerDutyNotifier(BaseNotifier):
             severity=self.settings.get("severity") or DEFAULT_SEVERITY,
             source=str(self.settings.get("source") or "import-watcher"),
         )
-        try:
-            status = await self._post(body)
-        except PermanentDeliveryError as exc:
-            log.warning("notify.pagerduty_rejected", error=str(exc), dedup_key=body["dedup_key"])
-            raise
-        except RetryableDeliveryError as exc:
-            log.info("notify.pagerduty_failed", error=str(exc), retry_after=exc.retry_after)
-            raise
-        log.debug("notify.pagerduty_delivered", status=status, action=action, dedup_key=body["dedup_key"])
-
-    async def _post(self, body: Mapping[str, Any]) -> int:
+        data = encode(body, "pagerduty: the event holds a number JSON cannot carry")
         target = str(self.settings.get("events_url") or EVENTS_URL)
-        try:
-            data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
-        except ValueError:
-            raise PermanentDeliveryError("pagerduty: the event holds a number JSON cannot carry") from None
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
-        pacer = self.pacer()
-        async with pacer.turn(DEFAULT_MAX_WAIT):
-            try:
-                async with self.session.post(
-                    target, data=data, headers=headers, timeout=timeout, allow_redirects=False
-                ) as response:
-                    status, answer_headers = response.status, response.headers.copy()
-                    text = await read_some(response)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise network_error("pagerduty", exc) from None
-            wait = pacer.observe(status, answer_headers)
-        if 200 <= status < 300:
-            return status
+        return Outgoing(target, data, {"action": action, "dedup_key": body["dedup_key"]})
+
+    def refuse(self, pacer: Pacer, status: int, text: str, headers: Mapping[str, str], wait: float | None) -> NoReturn:
         said = _pagerduty_says(text)
         shown = f"pagerduty answered HTTP {status}" + (f": {said}" if said else "")
         if status in (408, 429) or status >= 500:
@@ -277,12 +233,9 @@ class PagerDutyNotifier(BaseNotifier):
 
 def _pagerduty_says(text: str) -> str:
     """PagerDuty's `message` and `errors` of an answer, masked (the body never echoes the key)."""
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return mask_urls_in_text(" ".join(text[:200].split()))
-    if not isinstance(answer, dict):
-        return ""
+    answer = json_answer(text)
+    if isinstance(answer, str):
+        return answer
     errors = answer.get("errors")
     listed = "; ".join(str(e) for e in errors[:3]) if isinstance(errors, list) else ""
     said = str(answer.get("message") or answer.get("status") or "")

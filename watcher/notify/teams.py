@@ -14,29 +14,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import structlog
-
-from watcher.clock import Clock
-from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
 from watcher.net import shown_url
-from watcher.notify import render
-from watcher.notify.base import BaseNotifier
 from watcher.notify.chat import (
     BUDGETS,
     Budget,
-    answer_message,
+    Outgoing,
+    WebhookChatNotifier,
     clip,
-    describe_with_url,
     encode,
-    post_json,
     secret_url,
-    url_problems,
+    transport_fields,
 )
 from watcher.notify.message import Message, Section, Severity, message_from_event
-from watcher.notify.pacing import Pacer, destination_key, pacer_for
-from watcher.notify.webhook import raise_for_answer, reveal
-from watcher.schema import Field, boolean, duration
+from watcher.schema import Field
 
 CARD_VERSION = "1.4"  # the highest version Teams renders
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
@@ -57,8 +48,6 @@ SEVERITY_COLOR: Mapping[Severity, str] = {
     Severity.ERROR: "attention",
     Severity.CRITICAL: "attention",
 }
-
-_log = structlog.get_logger("watcher.notify")
 
 
 def _text(text: str, **extra: Any) -> dict[str, Any]:
@@ -150,61 +139,23 @@ def build_body(message: Message, *, title: str | None = None, text: str | None =
     return encode(teams_body(adaptive_card(message, BUDGETS[-1])))
 
 
-class TeamsNotifier(BaseNotifier):
-    """Posts an Adaptive Card to a Teams channel through a Workflows webhook."""
+class TeamsNotifier(WebhookChatNotifier):
+    """Posts an Adaptive Card to a Teams channel through a Workflows webhook.
+
+    202 or 200 is success (the flow accepted the message; whether it posted it shows only in
+    its run history), 429 and 5xx retryable, other 4xx final.
+    """
 
     type_name: ClassVar[str] = "teams"
+    service, answerer, delivered = "teams", "teams webhook", "accepted"
+    url_key, hosts, rate = "url", WORKFLOW_HOST_SUFFIXES, (RATE_PER_SECOND, BURST)
     fields: ClassVar[tuple[Field, ...]] = (
         Field("url", secret_url, required=True, secret=True, doc="the Workflows webhook URL"),
-        Field("timeout", duration(0.001), default=10.0, doc="per request"),
-        Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
-        Field("allow_private", boolean, default=False, doc="allow a private IP address as the host"),
+        *transport_fields(),
     )
 
-    def __init__(self, name: str, settings: Mapping[str, Any], *, clock: Clock | None = None, **options: Any) -> None:
-        super().__init__(name, settings, **options)
-        self.clock = clock  # the pacer's; tests pass a virtual one
-
-    @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """The URL is https on a Workflows host (unless loopback)."""
-        return url_problems("url", reveal(settings.get("url")), settings, WORKFLOW_HOST_SUFFIXES)
-
-    def describe(self) -> dict[str, Any]:
-        """Settings for logs: the URL reduced to its host (its `sig` is the credential)."""
-        return describe_with_url(super().describe(), self.settings, "url")
-
-    def _pacer(self, target: str) -> Pacer:
-        return pacer_for(destination_key("teams", target), RATE_PER_SECOND, BURST, clock=self.clock)
-
-    async def send(self, delivery: Delivery) -> None:
-        """Post the card once; 202 or 200 is success, 429 and 5xx retryable, other 4xx final."""
-        target = reveal(self.settings.get("url"))
-        if not target:
-            raise PermanentDeliveryError("teams: url is not set")
-        event = delivery.event
-        body = build_body(
-            message_from_event(event),
-            title=render.render_override(self.templates, "title", event, notifier=self.name),
-            text=render.render_override(self.templates, "text", event, notifier=self.name),
-        )
-        log = _log.bind(notifier=self.name, delivery=delivery.id, url=shown_url(target))
-        try:
-            await self._post(target, body)
-        except PermanentDeliveryError as exc:
-            log.warning("notify.teams_rejected", error=str(exc))
-            raise
-        except RetryableDeliveryError as exc:
-            log.info("notify.teams_failed", error=str(exc), retry_after=exc.retry_after)
-            raise
-        log.debug("notify.teams_accepted", bytes=len(body))
-
-    async def _post(self, target: str, body: bytes) -> None:
-        pacer = self._pacer(target)
-        seconds = float(self.settings.get("timeout") or 10.0)
-        async with pacer.turn():
-            status, text, answer_headers = await post_json(self.session, target, body, "teams", seconds)
-            pacer.observe(status, answer_headers)
-        if status < 300:
-            return  # 202: the flow accepted the message; whether it posted it shows only in its run history
-        raise_for_answer("teams webhook", status, answer_message(text), answer_headers)
+    def render(self, delivery: Delivery) -> Outgoing:
+        """The card of the event, within MAX_BODY_BYTES."""
+        target = self.required_url("url")
+        body = build_body(message_from_event(delivery.event), **self.overrides(delivery.event))
+        return Outgoing(target, body, {"url": shown_url(target)})

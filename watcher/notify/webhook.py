@@ -16,7 +16,7 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import aiohttp
 import structlog
@@ -65,7 +65,7 @@ def answer_retry_after(headers: Mapping[str, str]) -> float | None:
     return retry_after_seconds(value, time.time())
 
 
-def raise_for_answer(what: str, status: int, body: str, headers: Mapping[str, str]) -> None:
+def raise_for_answer(what: str, status: int, body: str, headers: Mapping[str, str]) -> NoReturn:
     """Map a non-2xx HTTP answer to the delivery error the outbox understands."""
     # A receiver may echo URLs (with credentials) back: the message reaches logs and notify-test.
     shown = mask_urls_in_text(" ".join(body[:_RESPONSE_SHOWN].split()))
