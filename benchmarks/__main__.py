@@ -27,6 +27,7 @@ BENCHMARKS = {
     "page_load": "benchmarks.page_load",
     "rate_limits": "benchmarks.rate_limits",
     "policy": "benchmarks.policy_sim",
+    "policy_limit": "benchmarks.policy_limit",
 }
 
 
