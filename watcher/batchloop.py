@@ -153,7 +153,7 @@ class BatchLoop(ClaimLoop):
         self._stopping = True
         try:
             cancelled = await self._finish_tasks(grace)
-            await self._give_back_all(list(self._held), self.store.release_batch)
+            await self._within_release_time(self._give_back_all(list(self._held), self.store.release_batch))
         finally:
             await self._stop_renewer()
         return cancelled

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from watcher.claimloop import RELEASE_TIMEOUT, ClaimLoop
+from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.logs import CachedLogger, JobLog
@@ -221,15 +221,17 @@ class Engine(ClaimLoop):
         self._stopping = True
         try:
             cancelled = await self._finish_tasks(grace)
-            await self._release_ready()
-            if self._flusher is not None:
-                # Polls already made are written (bounded: a hung store must not hold the exit).
-                await asyncio.wait({asyncio.shield(self._flusher)}, timeout=RELEASE_TIMEOUT)
-            await self._release_ready()
-            await self._give_back_all(list(self._held), self.store.release_job)
+            await self._within_release_time(self._give_back_after_drain())
         finally:
             await self._stop_renewer()
         return cancelled
+
+    async def _give_back_after_drain(self) -> None:
+        await self._release_ready()
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)  # polls already made are written
+        await self._release_ready()
+        await self._give_back_all(list(self._held), self.store.release_job)
 
     # --- one poll ---------------------------------------------------------------
 

@@ -106,7 +106,7 @@ class Outbox(ClaimLoop):
         self._stopping = True
         try:
             cancelled = await self._finish_tasks(grace)
-            await self._give_back_all(list(self._held), self.store.release_delivery)
+            await self._within_release_time(self._give_back_all(list(self._held), self.store.release_delivery))
         finally:
             await self._stop_renewer()
         return cancelled
