@@ -94,8 +94,8 @@ _RECORD_OUTCOME = (
     f" lease_owner = NULL, lease_until = NULL WHERE {_HELD}"
 )
 _PURGEABLE = (
-    "SELECT id FROM jobs WHERE outcome IS NOT NULL AND detected_at < ? AND NOT EXISTS ("
-    " SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id AND d.state = 'pending')"
+    "SELECT id FROM jobs INDEXED BY jobs_detected WHERE outcome IS NOT NULL AND detected_at < ? AND NOT EXISTS ("
+    " SELECT 1 FROM deliveries d INDEXED BY deliveries_job WHERE d.job_id = jobs.id AND d.state = 'pending')"
     " ORDER BY detected_at, id LIMIT ?"
 )
 
@@ -103,7 +103,7 @@ SPREAD_CHUNK = 10_000
 _SPREAD_CHUNK = (
     "UPDATE jobs SET next_poll_at = o.at, due_at = o.at FROM ("
     " SELECT id, ? + ? * (? + row_number() OVER (ORDER BY due_at, id) - 1) / ? AS at"
-    " FROM (SELECT id, due_at FROM jobs WHERE outcome IS NULL AND due_at < ?"
+    " FROM (SELECT id, due_at FROM jobs INDEXED BY jobs_due WHERE outcome IS NULL AND due_at < ?"
     " ORDER BY due_at, id LIMIT ?)"
     ") AS o WHERE jobs.id = o.id"
 )
@@ -231,7 +231,7 @@ class SqliteStore(SqliteBatches):
             cursor = conn.cursor()
             cursor.row_factory = None  # plain tuples: _job reads by position
             rows = cursor.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE outcome IS NULL AND due_at <= ?"  # noqa: S608
+                f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_due WHERE outcome IS NULL AND due_at <= ?"  # noqa: S608
                 " ORDER BY due_at, id LIMIT ?",
                 (now, max(0, limit)),
             ).fetchall()
@@ -329,7 +329,8 @@ class SqliteStore(SqliteBatches):
 
     async def spread_overdue(self, *, now: float, window: float) -> int:
         """Reschedule overdue unfinished jobs evenly over [now, now + window); returns how many."""
-        total = self._query("SELECT count(*) FROM jobs WHERE outcome IS NULL AND due_at < ?", (now,))[0][0]
+        overdue = "SELECT count(*) FROM jobs INDEXED BY jobs_due WHERE outcome IS NULL AND due_at < ?"
+        total = self._query(overdue, (now,))[0][0]
         done = 0
         # Row k of `total` (in due order) goes to now + window * k / total: the backlog
         # keeps its order but loses its burst. Chunks bound how long one transaction
@@ -346,7 +347,7 @@ class SqliteStore(SqliteBatches):
 
     async def next_job_due_at(self) -> float | None:
         """Earliest due time among unfinished jobs (a leased job counts at its lease expiry)."""
-        value = self._query("SELECT min(due_at) FROM jobs WHERE outcome IS NULL")[0][0]
+        value = self._query("SELECT min(due_at) FROM jobs INDEXED BY jobs_due WHERE outcome IS NULL")[0][0]
         return None if value is None else float(value)
 
     # --- retention and tombstones -----------------------------------------------

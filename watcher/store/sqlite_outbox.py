@@ -42,11 +42,15 @@ class SqliteOutbox(SqliteDatabase):
             conn.executemany(_INSERT_DELIVERY, params)
             return conn.total_changes - before
 
-    def _claim(self, where: str, order: str, params: Sequence[object], owner: str, until: float) -> list[Delivery]:
-        """Select pending rows matching `where` (limit last in `params`) and lease each to a new token."""
+    def _claim(
+        self, index: str, where: str, order: str, params: Sequence[object], owner: str, until: float
+    ) -> list[Delivery]:
+        """Select pending rows matching `where` (limit last in `params`) through `index` (named: the
+        planner would otherwise take deliveries_state and read every pending row) and lease each."""
         with self._write() as conn:
             rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND {where}"  # noqa: S608
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries INDEXED BY {index}"  # noqa: S608
+                f" WHERE state = 'pending' AND {where}"
                 f" ORDER BY {order} LIMIT ?",
                 params,
             ).fetchall()
@@ -67,7 +71,7 @@ class SqliteOutbox(SqliteDatabase):
     ) -> list[Delivery]:
         """Pending deliveries with next_attempt_at <= now and no live lease, to these notifiers."""
         if notifiers is None:
-            return self._claim("due_at <= ?", "due_at, id", (now, max(0, limit)), owner, now + lease)
+            return self._claim("deliveries_due", "due_at <= ?", "due_at, id", (now, max(0, limit)), owner, now + lease)
         names = sorted(set(notifiers))[:PARAMS_CHUNK]
         if not names:
             return []
@@ -75,12 +79,15 @@ class SqliteOutbox(SqliteDatabase):
         # never fill the batch (deliveries_notifier_due serves each name).
         marks = ",".join("?" * len(names))
         where = f"notifier IN ({marks}) AND due_at <= ?"
-        return self._claim(where, "due_at, id", (*names, now, max(0, limit)), owner, now + lease)
+        return self._claim(
+            "deliveries_notifier_due", where, "due_at, id", (*names, now, max(0, limit)), owner, now + lease
+        )
 
     async def claim_expired_deliveries(self, *, now: float, limit: int, owner: str, lease: float) -> list[Delivery]:
         """Pending deliveries to any notifier past their deadline with no live lease."""
         where = "deadline_at <= ? AND (lease_owner IS NULL OR lease_until <= ?)"
-        return self._claim(where, "deadline_at, id", (now, now, max(0, limit)), owner, now + lease)
+        params = (now, now, max(0, limit))
+        return self._claim("deliveries_deadline", where, "deadline_at, id", params, owner, now + lease)
 
     async def renew_deliveries(self, leases: Sequence[tuple[str, str]], *, now: float, lease: float) -> list[bool]:
         """Extend each (delivery id, token) held within its lease to now + lease."""
@@ -143,7 +150,8 @@ class SqliteOutbox(SqliteDatabase):
 
     async def next_delivery_due_at(self) -> float | None:
         """Earliest due time among pending deliveries (a leased one counts at its lease expiry)."""
-        value = self._query("SELECT min(due_at) FROM deliveries WHERE state = 'pending'")[0][0]
+        sql = "SELECT min(due_at) FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending'"
+        value = self._query(sql)[0][0]
         return None if value is None else float(value)
 
     # --- meta ---------------------------------------------------------------
