@@ -126,22 +126,22 @@ class BatchLoop(ClaimLoop):
                 batch.name, token=token, now=now, summary_id=summary_id, deliveries=deliveries
             )
         except asyncio.CancelledError:
-            await self._give_back(batch.name, self.store.release_batch)
+            await self._give_back(batch.name, token, self.store.release_batch)
             raise
         except StoreUnavailable as exc:
-            self._let_go(batch.name)  # the lease runs out; claimed again then
+            self._let_go(batch.name, token)  # the lease runs out; claimed again then
             self.store_health.failed(exc)
             log.warning("batches.finish_failed", batch=batch.name, error=str(exc))
             return
         except Exception:
-            await self._give_back(batch.name, self.store.release_batch)
+            await self._give_back(batch.name, token, self.store.release_batch)
             raise  # logged by the loop with its traceback
         self.store_health.succeeded()
         if not written:
             # A job joined (or the lease lapsed) since the claim: it settles again later.
-            self._lease_lost(batch.name, reason="changed or lease lost")
+            self._lease_lost(batch.name, token, reason="changed or lease lost")
             return
-        self._let_go(batch.name)
+        self._let_go(batch.name, token)
         self.summaries += 1
         log.info("batch.finished", batch=batch.name, summary_id=summary_id, continues=batch.last_summary_id,
                  jobs=batch.jobs, outcomes=dict(batch.outcomes), notify=[d.notifier for d in deliveries])
@@ -153,7 +153,7 @@ class BatchLoop(ClaimLoop):
         self._stopping = True
         try:
             cancelled = await self._finish_tasks(grace)
-            await self._within_release_time(self._give_back_all(list(self._held), self.store.release_batch))
+            await self._within_release_time(self._give_back_all(list(self._held.items()), self.store.release_batch))
         finally:
             await self._stop_renewer()
         return cancelled

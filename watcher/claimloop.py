@@ -58,7 +58,7 @@ class ClaimLoop(ABC):
         self._hurry = asyncio.Event()
         self._stopping = False
         self._held: dict[str, str] = {}  # claimed and not yet recorded or released: id -> token
-        self._lost: set[str] = set()  # held ids whose lease was lost (already logged)
+        self._lost: set[str] = set()  # tokens whose lease was found lost (already logged)
         self._renewer: asyncio.Task[None] | None = None
         self.renewing = True  # off only in tests that show what renewal prevents
 
@@ -104,19 +104,23 @@ class ClaimLoop(ABC):
 
     def _hold(self, item_id: str, token: str) -> None:
         self._held[item_id] = token
-        self._lost.discard(item_id)
 
-    def _let_go(self, item_id: str) -> bool:
-        """Forget a claim once recorded or released; True when its loss was already logged."""
-        self._held.pop(item_id, None)
-        if item_id in self._lost:
-            self._lost.discard(item_id)
+    def _let_go(self, item_id: str, token: str) -> bool:
+        """Forget this claim once recorded or released; True when its loss was already logged.
+
+        Only this token's: a stale task finishing after the same id was claimed again (its
+        lease had lapsed) must not drop the newer claim from renewal or release it.
+        """
+        if self._held.get(item_id) == token:
+            del self._held[item_id]
+        if token in self._lost:
+            self._lost.discard(token)
             return True
         return False
 
-    def _lease_lost(self, item_id: str, bound: Any = None, **context: Any) -> None:
+    def _lease_lost(self, item_id: str, token: str, bound: Any = None, **context: Any) -> None:
         """Log a refused write once per claim (the renewer may have logged it already)."""
-        if self._let_go(item_id):
+        if self._let_go(item_id, token):
             return
         if bound is None:
             self.loop_log.warning(self.lost_event, **{self.id_key: item_id}, **context)
@@ -137,7 +141,7 @@ class ClaimLoop(ABC):
         for (item_id, token), ok in zip(leases, answers, strict=True):
             if not ok and self._held.get(item_id) == token:
                 del self._held[item_id]
-                self._lost.add(item_id)
+                self._lost.add(token)
                 self.loop_log.warning(self.lost_event, **{self.id_key: item_id}, during="renewal")
 
     async def _renew_forever(self) -> None:
@@ -184,7 +188,7 @@ class ClaimLoop(ABC):
                     if self._room() > 0:
                         await asyncio.sleep(0)  # let the new tasks start before claiming more
                         continue
-                await self._wait(stop, await self._idle_timeout())
+                await self._wait(stop, await self._idle_timeout(nothing_claimed=not claimed))
         finally:
             await self._after_run()
 
@@ -199,7 +203,7 @@ class ClaimLoop(ABC):
             self.loop_log.error(f"{self.name}.{self.crashed}", error=repr(exc), exc_info=exc)
         self._wake.set()
 
-    async def _idle_timeout(self) -> float:
+    async def _idle_timeout(self, *, nothing_claimed: bool = False) -> float:
         if len(self._inflight) >= self._limit:
             return RECHECK_SECONDS
         try:
@@ -208,7 +212,11 @@ class ClaimLoop(ABC):
             return RECHECK_SECONDS
         if due is None:
             return RECHECK_SECONDS
-        return min(RECHECK_SECONDS, max(0.0, due - self.clock.now()))
+        wait = min(RECHECK_SECONDS, max(0.0, due - self.clock.now()))
+        # Due now, yet the claim just took nothing: what is due is not ours to take (a delivery
+        # to a notifier this replica does not know, a live lease seen through a skewed clock).
+        # Look again at the next recheck (or on wake), not in a busy loop.
+        return RECHECK_SECONDS if wait <= 0 and nothing_claimed else wait
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Until `wake`, `stop` or `seconds` of the clock, whichever comes first."""
@@ -251,16 +259,13 @@ class ClaimLoop(ABC):
         except TimeoutError:
             self.loop_log.warning(f"{self.name}.release_cut_short", claims_left=len(self._held))
 
-    async def _give_back_all(self, item_ids: Sequence[str], release: Any) -> None:
-        """Release these claims at once: RELEASE_TIMEOUT in all, however many and however slow the store."""
-        if item_ids:
-            await asyncio.gather(*(self._give_back(item_id, release) for item_id in item_ids))
+    async def _give_back_all(self, claims: Sequence[tuple[str, str]], release: Any) -> None:
+        """Release these (id, token) claims at once: RELEASE_TIMEOUT in all, however many."""
+        if claims:
+            await asyncio.gather(*(self._give_back(item_id, token, release) for item_id, token in claims))
 
-    async def _give_back(self, item_id: str, release: Any) -> None:
-        """Release one claim (shielded from cancellation, bounded in time) and forget it."""
-        token = self._held.get(item_id)
-        self._let_go(item_id)
-        if token is None:
-            return
+    async def _give_back(self, item_id: str, token: str, release: Any) -> None:
+        """Release one claim with its own token (shielded from cancellation, bounded in time) and forget it."""
+        self._let_go(item_id, token)
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.shield(asyncio.wait_for(release(item_id, token=token), RELEASE_TIMEOUT))

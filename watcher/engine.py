@@ -211,7 +211,7 @@ class Engine(ClaimLoop):
             self._flusher = None
 
     async def _release_ready(self) -> None:
-        ready = [job.id for job, _ in self._ready]
+        ready = [(job.id, _token(job)) for job, _ in self._ready]
         self._ready.clear()
         await self._give_back_all(ready, self.store.release_job)
 
@@ -231,7 +231,7 @@ class Engine(ClaimLoop):
         if self._flusher is not None:
             await asyncio.shield(self._flusher)  # polls already made are written
         await self._release_ready()
-        await self._give_back_all(list(self._held), self.store.release_job)
+        await self._give_back_all(list(self._held.items()), self.store.release_job)
 
     # --- one poll ---------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class Engine(ClaimLoop):
             raise
         except StoreUnavailable as exc:
             # Not released: the lease runs out and the job is polled again then, not at once.
-            self._let_go(job.id)
+            self._let_go(job.id, _token(job))
             self.store_health.failed(exc)
             bound.warning("engine.record_failed", error=str(exc))
         except Exception as exc:
@@ -296,7 +296,7 @@ class Engine(ClaimLoop):
         except StoreUnavailable as exc:
             self.store_health.failed(exc)
             for job, _, bound in batch:
-                self._let_go(job.id)  # its lease runs out; polled again then
+                self._let_go(job.id, _token(job))  # its lease runs out; polled again then
                 bound.warning("engine.record_failed", error=str(exc))
             return
         except Exception as exc:
@@ -308,9 +308,9 @@ class Engine(ClaimLoop):
         self.store_health.succeeded()
         for (job, _, bound), ok in zip(batch, written, strict=True):
             if ok:
-                self._let_go(job.id)
+                self._let_go(job.id, _token(job))
             else:
-                self._lease_lost(job.id, bound)
+                self._lease_lost(job.id, _token(job), bound)
 
     async def _observe(self, job: JobState, bound: Any) -> Observation:
         try:
@@ -363,10 +363,10 @@ class Engine(ClaimLoop):
         )
         self.store_health.succeeded()
         if not written:
-            self._let_go(job.id)
+            self._let_go(job.id, _token(job))
             bound.warning("engine.outcome_not_written", outcome=decision.outcome.value)
             return
-        self._let_go(job.id)
+        self._let_go(job.id, _token(job))
         self.stats.outcomes[decision.outcome.value] = self.stats.outcomes.get(decision.outcome.value, 0) + 1
         self._unknown_logged.discard((job.id, (decision.snapshot.normalized_status or "") if decision.snapshot else ""))
         bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=names)
@@ -376,7 +376,7 @@ class Engine(ClaimLoop):
             self.on_batch_outcome()
 
     async def _release(self, job: JobState) -> None:
-        await self._give_back(job.id, self.store.release_job)
+        await self._give_back(job.id, _token(job), self.store.release_job)
 
 def _token(job: JobState) -> str:
     """The lease token a claim handed out with `job`."""

@@ -88,7 +88,7 @@ class Outbox(ClaimLoop):
         for delivery in due:
             self._hold(delivery.id, _token(delivery))
         if self._stopping:  # stopped while claiming
-            await self._give_back_all([delivery.id for delivery in due], self.store.release_delivery)
+            await self._give_back_all([(d.id, _token(d)) for d in due], self.store.release_delivery)
             return len(due)
         for delivery in due:
             self._start(asyncio.create_task(self.deliver(delivery), name=f"deliver:{delivery.id}"))
@@ -106,7 +106,7 @@ class Outbox(ClaimLoop):
         self._stopping = True
         try:
             cancelled = await self._finish_tasks(grace)
-            await self._within_release_time(self._give_back_all(list(self._held), self.store.release_delivery))
+            await self._within_release_time(self._give_back_all(list(self._held.items()), self.store.release_delivery))
         finally:
             await self._stop_renewer()
         return cancelled
@@ -125,15 +125,15 @@ class Outbox(ClaimLoop):
         try:
             result = await self._attempt(delivery, bound)
         except asyncio.CancelledError:
-            await self._give_back(delivery.id, self.store.release_delivery)
+            await self._give_back(delivery.id, _token(delivery), self.store.release_delivery)
             raise
         except StoreUnavailable as exc:
-            self._let_go(delivery.id)  # its lease runs out and it is tried again then
+            self._let_go(delivery.id, _token(delivery))  # its lease runs out and it is tried again then
             self.store_health.failed(exc)
             bound.warning("delivery.record_failed", error=str(exc))
             return
         except Exception:
-            await self._give_back(delivery.id, self.store.release_delivery)
+            await self._give_back(delivery.id, _token(delivery), self.store.release_delivery)
             raise  # logged with its traceback as outbox.delivery_crashed
         self.stats.count(delivery.notifier, result)
         if self.on_result is not None:
@@ -176,10 +176,10 @@ class Outbox(ClaimLoop):
         bound.info("delivery.retry_scheduled", error=error, retry_in=round(delay, 3))
         updated = replace(delivery, attempts=attempts, next_attempt_at=now + delay, last_error=error)
         if await self.store.record_delivery(updated, token=_token(delivery), now=now):
-            self._let_go(delivery.id)
+            self._let_go(delivery.id, _token(delivery))
             self.store_health.succeeded()
         else:
-            self._lease_lost(delivery.id, bound, state="retry")
+            self._lease_lost(delivery.id, _token(delivery), bound, state="retry")
         return "retry"
 
     async def _settle(
@@ -190,9 +190,9 @@ class Outbox(ClaimLoop):
         updated = replace(delivery, state=state, attempts=attempts, last_error=error)
         alerts = self._dead_alerts(updated, now) if state is DeliveryState.DEAD else []
         if not await self.store.record_delivery(updated, token=_token(delivery), now=now, alerts=alerts):
-            self._lease_lost(delivery.id, bound, state=state.value)
+            self._lease_lost(delivery.id, _token(delivery), bound, state=state.value)
             return False
-        self._let_go(delivery.id)
+        self._let_go(delivery.id, _token(delivery))
         self.store_health.succeeded()
         if state is DeliveryState.DELIVERED:
             bound.info("delivery.delivered")
