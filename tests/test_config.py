@@ -421,3 +421,25 @@ def test_batch_and_stuck_problems_are_located(tmp_path: Path) -> None:
         "(expected completed, errored, failed, not_found, timed_out)",
         f"{path}:10: server.public_url: expected a https or http URL, got ftp://watcher.example.com/…",
     ] == problems_of(path)
+
+
+def test_a_careless_or_hostile_notifier_setting_is_a_located_problem_that_shows_no_secret(tmp_path: Path) -> None:
+    """A header with CR/LF is refused by check (not at every send); a URL typed without https:// is
+    refused without echoing its token; a 5,000-digit number is a located problem, not a bare error."""
+    path = write(tmp_path, MINIMAL + textwrap.dedent("""\
+        notifiers:
+          hook:
+            type: webhook
+            url: https://hooks.example.com/x
+            headers: {Authorization: "Bearer T\\r\\nX-Injected: 1"}
+          mm:
+            type: mattermost
+            webhook_url: mattermost.example.com/hooks/MMSECRETTOKEN
+        """))
+    found = problems_of(path)
+    assert any(":7: notifiers.hook.headers: header 'Authorization'" in p for p in found), found
+    assert any(":10: notifiers.mm.webhook_url: " in p and "no scheme://host" in p for p in found), found
+    assert not any("MMSECRET" in p for p in found), found
+    huge = write(tmp_path, MINIMAL + "shutdown_grace: 1" + "0" * 5000 + "\n", "huge.yaml")
+    [problem] = problems_of(huge)
+    assert problem.startswith(f"{huge}:3: shutdown_grace: bad value"), problem

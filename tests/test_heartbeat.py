@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -114,3 +116,11 @@ async def test_a_daemon_that_fails_to_start_leaves_no_heartbeat(tmp_path: Path) 
             with pytest.raises(WatcherError, match="cannot listen"):
                 await asyncio.wait_for(Daemon(config).run(install_signals=False), 10)
     assert (False, False) == (path.exists(), check_health(config)[0])
+
+
+def test_a_fifo_as_heartbeat_file_is_unhealthy_at_once(tmp_path: Path) -> None:
+    """A FIFO at heartbeat_file answers "unhealthy" at once instead of hanging the healthcheck."""
+    fifo = tmp_path / "hb"
+    os.mkfifo(fifo)
+    ok, why = check_health(SimpleNamespace(heartbeat_file=fifo, path=None))
+    assert (False, True) == (ok, "regular file" in why or "no heartbeat" in why), why

@@ -203,6 +203,8 @@ async def test_unknown_status_is_kept_as_is(client: SendGridClient, mocked: aior
         (b'{"results": {"created_count": 1' + b"0" * 5000 + b"}}", "not JSON"),
         (b'{"results": {"errored_count": -3}}', "results.errored_count is out of range"),
         (b'{"results": {"errored_count": Infinity}}', "not JSON"),
+        (b'{"status": "completed", "started_at": "\\ud800"}', "lone surrogate"),
+        (b'{"status": "completed", "results": {"note": "\\udfff"}}', "lone surrogate"),
     ],
 )
 async def test_malformed_200_is_try_later(

@@ -105,8 +105,12 @@ def remove_heartbeat(path: Path) -> None:
 
 def read_heartbeat(path: Path) -> dict[str, Any]:
     """The last heartbeat (no links followed); OSError or ValueError when there is none usable."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    # O_NONBLOCK and a regular-file check: a FIFO or a device at a configured heartbeat_file must
+    # not hang `healthcheck` (a Docker HEALTHCHECK that hangs is killed, not answered).
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("heartbeat file is not a regular file")
         raw = source.read(MAX_BYTES + 1)
     if len(raw) > MAX_BYTES:
         raise ValueError("heartbeat file is too big")

@@ -315,3 +315,10 @@ def _policy_of(session: aiohttp.ClientSession) -> OutboundPolicy | None:
     # aiohttp keeps the resolver private; should that change, every fetch gets its own session.
     resolver = getattr(session.connector, "_resolver", None)
     return resolver.policy if isinstance(resolver, _CheckedResolver) else None
+
+
+def scrub(text: str, target: str) -> str:
+    """An answer without the webhook URL or its path, which may be the credential (`/hooks/<id>`)."""
+    text = text.replace(target, shown_url(target))
+    path = urlsplit(target).path
+    return text.replace(path, "/…") if len(path) > 1 else text

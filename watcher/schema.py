@@ -330,4 +330,7 @@ def _shown(text: str) -> str:
     # URLs may embed tokens (Slack webhook paths); show only the scheme and host.
     parts = urlsplit(text)
     host = parts.netloc.rpartition("@")[2]  # never the userinfo: it may hold a password
-    return f"{parts.scheme}://{host}/…" if parts.netloc else repr(text[:40])
+    if parts.netloc:
+        return f"{parts.scheme}://{host}/…"
+    # No scheme://host: the value may still be a secret URL typed without https:// (a token in its path).
+    return f"a value with no scheme://host ({len(text)} characters)"

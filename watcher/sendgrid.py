@@ -30,6 +30,7 @@ from watcher.models import Snapshot, validate_job_id
 from watcher.net import base_url_problem, mask_urls_in_text
 from watcher.ratelimit import RateBudget, reset_seconds, retry_after_seconds
 from watcher.schema import Secret, redact
+from watcher.strictjson import check_text
 
 
 def _package_version() -> str:
@@ -333,13 +334,20 @@ def parse_snapshot(body: bytes) -> Snapshot:
         results = {}
     if not isinstance(results, dict):
         raise ValueError(f"results is {type(results).__name__}, expected an object")
-    return Snapshot(
+    snapshot = Snapshot(
         status=data.get("status"),
         job_type=data.get("job_type"),
         results=_parse_results(results),
         started_at=data.get("started_at"),
         finished_at=data.get("finished_at"),
     )
+    # A "\ud800" escape decodes to a lone surrogate, which no store or notifier can encode:
+    # refused here as a malformed answer (retried, then reported), not a crash at every poll.
+    kept = [snapshot.status, snapshot.job_type, snapshot.started_at, snapshot.finished_at]
+    for value in [*kept, *snapshot.results.keys(), *snapshot.results.values()]:
+        if isinstance(value, str):
+            check_text(value)
+    return snapshot
 
 
 def _parse_results(results: Mapping[str, Any]) -> dict[str, Any]:

@@ -58,17 +58,18 @@ def strict_json(raw: bytes | str) -> Any:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            _check_text(item)
+            check_text(item)
         elif isinstance(item, dict | list):
             if depth >= MAX_DEPTH:
                 raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
             for key in item if isinstance(item, dict) else ():
-                _check_text(key)
+                check_text(key)
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return value
 
 
-def _check_text(text: str) -> None:
+def check_text(text: str) -> None:
+    """ValueError when `text` holds a lone surrogate (it has no UTF-8 encoding)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a "\ud800" escape: a lone surrogate is no character at all

@@ -246,8 +246,8 @@ def _scalar(
         return None
     try:
         value = constructor.construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
-        problems.add(path, f"bad value: {exc}", line=node.start_mark.line + 1)
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer past Python's 4300-digit limit
+        problems.add(path, f"bad value: {str(exc)[:200]}", line=node.start_mark.line + 1)
         return None
     if env is not None and isinstance(value, str) and "$" in value:
         value = _expand(value, path, problems, env, node.start_mark.line + 1)

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -333,3 +334,13 @@ async def test_a_batch_claim_is_renewed_by_the_server_clock(store: RedisStore, r
     assert now + 59 < until < now + 61  # the server's clock, not the caller's now + 1000
     await asyncio.sleep(0.3)
     assert [] == await store.claim_settled_batches(now=now + 30, settle=60, limit=5, owner="w2", lease=20)
+
+
+async def test_a_read_only_replica_is_unavailable_not_a_crash() -> None:
+    """A failover's read-only replica answers writes with READONLY, which redis-py raises as its own
+    class: the store reports StoreUnavailable (retried, readiness says so), never the raw error."""
+    with redis_server("--replicaof", "127.0.0.1", str(free_port())) as port:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix=f"ro-{uuid.uuid4().hex[:8]}")
+        with pytest.raises(StoreUnavailable) as info:
+            await store.open()
+    assert "not accepting writes" in str(info.value)

@@ -18,7 +18,7 @@ import structlog
 from watcher.clock import Clock
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
-from watcher.net import address_problem, configured_url_problem, is_loopback_host, mask_urls_in_text, shown_url
+from watcher.net import address_problem, configured_url_problem, is_loopback_host, mask_urls_in_text, scrub, shown_url
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
 from watcher.notify.pacing import Pacer, destination_key, pacer_for
@@ -77,13 +77,6 @@ async def post_json(
         raise network_error(what, exc) from None
 
 
-def scrub(text: str, target: str) -> str:
-    """An answer without the webhook URL or its path, which may be the credential (`/hooks/<id>`)."""
-    text = text.replace(target, shown_url(target))
-    path = urlsplit(target).path
-    return text.replace(path, "/…") if len(path) > 1 else text
-
-
 def transport_fields(private: str = "allow a private IP address as the host") -> tuple[Field, ...]:
     """The settings every chat notifier ends with: the request timeout and the two URL-policy escapes."""
     return (
@@ -132,7 +125,7 @@ def json_answer(text: str) -> dict[str, Any] | str:
     """An answer's JSON object, or what to show of one that is not: its masked start ("" for other JSON)."""
     try:
         answer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested answer is no answer
         return mask_urls_in_text(" ".join(text[:200].split()))
     return answer if isinstance(answer, dict) else ""
 
@@ -141,7 +134,7 @@ def answer_message(text: str) -> str:
     """`error.message` (or `message`) of a JSON error answer, else the text itself."""
     try:
         answer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested answer is no answer
         return text
     if isinstance(answer, Mapping):
         error = answer.get("error")

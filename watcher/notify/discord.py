@@ -236,7 +236,7 @@ def _body_retry_after(text: str) -> float | None:
     """A 429 body's `retry_after` (seconds, fractional)."""
     try:
         answer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested answer is no answer
         return None
     value = answer.get("retry_after") if isinstance(answer, dict) else None
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -15,7 +15,7 @@ import structlog
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
-from watcher.net import configured_url_problem
+from watcher.net import configured_url_problem, scrub
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
 from watcher.notify.blocks import blocks_message
@@ -143,8 +143,9 @@ class SlackNotifier(BaseNotifier):
             raise PermanentDeliveryError("slack: neither webhook_url nor bot_token is set")
         status, text, headers = await self._post(hook, message, {})
         if status >= 300:
-            # Slack answers with short codes (invalid_payload, channel_is_archived): safe to show.
-            raise_for_answer("slack webhook", status, text, headers)
+            # Slack answers with short codes (invalid_payload, channel_is_archived); a proxy in
+            # front may echo the URL, whose path is the credential.
+            raise_for_answer("slack webhook", status, scrub(text, hook), headers)
 
     async def _post_api(self, token: str, message: Mapping[str, Any]) -> None:
         target = str(self.settings.get("api_url") or "https://slack.com/api").rstrip("/")

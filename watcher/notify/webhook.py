@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, NoReturn
@@ -23,7 +25,7 @@ import structlog
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
-from watcher.net import BodyTooLarge, configured_url_problem, mask_url, mask_urls_in_text, read_capped, shown_url
+from watcher.net import BodyTooLarge, configured_url_problem, mask_url, mask_urls_in_text, read_capped, scrub, shown_url
 from watcher.notify.base import BaseNotifier
 from watcher.ratelimit.signals import retry_after_seconds
 from watcher.schema import Field, Secret, boolean, duration, secret, string_map, url
@@ -46,6 +48,8 @@ _SENSITIVE_HEADER_WORDS = (
 )
 
 _log = structlog.get_logger("watcher.notify")
+#: RFC 9110 token characters: what a header name may be.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 # --- shared helpers for HTTP notifiers ------------------------------------
@@ -75,7 +79,7 @@ def raise_for_answer(what: str, status: int, body: str, headers: Mapping[str, st
     if 300 <= status < 400:
         # Redirects are not followed: a signed POST should not wander to another host.
         location = headers.get("Location")
-        where = f" to {shown_url(location, path=True)}" if location else ""
+        where = f" to {shown_url(location)}" if location else ""  # a path may be a credential
         raise PermanentDeliveryError(f"{what} redirected (HTTP {status}){where}; update the URL")
     raise PermanentDeliveryError(message)
 
@@ -90,7 +94,7 @@ async def read_some(response: aiohttp.ClientResponse, limit: int = 4096) -> str:
             break
         chunks.append(chunk)
         size += len(chunk)
-    return b"".join(chunks).decode(response.charset or "utf-8", errors="replace")
+    return b"".join(chunks).decode(_charset(response), errors="replace")
 
 
 async def read_whole(response: aiohttp.ClientResponse, what: str, limit: int = MAX_ANSWER_BYTES) -> str:
@@ -99,7 +103,18 @@ async def read_whole(response: aiohttp.ClientResponse, what: str, limit: int = M
         body = await read_capped(response, limit)
     except BodyTooLarge:
         raise RetryableDeliveryError(f"{what}: answer larger than {limit} bytes") from None
-    return body.decode(response.charset or "utf-8", errors="replace")
+    return body.decode(_charset(response), errors="replace")
+
+
+def _charset(response: aiohttp.ClientResponse) -> str:
+    """The answer's charset when Python knows it, else UTF-8: a bogus name in a 2xx answer must not
+    turn a delivered post into a retried one (LookupError would)."""
+    name = response.charset or "utf-8"
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return "utf-8"
+    return name
 
 
 def network_error(what: str, exc: BaseException) -> RetryableDeliveryError:
@@ -160,6 +175,11 @@ class WebhookNotifier(BaseNotifier):
             problem = configured_url_problem(target, allow_insecure=bool(settings.get("allow_insecure")))
             if problem is not None:
                 problems.append(("url", problem))
+        for name, value in (settings.get("headers") or {}).items():
+            # CR/LF would split the request (aiohttp refuses them at send time, after every retry)
+            if not _HEADER_NAME.fullmatch(str(name)) or any(c in str(value) for c in "\r\n\0"):
+                shown = str(name)[:40]
+                problems.append(("headers", f"header {shown!r}: needs a token name and a value without CR, LF or NUL"))
         whsec = reveal(settings.get("secret"))
         if whsec is not None:
             if not whsec.startswith(SECRET_PREFIX):
@@ -208,7 +228,7 @@ class WebhookNotifier(BaseNotifier):
             log.debug("notify.webhook_delivered", status=status)
             return
         try:
-            raise_for_answer("webhook receiver", status, text, answer_headers)
+            raise_for_answer("webhook receiver", status, scrub(text, target), answer_headers)
         except PermanentDeliveryError as exc:
             log.warning("notify.webhook_rejected", status=status, error=str(exc))
             raise

@@ -40,6 +40,18 @@ def _where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{port}"
 
 
+#: Replies redis-py raises as their own classes (their text no longer starts with the reply word).
+_TRANSIENT_ERRORS: tuple[type[Exception], ...] = tuple(
+    cls
+    for cls in (
+        getattr(redis.exceptions, name, None)
+        for name in ("ReadOnlyError", "OutOfMemoryError", "MasterDownError", "TryAgainError",
+                     "ClusterDownError", "BusyLoadingError", "ExecAbortError")
+    )
+    if isinstance(cls, type) and issubclass(cls, Exception)
+)
+
+
 def _reply_word(exc: redis.exceptions.ResponseError) -> str:
     """The error code of a server reply, also when a pipeline wrapped it in its own text."""
     text = str(exc).rpartition("caused error: ")[2]
@@ -105,9 +117,14 @@ class RedisConnection:
             raise StoreUnavailable(self._say("unreachable", exc)) from exc
         except redis.exceptions.InvalidResponse as exc:
             raise StoreBroken(self._say("does not speak the Redis protocol", exc)) from exc
+        except _TRANSIENT_ERRORS as exc:
+            # redis-py turns these replies into classes of their own and drops the reply word:
+            # a failover (READONLY), a full server (OOM), a loading or masterless replica.
+            raise StoreUnavailable(self._say("not accepting writes", exc)) from exc
+        except redis.exceptions.NoPermissionError as exc:
+            raise StoreBroken(self._say("refused the command (ACL)", exc)) from exc
         except redis.exceptions.ResponseError as exc:
-            # A failover (READONLY), a full server (OOM), a loading or masterless replica
-            # are passing states of the store, not bugs: callers back off and retry.
+            # Passing states of the store, not bugs: callers back off and retry.
             word = _reply_word(exc)
             if word in _TRANSIENT_REPLIES:
                 raise StoreUnavailable(self._say("not accepting writes", exc)) from exc
