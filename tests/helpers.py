@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -33,6 +35,8 @@ from aiosmtpd.smtp import Envelope, Session
 from standardwebhooks.webhooks import Webhook
 
 from watcher.config import Config, load_config
+from watcher.models import JobState
+from watcher.store.base import StateStore
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 API_KEY = "SG.fake-key"
@@ -387,3 +391,58 @@ class SmtpSink:
             message_from_bytes(e.original_content or b"", policy=policy.default)  # type: ignore[misc]
             for e in self.envelopes
         ]
+
+
+# -- a small disk that fills up -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `directory` (created), unmounted afterwards; skipped where
+    mounting is not permitted (it needs root or CAP_SYS_ADMIN, which CI has)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True, text=True, check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Take every byte left on the file system of `directory`; the filler file, to free it again."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 65_536)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    with contextlib.suppress(OSError), filler.open("ab", buffering=0) as out:  # the last partial block
+        for _ in range(128):
+            out.write(b"\0" * 512)
+    return filler
+
+
+# -- a store whose batch reads are slow ----------------------------------------------------------
+
+
+class StallsOnce:
+    """A store handle whose first batch read (across all handles sharing `stalls`) outlasts the lease."""
+
+    def __init__(self, store: StateStore, stalls: list[float]) -> None:
+        self._store = store
+        self.stalls = stalls
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def batch_jobs(self, name: str) -> list[JobState]:
+        if self.stalls:
+            await asyncio.sleep(self.stalls.pop())
+        return await self._store.batch_jobs(name)

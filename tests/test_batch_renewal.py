@@ -9,28 +9,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from tests.helpers import StallsOnce
 from watcher.batchloop import BatchLoop
 from watcher.clock import SystemClock
-from watcher.models import JobRef, JobState, Outcome, Snapshot
+from watcher.models import JobRef, Outcome, Snapshot
 from watcher.outcomes import Recipient
 from watcher.store import MemoryStore, SqliteStore
 from watcher.store.base import StateStore
-
-
-class SlowBatchReads:
-    """A store handle whose first batch read (across the handles sharing `stalls`) takes `stalls[0]` seconds."""
-
-    def __init__(self, store: StateStore, stalls: list[float]) -> None:
-        self._store = store
-        self.stalls = stalls
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._store, name)
-
-    async def batch_jobs(self, name: str) -> list[JobState]:
-        if self.stalls:
-            await asyncio.sleep(self.stalls.pop())
-        return await self._store.batch_jobs(name)
 
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
@@ -49,7 +34,7 @@ async def test_a_summary_slower_than_its_lease_is_written_once(tmp_path: Path, b
     stalls = [2.0]
     loops = [
         BatchLoop(
-            store=SlowBatchReads(store, stalls),  # type: ignore[arg-type]
+            store=StallsOnce(store, stalls),  # type: ignore[arg-type]
             clock=SystemClock(), owner=f"w{n}", settle=0.0, recipients=[Recipient("hook", 3600.0)], lease=0.6,
         )
         for n in range(2)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.helpers import DaemonProcess, SlackReceiver, WebhookReceiver, config_text, eventually
+from tests.helpers import DaemonProcess, SlackReceiver, StallsOnce, WebhookReceiver, config_text, eventually
 from watcher.batchloop import BatchLoop
 from watcher.clock import SystemClock
-from watcher.models import BatchPhase, JobRef, JobState, Outcome, Snapshot
+from watcher.models import BatchPhase, JobRef, Outcome, Snapshot
 from watcher.outcomes import Recipient
 from watcher.store import StateStore, open_store
 from watcher.testing.fake_sendgrid import FakeSendGrid
@@ -90,22 +90,6 @@ async def test_three_replicas_one_killed_mid_batch_still_send_one_summary(tmp_pa
     assert 1 == len(summary_posts), texts
     assert all(" failed" in t for t in texts)
     assert 10 <= len(texts) - 1 <= 13
-
-
-class StallsOnce:
-    """A store handle whose first batch read (across all handles sharing `stalls`) outlasts the lease."""
-
-    def __init__(self, store: StateStore, stalls: list[float]) -> None:
-        self._store = store
-        self.stalls = stalls
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._store, name)
-
-    async def batch_jobs(self, name: str) -> list[JobState]:
-        if self.stalls:
-            await asyncio.sleep(self.stalls.pop())
-        return await self._store.batch_jobs(name)
 
 
 async def test_loops_racing_past_a_lapsed_claim_write_one_summary(redis_store: str) -> None:

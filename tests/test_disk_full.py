@@ -9,16 +9,13 @@ notifying every job exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.helpers import WebhookReceiver, config_text, eventually, make_config, write_jobs
+from tests.helpers import WebhookReceiver, config_text, eventually, fill, make_config, mounted_tmpfs, write_jobs
 from watcher.daemon import Daemon
 from watcher.heartbeat import check_health
 from watcher.notify.outbox import Backoff
@@ -31,36 +28,8 @@ IDS = [f"disk-{i:02d}" for i in range(20)]
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs of our own (skipped only where mounting is not permitted)."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
-        capture_output=True, text=True, check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Take every byte left on the file system of `directory`; the filler file."""
-    filler = directory / "filler"
-    chunk = b"\0" * 65536
-    with filler.open("wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
-    with contextlib.suppress(OSError), filler.open("ab", buffering=0) as out:  # the last partial block
-        for _ in range(64):
-            out.write(b"\0" * 512)
-    return filler
+    with mounted_tmpfs(tmp_path / "disk", "8m") as disk:
+        yield disk
 
 
 async def readiness(session: aiohttp.ClientSession, url: str) -> tuple[int, str | None]:

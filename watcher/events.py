@@ -19,6 +19,17 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_iso(value: Any) -> datetime | None:
+    """An ISO 8601 time as SendGrid sends it (a trailing Z, or no zone: UTC); None when it is not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def event_type(outcome: Outcome) -> str:
     return f"contact_import.{outcome.value}"
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 import structlog
 
 from watcher.errors import StoreUnavailable
+from watcher.events import parse_iso
 from watcher.learning import (
     ANY,
     HALF_LIFE,
@@ -60,13 +60,8 @@ def job_key(job: JobState, snapshot: Snapshot | None = None) -> Key:
 
 
 def _epoch(value: object) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    parsed = parse_iso(value)
+    return None if parsed is None else parsed.timestamp()
 
 
 def origin(job: JobState, snapshot: Snapshot | None = None) -> float:

@@ -4,17 +4,16 @@ carries on; fatal ones are one line naming the file."""
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.contract.storekit import LEASE, NOW, add, claim_one, ids, make_delivery, poll, token
+from tests.helpers import fill, mounted_tmpfs
 from watcher.errors import StoreBroken, StoreUnavailable
 from watcher.models import JobRef
 from watcher.store import SqliteStore, sqlite_db
@@ -23,38 +22,8 @@ from watcher.store import SqliteStore, sqlite_db
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted afterwards."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write zeros until the disk says it is full; the filler file is returned for freeing."""
-    filler = directory / "filler"
-    chunk = b"\0" * 65_536
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(chunk)
-        except OSError as exc:
-            assert errno.ENOSPC == exc.errno
-        try:
-            while True:
-                out.write(b"\0" * 512)  # the last partial chunk too
-        except OSError:
-            pass
-    return filler
+    with mounted_tmpfs(tmp_path / "disk", "2m") as disk:
+        yield disk
 
 
 async def open_store(path: Path) -> SqliteStore:

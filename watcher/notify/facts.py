@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from watcher.events import ALERT_EVENT
+from watcher.events import ALERT_EVENT, parse_iso
 from watcher.models import Outcome
 
 ALERT = "alert"
@@ -74,19 +73,9 @@ def alert_kind(event: Mapping[str, Any]) -> str:
     return str(data_of(event).get("alert") or "unknown")
 
 
-def parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def span_seconds(data: Mapping[str, Any]) -> float | None:
     """finished_at - started_at of a data mapping, when both are readable."""
-    start, end = parse_time(data.get("started_at")), parse_time(data.get("finished_at"))
+    start, end = parse_iso(data.get("started_at")), parse_iso(data.get("finished_at"))
     if start is None or end is None:
         return None
     return max(0.0, (end - start).total_seconds())

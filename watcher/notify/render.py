@@ -40,7 +40,6 @@ from watcher.notify.facts import (
     labels,
     look,
     outcome_of,
-    parse_time,
 )
 from watcher.notify.message import message_from_event
 from watcher.notify.samples import ALERT_SAMPLES, SUMMARY_SAMPLES, sample_alert, sample_event, sample_events
@@ -66,7 +65,6 @@ __all__ = [
     "labels",
     "look",
     "outcome_of",
-    "parse_time",
     "render_override",
     "render_template",
     "rendered",
