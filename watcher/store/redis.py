@@ -17,8 +17,8 @@ ZRANGEBYSCORE and an expired lease becomes due again for any replica. A claimed
 record's `owner` field holds its lease token and `lease_until` the expiry in the lease
 clock: the server's TIME by default, so a replica whose clock runs ahead cannot take a
 live lease (the scripts check the expiry, the score only finds candidates). Scripts
-build record keys from the prefix; for Redis Cluster use a hash-tagged prefix such as
-"{import-watcher}" so every key lands in one slot. The scripts are in redis_scripts.
+build record keys from the prefix, so they touch keys they do not declare: Redis Cluster is
+not supported (README, Scaling out). The scripts are in redis_scripts.
 
 Layout 1 (before tombstones) lacked P:dlvs:deadline and P:dlvs:due:n:*; `open` builds them
 and moves to 2.
