@@ -124,12 +124,12 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "store-down-at-start-fatal",
-        "watcher/daemon.py",
-        """                await self.store.open()
-            except StoreUnavailable as exc:""",
-        """                await self.store.open()
-            except StoreUnavailable as exc:
-                raise""",
+        "watcher/supervise.py",
+        """            await store.open()
+        except StoreUnavailable as exc:""",
+        """            await store.open()
+        except StoreUnavailable as exc:
+            raise""",
         ("tests/test_promises.py::test_the_daemon_waits_for_a_store_that_is_down_at_start",),
         "a store unreachable at start stops the daemon instead of being retried",
     ),
