@@ -111,7 +111,8 @@ async def test_three_replicas_one_killed_share_the_work_exactly_once(tmp_path: P
         await cluster.push(ids)
         config = cluster.config(
             tmp_path, fake.base_url, hook.url,
-            polling="initial_delay: 0s\n  min_interval: 200ms\n  max_interval: 500ms\n  deadline: 60s",
+            # max_interval above the fake's 1 s window: budget waits are clamped to it (issue #10).
+            polling="initial_delay: 0s\n  min_interval: 200ms\n  max_interval: 1500ms\n  deadline: 60s",
         )
         logs = [tmp_path / f"replica-{n}.log" for n in range(REPLICAS)]
         async with replicas(config, logs) as procs:
@@ -153,7 +154,8 @@ async def test_three_replicas_share_one_rate_budget(tmp_path: Path, cluster: Clu
         await cluster.push(ids)
         config = cluster.config(
             tmp_path, fake.base_url, hook.url,
-            polling="initial_delay: 0s\n  min_interval: 200ms\n  max_interval: 500ms\n  deadline: 60s",
+            # max_interval above the fake's 1 s window: budget waits are clamped to it (issue #10).
+            polling="initial_delay: 0s\n  min_interval: 200ms\n  max_interval: 1500ms\n  deadline: 60s",
         )
         logs = [tmp_path / f"replica-{n}.log" for n in range(REPLICAS)]
         async with replicas(config, logs) as procs:
