@@ -109,10 +109,13 @@ async def test_each_stuck_job_warns_once_a_batch_window_once_and_all_are_watched
         jobs: sorted(notifiers) for jobs, notifiers in by_message.items()
     }
     solo = next(d.event["data"] for d in warnings if d.job_id == "solo-1")
-    assert ("pending", 120, "solo-1") == (solo["status"], solo["pending_for"], solo["job_id"])
+    # Warned at the first poll at or past warn_after (120 s); the test's clock moves in 10 s steps
+    # and a loaded machine may leave a poll for the next step, so that poll is at 120 or 130 s.
+    assert ("pending", "solo-1") == (solo["status"], solo["job_id"])
+    assert 120 <= solo["pending_for"] <= 130
     jobs = {job.id: job for job in await store.list_jobs()}
     assert {"completed"} == {job.state for job in jobs.values()}
-    assert T0 + 120 == jobs["b-3"].stuck_at
+    assert jobs["b-3"].stuck_at is not None and T0 + 120 <= jobs["b-3"].stuck_at <= T0 + 130
     assert answers.polls["b-1"] > 13  # polled every 10 s from 0 to 290 s, warned at 120 s
     # Outcomes as usual: the chat notifier has batched completions in the summary, the webhook each.
     outcomes = [d for d in await store.list_deliveries() if d.event_type == "contact_import.completed"]
