@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from watcher.notify.message import Message, Section
+from watcher.notify.message import Message, Section, fit_lines
 
 # Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -99,14 +99,9 @@ def _section(text: str) -> dict[str, Any]:
 def _items(section: Section) -> dict[str, Any]:
     """A heading and the first items that fit, then "and N more" for everything left out."""
     head = f"*{clip(escape(section.heading), MAX_LINE)}*"
-    budget = MAX_SECTION_TEXT - len(head) - 40  # room for the "and N more" line
-    shown: list[str] = []
-    for line in section.lines[:MAX_ITEMS]:
-        item = f"• {clip(escape(line), MAX_LINE)}"
-        if len(item) + 1 > budget:
-            break
-        shown.append(item)
-        budget -= len(item) + 1
-    more = section.more + len(section.lines) - len(shown)
+    shown, more = fit_lines(
+        section, budget=MAX_SECTION_TEXT - len(head) - 40,  # room for the "and N more" line
+        max_items=MAX_ITEMS, render=lambda line: f"• {clip(escape(line), MAX_LINE)}",
+    )
     tail = [f"_… and {more:,} more_"] if more > 0 else []
     return _section("\n".join([head, *shown, *tail]))

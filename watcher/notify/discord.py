@@ -26,7 +26,7 @@ from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
 from watcher.models import Delivery
 from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
 from watcher.notify.chat import ChatNotifier, Outgoing, encode, json_answer, secret_url, transport_fields
-from watcher.notify.message import Message, Section, Severity, message_from_event
+from watcher.notify.message import Message, Section, Severity, fit_lines, message_from_event
 from watcher.notify.pacing import Pacer, destination_key, pacer_for
 from watcher.notify.webhook import reveal
 from watcher.schema import Field, optional_string
@@ -137,15 +137,10 @@ def _link_fields(message: Message) -> list[tuple[str, str, bool]]:
 
 def _section_field(section: Section) -> tuple[str, str, bool]:
     """A heading and the first items that fit in one field, then "and N more"."""
-    budget = MAX_FIELD_VALUE - 40  # room for the "and N more" line
-    shown: list[str] = []
-    for line in section.lines[:_MAX_ITEMS]:
-        item = f"• {clip(escape(line), 300)}"
-        if units(item) + 1 > budget:
-            break
-        shown.append(item)
-        budget -= units(item) + 1
-    more = section.more + len(section.lines) - len(shown)
+    shown, more = fit_lines(
+        section, budget=MAX_FIELD_VALUE - 40,  # room for the "and N more" line
+        max_items=_MAX_ITEMS, render=lambda line: f"• {clip(escape(line), 300)}", size=units,
+    )
     tail = [f"*… and {more:,} more*"] if more > 0 else []
     return escape(section.heading), "\n".join([*shown, *tail]) or "—", False
 

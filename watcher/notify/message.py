@@ -8,7 +8,7 @@ targets that draw tables) and links. Renderers decide how much of it fits their 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -271,3 +271,18 @@ def footer_of(event: Mapping[str, Any]) -> str:
     if isinstance(watch, Mapping) and watch.get("detected_at") and not f.is_alert(event):
         return f"{event.get('type', '')} · detected {watch['detected_at']}"
     return f"{event.get('type', '')} · {event.get('timestamp', '')}"
+
+
+def fit_lines(
+    section: Section, *, budget: int, max_items: int, render: Callable[[str], str], size: Callable[[str], int] = len
+) -> tuple[list[str], int]:
+    """The section's first items, rendered, that fit in `budget` (each counted with a newline),
+    and how many are left out ("and N more", the event's own `more` included)."""
+    shown: list[str] = []
+    for line in section.lines[:max_items]:
+        item = render(line)
+        if size(item) + 1 > budget:
+            break
+        shown.append(item)
+        budget -= size(item) + 1
+    return shown, section.more + len(section.lines) - len(shown)
