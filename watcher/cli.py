@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
+from watcher import cli_backups, cli_jobs
 from watcher.cli_commands import (
     EXIT_OK,
     EXIT_RUNTIME,
@@ -28,6 +29,9 @@ from watcher.cli_commands import notify_test as _notify_test  # noqa: F401 - tes
 from watcher.config import Config, FileSourceSettings, load_config
 from watcher.errors import ConfigError, InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
 from watcher.models import validate_batch_name, validate_job_id
+
+#: Modules adding commands of their own: import/export (cli_jobs), backup/backups/restore (cli_backups).
+_COMMAND_MODULES = (cli_jobs, cli_backups)
 
 
 def package_version() -> str:
@@ -94,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which sample: a job's outcome (default), a batch summary, stuck warnings (one job, "
                            "and several of one batch), a digest, or all of them")
     with_config("healthcheck", "exit 0 if the daemon is fully started and its heartbeat is fresh")
+    for module in _COMMAND_MODULES:
+        module.add_parsers(with_config)
     commands.add_parser("demo", help="watch sample jobs on the bundled fake SendGrid; no setup, no network",
                         description="watch sample jobs on the bundled fake SendGrid; no setup, no network")
     fake = commands.add_parser("fake-sendgrid", help="serve the bundled fake SendGrid API",
@@ -141,6 +147,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(config, until_idle=args.until_idle)
     if args.command == "healthcheck":
         return _healthcheck(config)
+    for module in _COMMAND_MODULES:
+        if args.command in module.COMMANDS:
+            return module.run(args.command, config, args)
     return asyncio.run(store_command(config, args, since))
 
 
