@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from watcher import cli_backups, cli_jobs
 from watcher.cli_commands import (
@@ -30,8 +30,17 @@ from watcher.config import Config, FileSourceSettings, load_config
 from watcher.errors import ConfigError, InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
 from watcher.models import validate_batch_name, validate_job_id
 
+
+class _CommandModule(Protocol):
+    COMMANDS: frozenset[str]
+
+    def add_parsers(self, with_config: Callable[[str, str], argparse.ArgumentParser]) -> None: ...
+
+    def run(self, command: str, config: Config, args: argparse.Namespace) -> int: ...
+
+
 #: Modules adding commands of their own: import/export (cli_jobs), backup/backups/restore (cli_backups).
-_COMMAND_MODULES = (cli_jobs, cli_backups)
+_COMMAND_MODULES: tuple[_CommandModule, ...] = (cli_jobs, cli_backups)
 
 
 def package_version() -> str:
