@@ -215,9 +215,10 @@ async def test_csv_import_waits_for_its_upload(
 ) -> None:
     """An import is pending until its gzip CSV is uploaded, then counts rows by field_mappings."""
     async with http.put(f"{fake.base_url}{IMPORTS}",
-                        json={"file_type": "csv", "field_mappings": [None, "e1_T"]}) as r:
+                        json={"file_type": "csv", "field_mappings": [None, "_rf2_T"]}) as r:
         created = await r.json()
-    assert [{"header": "Content-Encoding", "value": "gzip"}] == created["upload_headers"]
+    assert [{"header": "Content-Encoding", "value": "gzip"}, {"header": "Content-Type", "value": "text/csv"},
+            {"header": "x-amz-server-side-encryption", "value": "aws:kms"}] == created["upload_headers"]
     clock.advance(3600)
     assert "pending" == (await get_job(http, fake, created["job_id"]))[1]["status"]
     csv_body = b"name,mail\nA,a@example.com\nB,not-an-email\nC,c@example.com\n"
@@ -226,7 +227,7 @@ async def test_csv_import_waits_for_its_upload(
         created["upload_uri"], data=gzip.compress(csv_body), headers=headers
     ) as r:
         assert 200 == r.status
-    clock.advance(fake.default_pending_for)
+    clock.advance(fake.lifecycle.import_seconds)
     _, body = await get_job(http, fake, created["job_id"])
     assert ("errored", 3, 2, 1) == (body["status"], body["results"]["requested_count"],
                                     body["results"]["created_count"],
@@ -252,7 +253,9 @@ async def test_control_endpoints_script_and_report(fake: FakeSendGrid,
             stats = await r.json()
         assert {"latency": 0.0, "polls": {"job-1": 3}, "requests_total": 3,
                 "responses_by_status": {"200": 1, "401": 1, "500": 1},
-                "max_concurrent_per_job": {"job-1": 1}} == stats
+                "requests_by_route": {"GET /v3/marketing/contacts/imports/{id}": 3},
+                "max_concurrent_per_job": {"job-1": 1}, "uploads": [], "exports": 0,
+                "contacts_dropped": 0} == stats
         async with plain.post(f"{control}/jobs", json={"id": "j", "bogus": 1}) as r:
             assert 400 == r.status
         async with plain.post(f"{control}/reset"):

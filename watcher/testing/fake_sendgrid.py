@@ -1,16 +1,21 @@
 """A fake Twilio SendGrid Marketing Contacts API, answering like the real one.
 
-It serves the import-status, add-or-update, delete and CSV-import endpoints of
-`tsg_mc_contacts_v3.yaml`, plus the two links the real API hands out (the
-upload URI and the errors CSV) and a `/_control/` JSON API so another process
-can script jobs and faults. All job times come from an injectable `Clock`, so a
-test with a `ManualClock` drives a job's life without sleeping. It is built for
-speed: O(1) per status request and no per-request logging.
+It serves the import-status, add-or-update, delete, CSV-import and export
+endpoints of `tsg_mc_contacts_v3.yaml` and the field definitions of
+`tsg_mc_custom_fields_v3.yaml`, plus the links the real API hands out (the
+upload URI, the errors CSV, the export files), and a `/_control/` JSON API so
+another process can script jobs, exports, contacts and faults. All times come
+from an injectable `Clock`, so a test with a `ManualClock` drives a job's life
+without sleeping. It is built for speed: O(1) per status request and no
+per-request logging.
 
 This module holds the aiohttp app and server: `FakeSendGrid` (lifecycle,
-scripting, auth, rate limit, API and link handlers) and `serve`. The job model
-lives in `jobs`, fault injection in `faults`, the control API in `control` and
-the shared response helpers in `responses`, all under `watcher.testing`.
+scripting, auth, rate limit, contact handlers) and `serve`. Under
+`watcher.testing`: the job model in `jobs`, CSV imports in `fake_imports`,
+exports in `fake_exports`, contacts in `fake_contacts`, field definitions in
+`fake_fields`, import/export settings and S3-style answers in
+`fake_lifecycle`, fault injection in `faults`, the control API in `control`
+and the shared response helpers in `responses`.
 """
 
 from __future__ import annotations
@@ -19,18 +24,23 @@ import asyncio
 import math
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
 from aiohttp import web
 
 from watcher.clock import Clock, SystemClock
 from watcher.testing.control import CONTROL_PREFIX, ControlAPI
+from watcher.testing.fake_contacts import DEFAULT_CONTACT_LIMIT, ContactStore, row_from_json
+from watcher.testing.fake_exports import Export, Exports
+from watcher.testing.fake_fields import DEFAULT_CUSTOM_FIELDS, RESERVED_FIELDS, FieldDefinition, Fields
+from watcher.testing.fake_imports import Imports
+from watcher.testing.fake_lifecycle import LifecycleSettings
 from watcher.testing.faults import FaultPlan, Pauses, inject
 from watcher.testing.jobs import OUTCOMES, Job, contact_problem, outcome_of
 from watcher.testing.responses import sendgrid_error as _error
 
-__all__ = ["DEFAULT_API_KEY", "OUTCOMES", "Answer", "FakeSendGrid", "serve"]
+__all__ = ["DEFAULT_API_KEY", "OUTCOMES", "Answer", "FakeSendGrid", "FieldDefinition", "serve"]
 
 DEFAULT_API_KEY = "SG.fake-key"
 
@@ -42,7 +52,10 @@ class FakeSendGrid:
 
     def __init__(self, *, api_keys: Iterable[str] = (DEFAULT_API_KEY,), clock: Clock | None = None,
                  rate_limit: int | None = None, rate_window: float = 1.0,
-                 base_url: str | None = None, latency: float = 0.0) -> None:
+                 base_url: str | None = None, latency: float = 0.0,
+                 custom_fields: Iterable[FieldDefinition] = DEFAULT_CUSTOM_FIELDS,
+                 reserved_fields: Iterable[FieldDefinition] = RESERVED_FIELDS,
+                 contact_limit: int = DEFAULT_CONTACT_LIMIT) -> None:
         self.api_keys = frozenset(api_keys)
         self.clock: Clock = clock or SystemClock()
         self.rate_limit = rate_limit
@@ -57,12 +70,19 @@ class FakeSendGrid:
         self._runner: web.AppRunner | None = None
         self._pauses = Pauses()  # latency and hangs, cut by close()
         self._in_flight: dict[str, int] = {}
-        self._jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}
+        self._initial_fields = Fields(custom_fields, reserved_fields)
+        self.fields = self._initial_fields
+        self.contacts = ContactStore(contact_limit)
+        self.lifecycle = LifecycleSettings()
+        self.imports = Imports(self)
+        self.exports = Exports(self)
         self._windows: dict[str, list[int]] = {}  # API key -> [window index, requests used]
         self._refused_status: int | None = None
         self.polls: Counter[str] = Counter()
         self.requests_total = 0
         self.responses_by_status: Counter[int] = Counter()
+        self.requests_by_route: Counter[str] = Counter()  # "METHOD /path/{pattern}" -> requests
         self.max_concurrent_per_job: dict[str, int] = {}
         self.last_on_behalf_of: str | None = None
         self.last_user_agent: str | None = None
@@ -72,12 +92,18 @@ class FakeSendGrid:
 
     def _add_routes(self) -> None:
         """Register the API, link and control routes."""
+        api, exports = self._api_route, self.exports
         self.app.add_routes([
             web.get("/v3/marketing/contacts/imports/{id}", self._get_import),
-            web.put("/v3/marketing/contacts", self._api_route(self._put_contacts)),
-            web.delete("/v3/marketing/contacts", self._api_route(self._delete_contacts)),
-            web.put("/v3/marketing/contacts/imports", self._api_route(self._put_import)),
-            web.put("/_upload/{id}", self._upload),
+            web.put("/v3/marketing/contacts", api(self._put_contacts)),
+            web.delete("/v3/marketing/contacts", api(self._delete_contacts)),
+            web.put("/v3/marketing/contacts/imports", api(self.imports.start)),
+            web.post("/v3/marketing/contacts/exports", api(exports.start)),
+            web.get("/v3/marketing/contacts/exports", api(exports.listing)),
+            web.get("/v3/marketing/contacts/exports/{id}", api(exports.status)),
+            web.get("/v3/marketing/field_definitions", api(self._field_definitions)),
+            web.route("*", "/_upload/{id}", self.imports.upload),
+            web.get("/_exports/{id}/{name}", exports.download),
             web.get("/_errors/{id}.csv", self._errors_csv),
             *ControlAPI(self).routes(),
         ])
@@ -119,11 +145,35 @@ class FakeSendGrid:
                    error_rows: list[tuple[str, str]] | None = None, visible_after: float = 0.0,
                    status_override: str | None = None) -> None:
         """Make `job_id` exist: pending for `pending_for` seconds, then `outcome`."""
-        self._jobs[job_id] = Job.scripted(
+        self.jobs[job_id] = Job.scripted(
             job_id, self.clock.now(), outcome=outcome, pending_for=pending_for, job_type=job_type,
             requested=requested, created=created, updated=updated, deleted=deleted,
             errored=errored, error_rows=error_rows, visible_after=visible_after,
             status_override=status_override)
+
+    def script_export(self, export_id: str, *, outcome: str | None = None, pending_for: float | None = None,
+                      file_type: str = "csv", list_ids: Iterable[str] = (), segment_ids: Iterable[str] = (),
+                      max_file_size: int = 5000, message: str | None = None,
+                      url_ttl: float | None = None) -> Export:
+        """Make export `export_id` of the contacts there now; unset arguments follow `lifecycle`."""
+        return self.exports.create(export_id, outcome=outcome, pending_for=pending_for, file_type=file_type,
+                                   list_ids=tuple(list_ids), segment_ids=tuple(segment_ids),
+                                   max_file_size=max_file_size, message=message, url_ttl=url_ttl)
+
+    def set_lifecycle(self, **changes: Any) -> None:
+        """Change LifecycleSettings fields (import/export timing, forced outcomes, URL expiry, file size)."""
+        self.lifecycle = self.lifecycle.changed(**changes)
+
+    def set_custom_fields(self, fields: Iterable[FieldDefinition | Mapping[str, Any]]) -> None:
+        """Replace the custom field definitions (FieldDefinition or {"id", "name", "field_type"})."""
+        parsed = [f if isinstance(f, FieldDefinition) else FieldDefinition.parse(f) for f in fields]
+        self.fields = Fields(parsed, self.fields.reserved)
+
+    def add_contacts(self, contacts: Iterable[Mapping[str, Any]], list_ids: Iterable[str] = ()) -> int:
+        """Store contacts (PUT /v3/marketing/contacts items) at once; returns how many had an identifier."""
+        rows = [row for row in map(row_from_json, contacts) if row is not None]
+        self.contacts.stage(rows[:self.contacts.room()], self.clock.now(), list_ids)
+        return len(rows)
 
     def set_faults(self, *, error_rate: float = 0.0, latency: float = 0.0,
                    malformed_rate: float = 0.0, drop_rate: float = 0.0, timeout_rate: float = 0.0,
@@ -151,8 +201,14 @@ class FakeSendGrid:
         self._refused_status = status if refused else None
 
     def reset(self) -> None:
-        """Forget jobs, counters, faults and key refusal."""
-        self._jobs.clear()
+        """Forget jobs, exports, contacts, counters, faults, key refusal and lifecycle settings."""
+        self.jobs.clear()
+        self.imports.uploads.clear()
+        self.exports.exports.clear()
+        self.contacts.clear()
+        self.lifecycle = LifecycleSettings()
+        self.fields = self._initial_fields
+        self.requests_by_route.clear()
         self._windows.clear()
         self.polls.clear()
         self.requests_total = 0
@@ -167,7 +223,10 @@ class FakeSendGrid:
         """Counters as JSON-ready data."""
         return {"latency": self.latency, "polls": dict(self.polls), "requests_total": self.requests_total,
                 "responses_by_status": {str(k): v for k, v in self.responses_by_status.items()},
-                "max_concurrent_per_job": dict(self.max_concurrent_per_job)}
+                "requests_by_route": dict(self.requests_by_route),
+                "max_concurrent_per_job": dict(self.max_concurrent_per_job),
+                "uploads": [upload.document() for upload in self.imports.uploads.values()],
+                "exports": len(self.exports.exports), "contacts_dropped": self.contacts.dropped}
 
     # -- request pipeline --------------------------------------------------
 
@@ -177,6 +236,8 @@ class FakeSendGrid:
         if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
         self.requests_total += 1
+        route = request.match_info.route.resource
+        self.requests_by_route[f"{request.method} {route.canonical if route else request.path}"] += 1
         try:
             response = await handler(request)
         except web.HTTPNotFound:
@@ -235,7 +296,7 @@ class FakeSendGrid:
             "X-RateLimit-Reset": str(math.ceil((index + 1) * self.rate_window)),
         }
 
-    def _link_base(self, request: web.Request) -> str:
+    def link_base(self, request: web.Request) -> str:
         """Base of the links handed out: base_url once known, else this request's origin."""
         return self.base_url or str(request.url.origin())
 
@@ -260,14 +321,18 @@ class FakeSendGrid:
 
     async def _import_status(self, request: web.Request) -> web.StreamResponse:
         """The ContactImport document, or 404 while unknown or not yet visible."""
-        job = self._jobs.get(request.match_info["id"])
+        job = self.jobs.get(request.match_info["id"])
         now = self.clock.now()
         if job is None or now < job.visible_at:
             return _error(404, "job not found")
-        return web.json_response(job.document(now, self._link_base(request)))
+        return web.json_response(job.document(now, self.link_base(request)))
+
+    async def _field_definitions(self, request: web.Request) -> web.StreamResponse:
+        """GET /v3/marketing/field_definitions: the custom and reserved fields."""
+        return web.json_response(self.fields.document(self.link_base(request)))
 
     async def _put_contacts(self, request: web.Request) -> web.StreamResponse:
-        """PUT /v3/marketing/contacts: queue an upsert job, 202 {"job_id"}."""
+        """PUT /v3/marketing/contacts: queue an upsert job, 202 {"job_id"}; its contacts land when it ends."""
         try:
             body = await request.json()
         except ValueError:
@@ -275,8 +340,13 @@ class FakeSendGrid:
         contacts = body.get("contacts") if isinstance(body, dict) else None
         if not isinstance(contacts, list) or not 1 <= len(contacts) <= 30_000:
             return _error(400, "contacts must hold 1 to 30000 items", "contacts")
+        list_ids = body.get("list_ids", [])
+        if not isinstance(list_ids, list) or not all(isinstance(i, str) for i in list_ids):
+            return _error(400, "list_ids must be an array of strings", "list_ids")
         rejected = [row for row in map(contact_problem, contacts) if row is not None]
-        return self._queue(request, "upsert", len(contacts), rejected)
+        rows = [row for row in (row_from_json(c) for c in contacts if isinstance(c, dict)) if row is not None]
+        self.contacts.stage(rows[:self.contacts.room()], self.clock.now() + self.default_pending_for, list_ids)
+        return self._queue("upsert", len(contacts), rejected)
 
     async def _delete_contacts(self, request: web.Request) -> web.StreamResponse:
         """DELETE /v3/marketing/contacts?ids=a,b or ?delete_all_contacts=true: 202 {"job_id"}."""
@@ -284,10 +354,10 @@ class FakeSendGrid:
         ids = [i for i in query.get("ids", "").split(",") if i]
         if not ids and query.get("delete_all_contacts") != "true":
             return _error(400, "either ids or delete_all_contacts=true is required", "ids")
-        return self._queue(request, "delete", len(ids), [])
+        deleted = self.contacts.delete(self.clock.now(), ids or None)
+        return self._queue("delete", len(ids) or deleted, [])
 
-    def _queue(self, request: web.Request, job_type: str, requested: int,
-               rejected: list[tuple[str, str]]) -> web.Response:
+    def _queue(self, job_type: str, requested: int, rejected: list[tuple[str, str]]) -> web.Response:
         """Script a job that ends after default_pending_for; answer 202 with its id."""
         job_id = str(uuid.uuid4())
         errored = len(rejected)
@@ -298,42 +368,11 @@ class FakeSendGrid:
             deleted=requested if job_type == "delete" else 0)
         return web.json_response({"job_id": job_id}, status=202)
 
-    async def _put_import(self, request: web.Request) -> web.StreamResponse:
-        """PUT /v3/marketing/contacts/imports: a job pending until its CSV is uploaded."""
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "invalid JSON body")
-        if not isinstance(body, dict) or body.get("file_type") != "csv":
-            return _error(400, "file_type must be csv", "file_type")
-        mappings = body.get("field_mappings")
-        if not isinstance(mappings, list) or not mappings:
-            return _error(400, "field_mappings must hold at least 1 item", "field_mappings")
-        job_id = str(uuid.uuid4())
-        now = self.clock.now()
-        email_column = mappings.index("e1_T") if "e1_T" in mappings else None  # email field id
-        self._jobs[job_id] = Job.awaiting_upload(job_id, now, email_column)
-        return web.json_response({
-            "job_id": job_id,
-            "upload_uri": f"{self._link_base(request)}/_upload/{job_id}",
-            "upload_headers": [{"header": "Content-Encoding", "value": "gzip"}],
-        })
-
     # -- links handed out by the API (no auth, like pre-signed URLs) --------
-
-    async def _upload(self, request: web.Request) -> web.StreamResponse:
-        """PUT {upload_uri}: take the CSV (gzip or plain) and let the import job run."""
-        job = self._jobs.get(request.match_info["id"])
-        if job is None:
-            return web.Response(status=404, text="no such upload")
-        if job.ready_at is not None:
-            return web.Response(status=409, text="already uploaded")
-        job.take_upload(await request.read(), self.clock, self.default_pending_for)
-        return web.Response(status=200)
 
     async def _errors_csv(self, request: web.Request) -> web.StreamResponse:
         """GET {errors_url}: the rejected rows as CSV; 403 once the link has expired."""
-        job = self._jobs.get(request.match_info["id"])
+        job = self.jobs.get(request.match_info["id"])
         now = self.clock.now()
         if job is None or "errors_url" not in job.document(now, "").get("results", {}):
             return web.Response(status=404, text="no such file")

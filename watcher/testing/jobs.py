@@ -3,25 +3,20 @@
 A `Job` is pending until its `ready_at` (None while a CSV import waits for its
 upload), then shows its scripted outcome and counts; `document` renders it as
 SendGrid's ContactImport body at a given time. Also here: the defaults behind
-`FakeSendGrid.script_job`, how SendGrid judges contacts and uploaded CSV files,
-and the errors CSV a finished job hands out.
+`FakeSendGrid.script_job`, how SendGrid judges a JSON contact, and the errors
+CSV a finished job hands out. Uploaded files are judged in `fake_imports`.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from watcher.clock import Clock
-
 OUTCOMES = ("completed", "errored", "failed", "pending")
 _SYNTHETIC_REASONS = ("invalid email", "invalid email", "invalid email", "email is required")
-# What an uploaded file can fail with; the job then ends "failed" with the reason.
-UPLOAD_ERRORS = (OSError, EOFError, UnicodeDecodeError, ValueError, csv.Error)
 
 
 def iso(epoch: float) -> str:
@@ -46,7 +41,6 @@ class Job:
     errored: int = 0
     error_rows: list[tuple[str, str]] | None = None
     status_override: str | None = None
-    email_column: int | None = None  # CSV imports: the column field_mappings maps to email
     started_iso: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,10 +69,10 @@ class Job:
             error_rows=rows, status_override=status_override)
 
     @classmethod
-    def awaiting_upload(cls, job_id: str, now: float, email_column: int | None) -> Self:
+    def awaiting_upload(cls, job_id: str, now: float) -> Self:
         """A CSV import job, pending until its file is uploaded."""
         return cls(id=job_id, job_type="upsert", outcome="pending", started_at=now,
-                   ready_at=None, visible_at=now, email_column=email_column)
+                   ready_at=None, visible_at=now)
 
     def document(self, now: float, link_base: str) -> dict[str, Any]:
         """The ContactImport body as seen at `now`."""
@@ -100,18 +94,13 @@ class Job:
                 results["errors_url"] = f"{link_base}/_errors/{self.id}.csv"
         return body
 
-    def take_upload(self, data: bytes, clock: Clock, pending_for: float) -> None:
-        """Judge the uploaded CSV (gzip or plain); the job ends `pending_for` seconds later."""
-        try:
-            requested, rejected = read_upload(data, self.email_column)
-        except UPLOAD_ERRORS as exc:
-            outcome, requested, rejected = "failed", 0, [("", f"unreadable file: {exc}")]
-        else:
-            outcome = outcome_of(requested, len(rejected))
-        self.outcome, self.requested, self.error_rows = outcome, requested, rejected
-        self.errored = min(requested, len(rejected))
-        self.created = requested - self.errored
-        self.ready_at = clock.now() + pending_for
+    def finish(self, ready_at: float, outcome: str, *, requested: int, created: int, updated: int,
+               errored: int, error_rows: list[tuple[str, str]]) -> None:
+        """End an uploaded import at `ready_at` with these counts (an upload's verdict)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, not {outcome!r}")
+        self.outcome, self.ready_at, self.requested = outcome, ready_at, requested
+        self.created, self.updated, self.errored, self.error_rows = created, updated, errored, error_rows
 
     def rejected_rows(self) -> list[tuple[str, str]]:
         """The rows of the errors CSV: scripted ones, or one made-up row per errored row."""
@@ -147,23 +136,3 @@ def contact_problem(contact: object) -> tuple[str, str] | None:
     if not isinstance(email, str) or "@" not in email:
         return (str(email), "invalid email")
     return None
-
-
-def read_upload(data: bytes, email_column: int | None) -> tuple[int, list[tuple[str, str]]]:
-    """Count the CSV's data rows and reject those without an '@' in the email column."""
-    if data[:2] == b"\x1f\x8b":  # gzip sent without Content-Encoding
-        data = gzip.decompress(data)
-    rows = [row for row in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if any(row)]
-    if not rows:
-        raise ValueError("empty file")
-    header = [cell.strip().lower() for cell in rows[0]]
-    if email_column is not None:
-        column = email_column
-    else:
-        column = header.index("email") if "email" in header else 0
-    rejected = []
-    for row in rows[1:]:
-        email = row[column].strip() if column < len(row) else ""
-        if "@" not in email:
-            rejected.append((email, "invalid email" if email else "email is required"))
-    return len(rows) - 1, rejected
