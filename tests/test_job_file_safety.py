@@ -46,7 +46,7 @@ def test_only_small_regular_job_files_are_read(tmp_path: Path, kind: str) -> Non
         ("- {id: 0123}", "jobs[0]: a job id must be a string, got the number 83: quote it, e.g. '12345'"),
         ("- {id: j1, labels: {n: .nan}}", "jobs[0]: `labels` must be a mapping of strings or finite numbers"),
         ("- {id: j1, labels: {n: -.inf}}", "jobs[0]: `labels` must be a mapping of strings or finite numbers"),
-        ("- {id: j1, again: true}", "jobs[0]: unknown key 'again' (expected id, labels, notify, batch)"),
+        ("- {id: j1, again: true}", "jobs[0]: unknown key 'again' (expected id, labels, notify, batch, kind, account)"),
     ],
 )
 def test_odd_job_entries_are_located_problems(tmp_path: Path, line: str, message: str) -> None:

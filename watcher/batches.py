@@ -18,14 +18,18 @@ from watcher.models import Batch, JobState, Outcome
 BATCH_FINISHED = "contact_import.batch_finished"
 STUCK = "contact_import.stuck"
 
-#: Worst first: a batch's status is the first of these that any of its jobs ended with.
+#: Worst first: a batch's status is the first of these that any of its jobs ended with
+#: (an export's failure is as bad as an import's failed; ready as good as completed).
 SEVERITY_ORDER: tuple[str, ...] = (
     Outcome.FAILED.value,
+    Outcome.FAILURE.value,
     Outcome.ERRORED.value,
     Outcome.TIMED_OUT.value,
     Outcome.NOT_FOUND.value,
     Outcome.COMPLETED.value,
+    Outcome.READY.value,
 )
+_CLEAN = frozenset({Outcome.COMPLETED, Outcome.READY})
 TOTAL_KEYS = ("requested_count", "created_count", "updated_count", "deleted_count", "errored_count")
 MAX_NOT_COMPLETED = 20
 MAX_TOP_REASONS = 5
@@ -33,7 +37,8 @@ MAX_STUCK_LISTED = 100
 
 
 def batch_status(outcomes: Mapping[str, int]) -> str:
-    """The worst outcome with a count above zero (failed > errored > timed_out > not_found > completed)."""
+    """The worst outcome with a count above zero (failed > failure > errored > timed_out > not_found >
+    completed > ready)."""
     for outcome in SEVERITY_ORDER:
         if outcomes.get(outcome, 0) > 0:
             return outcome
@@ -127,10 +132,10 @@ def top_reasons(reasons: Mapping[str, int], limit: int = MAX_TOP_REASONS) -> lis
 
 
 def not_completed(jobs: Sequence[JobState], limit: int = MAX_NOT_COMPLETED) -> list[dict[str, Any]]:
-    """The first `limit` jobs (in the order given) that did not complete cleanly."""
+    """The first `limit` jobs (in the order given) that did not complete cleanly (nor exports end ready)."""
     listed: list[dict[str, Any]] = []
     for job in jobs:
-        if job.outcome is Outcome.COMPLETED:
+        if job.outcome in _CLEAN:
             continue
         results = job.snapshot.results if job.snapshot else {}
         outcome = job.outcome.value if job.outcome else "pending"
@@ -181,6 +186,7 @@ def _stuck_data(job: JobState, now: float) -> dict[str, Any]:
         job, outcome=Outcome.COMPLETED, snapshot=job.snapshot, polls=job.polls, detected_at=now
     )["data"]
     data["status"] = "pending"
+    data.setdefault("job_id", job.id)  # an export's data names it export_id: every warning has a job_id
     data["pending_for"] = _pending_for(job, now)
     if job.batch is not None:
         data["batch"] = job.batch

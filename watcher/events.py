@@ -1,4 +1,10 @@
-"""The event bodies every notifier renders: fixed once, identical on every retry."""
+"""The event bodies every notifier renders: fixed once, identical on every retry.
+
+A finished import is a `contact_import.<outcome>` event, a finished export a
+`contact_export.<outcome>` one (DESIGN.md "Outcomes and notifications", "Starting imports,
+exports and backups"). A job of a named account carries `data.account` (absent for the
+default account, so the default shape stays as documented).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from watcher.models import JobState, Outcome, Snapshot
+from watcher.models import JobKind, JobState, Outcome, Snapshot
 
 ALERT_EVENT = "watcher.alert"
 
@@ -30,8 +36,12 @@ def parse_iso(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def event_type(outcome: Outcome) -> str:
-    return f"contact_import.{outcome.value}"
+#: The event type prefix of each kind of job.
+EVENT_PREFIX: dict[JobKind, str] = {JobKind.IMPORT: "contact_import", JobKind.EXPORT: "contact_export"}
+
+
+def event_type(outcome: Outcome, kind: JobKind = JobKind.IMPORT) -> str:
+    return f"{EVENT_PREFIX[kind]}.{outcome.value}"
 
 
 def outcome_event(
@@ -43,8 +53,12 @@ def outcome_event(
     detected_at: float,
     errors: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The DESIGN.md webhook body for a job's final outcome."""
+    """The DESIGN.md webhook body for a job's final outcome (an export's: see export_data)."""
     snap = snapshot or Snapshot()
+    watch = {"added_at": iso(job.added_at), "detected_at": iso(detected_at), "polls": polls}
+    if job.kind is JobKind.EXPORT:
+        return {"type": event_type(outcome, job.kind), "timestamp": iso(detected_at),
+                "data": export_data(job, outcome, snap, watch)}  # fmt: skip
     data: dict[str, Any] = {
         "job_id": job.id,
         "status": outcome.value,
@@ -53,13 +67,47 @@ def outcome_event(
         "started_at": snap.started_at,
         "finished_at": snap.finished_at,
         "labels": dict(job.labels),
-        "watch": {"added_at": iso(job.added_at), "detected_at": iso(detected_at), "polls": polls},
+        "watch": watch,
     }
     if errors is not None:
         data["errors"] = dict(errors)
-    if job.batch is not None:
-        data["batch"] = job.batch  # so a receiver can tie each job event to its batch summary
+    _tie(data, job)
     return {"type": event_type(outcome), "timestamp": iso(detected_at), "data": data}
+
+
+def export_data(job: JobState, outcome: Outcome, snap: Snapshot, watch: dict[str, Any]) -> dict[str, Any]:
+    """A `contact_export.<outcome>` event's data: `export_id`, `status`, `contact_count`, `urls`
+    (the download links, short-lived: until `expires_at`), `expires_at`, `labels`, `watch`; plus
+    `started_at`/`finished_at` as for an import, `job_type` (its export_type) when given and
+    `message` when SendGrid said why it failed."""
+    results = snap.results
+    urls = results.get("urls")
+    count = results.get("contact_count")
+    data: dict[str, Any] = {
+        "export_id": job.id,
+        "status": outcome.value,
+        "contact_count": int(count) if isinstance(count, float) and count.is_integer() else count,
+        "urls": [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else [],
+        "expires_at": results.get("expires_at"),
+        "started_at": snap.started_at,
+        "finished_at": snap.finished_at,
+        "labels": dict(job.labels),
+        "watch": watch,
+    }
+    if snap.job_type is not None:
+        data["job_type"] = snap.job_type  # the export_type, when SendGrid gave one
+    if isinstance(message := results.get("message"), str):
+        data["message"] = message
+    _tie(data, job)
+    return data
+
+
+def _tie(data: dict[str, Any], job: JobState) -> None:
+    """The batch (so a receiver can tie each job event to its batch summary) and the named account."""
+    if job.batch is not None:
+        data["batch"] = job.batch
+    if job.account is not None:
+        data["account"] = job.account
 
 
 def alert_event(kind: str, message: str, *, at: float, **details: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from watcher.errors import InvalidJobId
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BATCH_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+ACCOUNT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def validate_job_id(job_id: object) -> str:
@@ -29,22 +30,61 @@ def validate_batch_name(name: object) -> str:
     return name
 
 
+def validate_account_name(name: object) -> str:
+    """Return the account name unchanged, or raise ValueError (1 to 64 of A-Z a-z 0-9 - _ .)."""
+    if not isinstance(name, str) or not ACCOUNT_NAME_PATTERN.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ValueError(f"invalid account name {shown}: expected 1 to 64 characters of A-Z a-z 0-9 - _ .")
+    return name
+
+
+class JobKind(StrEnum):
+    """What a watched job is: a contact import (also upserts and deletes) or a contact export."""
+
+    IMPORT = "import"
+    EXPORT = "export"
+
+
+_KINDS = frozenset(kind.value for kind in JobKind)
+
+
+def parse_kind(value: object) -> JobKind:
+    """A job kind as given ("import" or "export"); ValueError otherwise."""
+    if isinstance(value, str) and value in _KINDS:
+        return JobKind(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise ValueError(f"invalid kind {shown}: expected import or export")
+
+
 class Outcome(StrEnum):
-    """How a watched job ended."""
+    """How a watched job ended (ready and failure end exports; timed_out and not_found either kind)."""
 
     COMPLETED = "completed"
     ERRORED = "errored"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     NOT_FOUND = "not_found"
+    READY = "ready"
+    FAILURE = "failure"
 
 
-#: SendGrid statuses that end a job, mapped to our outcome.
+#: SendGrid import statuses that end a job, mapped to our outcome.
 TERMINAL_STATUSES: Mapping[str, Outcome] = {
     "completed": Outcome.COMPLETED,
     "errored": Outcome.ERRORED,
     "failed": Outcome.FAILED,
 }
+
+#: SendGrid export statuses that end a job (the spec's Status enum: pending, ready, failure).
+EXPORT_TERMINAL_STATUSES: Mapping[str, Outcome] = {
+    "ready": Outcome.READY,
+    "failure": Outcome.FAILURE,
+}
+
+
+def terminal_statuses(kind: JobKind) -> Mapping[str, Outcome]:
+    """The statuses that end a job of this kind: an import never ends "ready", an export never "completed"."""
+    return EXPORT_TERMINAL_STATUSES if kind is JobKind.EXPORT else TERMINAL_STATUSES
 
 WATCHING = "watching"
 
@@ -65,16 +105,26 @@ class JobRef:
     labels: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None  # overrides routes when set
     batch: str | None = None  # the batch it belongs to (one summary for all its jobs)
+    kind: JobKind = JobKind.IMPORT
+    account: str | None = None  # the SendGrid account it lives in; None: the default one
 
     def __post_init__(self) -> None:
         validate_job_id(self.id)
         if self.batch is not None:
             validate_batch_name(self.batch)
+        object.__setattr__(self, "kind", parse_kind(self.kind))
+        if self.account is not None:
+            validate_account_name(self.account)
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What SendGrid said about an import at one poll; every field optional."""
+    """What SendGrid said about an import or an export at one poll; every field optional.
+
+    For an export: `job_type` is its export_type, `results` holds contact_count, urls, expires_at
+    and message (what the answer carried), `started_at` its created_at, `finished_at` its
+    completed_at (else updated_at) once it is ready or failed.
+    """
 
     status: str | None = None
     job_type: str | None = None
@@ -153,6 +203,8 @@ class JobState:
     batch: str | None = None
     errors: Mapping[str, Any] | None = None  # the errors-file summary stored with the outcome
     stuck_at: float | None = None  # when its one stuck warning was written
+    kind: JobKind = JobKind.IMPORT  # fixed when the watch starts: an `add` of a known id never changes it
+    account: str | None = None  # None: the default account
 
     @property
     def state(self) -> str:
@@ -160,7 +212,7 @@ class JobState:
 
     @property
     def ref(self) -> JobRef:
-        return JobRef(self.id, self.labels, self.notify, self.batch)
+        return JobRef(self.id, self.labels, self.notify, self.batch, self.kind, self.account)
 
 
 class BatchPhase(StrEnum):

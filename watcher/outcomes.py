@@ -130,11 +130,13 @@ def outcome_deliveries(
     routes: Sequence[Route],
     recipients: Mapping[str, Recipient],
     errors: ErrorsInfo | None,
+    default_account: str | None = None,
 ) -> tuple[list[Delivery], list[str]]:
     """The deliveries of a job's final outcome (one per routed recipient), and their names.
 
     For a job in a batch, a recipient gets its own event only when its `batches.per_job` is on
     or the outcome is one of its `batches.early`; the others hear of it in the batch summary.
+    Routes see the job's kind and account (`default_account` for a job that names none).
     """
     event = outcome_event(
         job,
@@ -153,6 +155,8 @@ def outcome_deliveries(
         labels=job.labels,
         job_type=decision.snapshot.job_type if decision.snapshot else None,
         override=job.notify,
+        kind=job.kind.value,
+        account=job.account or default_account,
     )
     names = tuple(n for n in names if recipients[n].gets_job_event(job, decision.outcome.value))
     # The id depends only on the job (and when it was added), the outcome and the recipient:
@@ -202,6 +206,7 @@ def stuck_deliveries(
     mates: Sequence[JobState],
     routes: Sequence[Route],
     recipients: Mapping[str, Recipient],
+    default_account: str | None = None,
 ) -> list[Delivery]:
     """The `contact_import.stuck` deliveries for `job` (as just polled), routed like outcomes with
     status "pending"; `batches.per_job` does not hold warnings back.
@@ -216,7 +221,7 @@ def stuck_deliveries(
     """
     if job.batch is None:
         event = batches.stuck_event(job, now=now)
-        names = _route_pending(routes, recipients, job.labels, job, job.notify)
+        names = _route_pending(routes, recipients, job.labels, job, job.notify, default_account)
         return [make_delivery(recipients[n], event, now, job.id, job.id, repr(job.added_at), "stuck") for n in names]
     window = math.floor((job.added_at + warn_after) / STUCK_WINDOW)
     listed = [job] + [
@@ -226,7 +231,7 @@ def stuck_deliveries(
     ]
     event = batches.stuck_batch_event(job.batch, listed, now=now)
     # A batch's message has no job's `notify` list to honour (its jobs may differ): routes decide.
-    names = _route_pending(routes, recipients, event["data"]["labels"], job, None)
+    names = _route_pending(routes, recipients, event["data"]["labels"], job, None, default_account)
     return [make_delivery(recipients[n], event, now, None, "stuck", job.batch, str(window)) for n in names]
 
 
@@ -236,9 +241,11 @@ def _route_pending(
     labels: Mapping[str, str],
     job: JobState,
     override: Sequence[str] | None,
+    default_account: str | None,
 ) -> tuple[str, ...]:
     job_type = job.snapshot.job_type if job.snapshot else None
-    return targets(routes, recipients, outcome="pending", labels=labels, job_type=job_type, override=override)
+    return targets(routes, recipients, outcome="pending", labels=labels, job_type=job_type, override=override,
+                   kind=job.kind.value, account=job.account or default_account)  # fmt: skip
 
 
 class _StuckStore(Protocol):
@@ -257,12 +264,13 @@ class StuckWarnings:
 
     def __init__(
         self, store: _StuckStore, *, warn_after: float | None, routes: Sequence[Route],
-        recipients: Mapping[str, Recipient],
+        recipients: Mapping[str, Recipient], default_account: str | None = None,
     ) -> None:
         self.store = store
         self.warn_after = warn_after
         self.routes = routes
         self.recipients = recipients
+        self.default_account = default_account
         self._mates: dict[tuple[str, int], list[JobState]] = {}
 
     async def warn(self, job: JobState, token: str, now: float) -> list[str] | None:
@@ -272,7 +280,8 @@ class StuckWarnings:
             return None
         mates = await self._batch_mates(job.batch, job.added_at + self.warn_after) if job.batch else []
         deliveries = stuck_deliveries(
-            job, now, warn_after=self.warn_after, mates=mates, routes=self.routes, recipients=self.recipients
+            job, now, warn_after=self.warn_after, mates=mates, routes=self.routes, recipients=self.recipients,
+            default_account=self.default_account,
         )
         if not await self.store.mark_stuck(job.id, token=token, now=now, deliveries=deliveries):
             return None
@@ -296,57 +305,71 @@ class _MetaStore(Protocol):
 
 
 class KeyAlerts:
-    """The key state shared by every replica (meta KEY_STATE = "<ok|refused>:<since>"); each change
-    is written with its alerts in one transaction, so exactly one replica sends each alert."""
+    """The key state shared by every replica (meta KEY_STATE = "<ok|refused>:<since>"; a named
+    account's own under "KEY_STATE:<account>"); each change is written with its alerts in one
+    transaction, so exactly one replica sends each alert."""
 
     def __init__(
-        self, store: _MetaStore, recipients: Mapping[str, Recipient], clock: Clock, on_alerts: Callable[[], None]
-    ) -> None:
+        self, store: _MetaStore, recipients: Mapping[str, Recipient], clock: Clock, on_alerts: Callable[[], None],
+        *, account: str | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.recipients = recipients
         self.clock = clock
         self.on_alerts = on_alerts
+        self.account = account
+        self.meta_key = KEY_STATE if account is None else f"{KEY_STATE}:{account}"
         self.state: str | None = None  # what this process last saw; None until it knows
         self._lock = asyncio.Lock()  # many runners see the same answer at once
 
+    def _whose(self) -> str:
+        return "the API key" if self.account is None else f"the API key of account {self.account!r}"
+
     async def refused(self, exc: KeyRefused) -> None:
-        await self._move("refused", f"SendGrid refused the API key (HTTP {exc.status}): {exc.message}")
+        await self._move("refused", f"SendGrid refused {self._whose()} (HTTP {exc.status}): {exc.message}")
+
+    async def unknown_account(self) -> None:
+        """A job names an account this watcher is not configured with: told once, like a refused key."""
+        message = f"jobs name account {self.account!r}, which is not configured: they wait until their deadline"
+        await self._move("refused", message, "unknown_account")
 
     async def works(self) -> None:
         """An answer came: the key works (a no-op once known, as every poll answers)."""
         if self.state != "ok":
-            await self._move("ok", "SendGrid accepts the API key again")
+            await self._move("ok", f"SendGrid accepts {self._whose()} again")
 
-    async def _move(self, new: str, message: str) -> None:
+    async def _move(self, new: str, message: str, alert: str | None = None) -> None:
         async with self._lock:
             if self.state == new:
                 return
             for _ in range(3):  # another replica may move the state between our read and write
-                if await self._try(new, message):
+                if await self._try(new, message, alert):
                     self.state = new
                     return
 
-    async def _try(self, new: str, message: str) -> bool:
-        """Move KEY_STATE to `new` with its alerts in one transaction; False when it moved under us."""
-        previous = await self.store.get_meta(KEY_STATE)
+    async def _try(self, new: str, message: str, alert: str | None) -> bool:
+        """Move the key state to `new` with its alerts in one transaction; False when it moved under us."""
+        previous = await self.store.get_meta(self.meta_key)
         previous_state = previous.split(":", 1)[0] if previous else None
         now = self.clock.now()
         if previous_state == new or (previous_state is None and new == "ok"):
             # Nothing to tell: already so, or the first answer of a working key.
             return previous is not None or await self.store.transition_meta(
-                KEY_STATE, expected=None, value=f"{new}:{now}"
+                self.meta_key, expected=None, value=f"{new}:{now}"
             )
-        kind = "key_refused" if new == "refused" else "key_accepted"
-        event = alert_event(kind, message, at=now)
+        kind = alert or ("key_refused" if new == "refused" else "key_accepted")
+        details = {} if self.account is None else {"account": self.account}
+        event = alert_event(kind, message, at=now, **details)
         # Replicas racing on the same transition read the same `previous`, so they build
         # the same delivery ids; only one transition is written.
-        alerts = [
-            make_delivery(recipient, event, now, None, kind, previous or "initial")
-            for recipient in self.recipients.values()
-        ]
-        if not await self.store.transition_meta(KEY_STATE, expected=previous, value=f"{new}:{now}", deliveries=alerts):
+        key = (kind, previous or "initial") if self.account is None else (kind, self.account, previous or "initial")
+        alerts = [make_delivery(recipient, event, now, None, *key) for recipient in self.recipients.values()]
+        written = await self.store.transition_meta(
+            self.meta_key, expected=previous, value=f"{new}:{now}", deliveries=alerts
+        )
+        if not written:
             return False
-        log.warning("watcher.alert", alert=kind, message=message)
+        log.warning("watcher.alert", alert=kind, message=message, **details)
         if alerts:
             self.on_alerts()
         return True

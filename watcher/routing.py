@@ -1,9 +1,12 @@
-"""Who hears about what: pure routing from outcome, labels and job type to notifier names.
+"""Who hears about what: pure routing from outcome, labels, job type, kind and account to notifier names.
 
 A stuck warning is routed with the status "pending": a route whose `when.status` lists
 `pending` sends warnings, a route with any other `when.status` never does, and a route
 without a status condition sends them like every outcome. A batch summary is routed with
-its worst outcome.
+its worst outcome, and no kind or account (a route with either condition never sends it).
+
+`when.kind` (import, export) and `when.account` (account names) match the job's own; a job of
+the default account matches that account's name (the caller passes it).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from watcher.models import Outcome
+from watcher.models import JobKind, Outcome, validate_account_name
 from watcher.yamlloc import Path_, Problems
 
 #: What `when.status` may name: the outcomes, and "pending" for stuck warnings.
 _STATUSES = {o.value for o in Outcome} | {"pending"}
+_KINDS = {k.value for k in JobKind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +31,20 @@ class Route:
     statuses: frozenset[str] | None = None
     labels: Mapping[str, frozenset[str]] | None = None
     job_types: frozenset[str] | None = None
+    kinds: frozenset[str] | None = None
+    accounts: frozenset[str] | None = None
 
-    def matches(self, outcome: str, labels: Mapping[str, str], job_type: str | None) -> bool:
+    def matches(
+        self, outcome: str, labels: Mapping[str, str], job_type: str | None,
+        kind: str | None = None, account: str | None = None,
+    ) -> bool:  # fmt: skip
         if self.statuses is not None and outcome not in self.statuses:
             return False
         if self.job_types is not None and (job_type or "") not in self.job_types:
+            return False
+        if self.kinds is not None and kind not in self.kinds:
+            return False
+        if self.accounts is not None and account not in self.accounts:
             return False
         if self.labels:
             return all(labels.get(key) in allowed for key, allowed in self.labels.items())
@@ -46,6 +59,8 @@ def targets(
     labels: Mapping[str, str],
     job_type: str | None,
     override: Sequence[str] | None = None,
+    kind: str | None = None,
+    account: str | None = None,
 ) -> tuple[str, ...]:
     """Notifier names for one outcome, in configuration order, without duplicates."""
     names = tuple(notifiers)
@@ -54,7 +69,7 @@ def targets(
     elif not routes:
         chosen = set(names)
     else:
-        chosen = {n for r in routes if r.matches(outcome, labels, job_type) for n in r.notify}
+        chosen = {n for r in routes if r.matches(outcome, labels, job_type, kind, account) for n in r.notify}
     return tuple(n for n in names if n in chosen)
 
 
@@ -69,11 +84,11 @@ def parse_route(raw: Any, path: Path_, problems: Problems, names: set[str]) -> R
     notify = _names(raw.get("notify"), (*path, "notify"), problems, names)
     when = raw.get("when") or {}
     if not isinstance(when, dict):
-        problems.add((*path, "when"), "expected a mapping of status, labels, job_type")
+        problems.add((*path, "when"), "expected a mapping of status, labels, job_type, kind, account")
         return None
     for key in when:
-        if key not in {"status", "labels", "job_type"}:
-            problems.add((*path, "when", key), "unknown condition (expected status, labels, job_type)")
+        if key not in {"status", "labels", "job_type", "kind", "account"}:
+            problems.add((*path, "when", key), "unknown condition (expected account, job_type, kind, labels, status)")
     statuses = _strings(when.get("status"), (*path, "when", "status"), problems)
     for status in statuses or ():
         if status not in _STATUSES:
@@ -81,9 +96,27 @@ def parse_route(raw: Any, path: Path_, problems: Problems, names: set[str]) -> R
             problems.add((*path, "when", "status"), f"unknown status {status!r} (expected {expected})")
     job_types = _strings(when.get("job_type"), (*path, "when", "job_type"), problems)
     labels = _labels(when.get("labels"), (*path, "when", "labels"), problems)
+    kinds, accounts = _kinds_accounts(when, (*path, "when"), problems)
     if notify is None:
         return None
-    return Route(notify, statuses, labels, job_types)
+    return Route(notify, statuses, labels, job_types, kinds, accounts)
+
+
+def _kinds_accounts(
+    when: dict[Any, Any], path: Path_, problems: Problems
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """`when.kind` (import, export) and `when.account` (names as accounts are named)."""
+    kinds = _strings(when.get("kind"), (*path, "kind"), problems)
+    for kind in sorted(kinds or ()):
+        if kind not in _KINDS:
+            problems.add((*path, "kind"), f"unknown kind {kind!r} (expected export, import)")
+    accounts = _strings(when.get("account"), (*path, "account"), problems)
+    for account in sorted(accounts or ()):
+        try:
+            validate_account_name(account)
+        except ValueError as exc:
+            problems.add((*path, "account"), str(exc))
+    return kinds, accounts
 
 
 def _names(raw: Any, path: Path_, problems: Problems, names: set[str]) -> tuple[str, ...] | None:

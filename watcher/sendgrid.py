@@ -1,6 +1,7 @@
-"""The SendGrid API client: one call, `get_import`, and the mapping of every answer.
+"""The SendGrid API client: two reads, `get_import` and `get_export`, and the mapping of every answer.
 
-An answer is a Snapshot or one of three exceptions: ImportNotFound (404),
+An answer is a Snapshot (an export's parsed by watcher.sendgrid_exports) or one of three
+exceptions: ImportNotFound (404, for either kind),
 KeyRefused (401/403) and TryLater (everything transient or malformed). Nothing
 from aiohttp or json escapes, and the API key never reaches a message, a log
 line or a repr: it is revealed only into the request headers.
@@ -12,7 +13,7 @@ import asyncio
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -27,9 +28,10 @@ from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.logs import CachedLogger, JobLog
 from watcher.models import Snapshot, validate_job_id
-from watcher.net import base_url_problem, mask_urls_in_text
+from watcher.net import OutboundPolicy, base_url_problem, mask_urls_in_text
 from watcher.ratelimit import RateBudget, reset_seconds, retry_after_seconds
 from watcher.schema import Secret, redact
+from watcher.sendgrid_exports import parse_export
 from watcher.strictjson import check_text
 
 
@@ -67,6 +69,7 @@ log = structlog.get_logger("watcher.sendgrid")
 _log = CachedLogger(log)
 
 _IMPORTS_PATH = "/v3/marketing/contacts/imports/"
+_EXPORTS_PATH = "/v3/marketing/contacts/exports/"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class _Headers:
 
 
 class SendGridClient:
-    """Reads import jobs from SendGrid within the concurrency limit and the rate budget."""
+    """Reads import and export jobs from SendGrid within the concurrency limit and the rate budget."""
 
     def __init__(
         self,
@@ -146,7 +149,9 @@ class SendGridClient:
         self._headers = _Headers(
             CIMultiDict({**self._static_headers, "Authorization": f"Bearer {settings.api_key.reveal()}"})
         )
-        self._known: dict[str, _Known] = {}
+        self._known: dict[str, _Known] = {}  # imports
+        self._known_exports: dict[str, _Known] = {}
+        self._policy = OutboundPolicy.of(settings)  # judges the URLs an export answers with
         self.requests = 0
         #: answers by HTTP status ("200", "429", ...) and failures by kind ("timeout", ...)
         self.responses: Counter[str] = Counter()
@@ -160,11 +165,27 @@ class SendGridClient:
 
     async def get_import(self, job_id: str) -> Snapshot:
         """One poll of an import job; raises ImportNotFound, KeyRefused or TryLater."""
-        known = self._known.get(job_id)
+        return await self._get(job_id, self._known, _IMPORTS_PATH, None)
+
+    async def get_export(self, export_id: str) -> Snapshot:
+        """One poll of a contact export; the same errors and budget as get_import."""
+        return await self._get(export_id, self._known_exports, _EXPORTS_PATH, self._parse_export)
+
+    def _parse_export(self, body: bytes, bound: JobLog) -> Snapshot:
+        snapshot, refused = parse_export(_load_json(body), self._policy)
+        for shown in refused:  # masked by parse_export; a known body is not parsed (nor logged) again
+            bound.warning("sendgrid.export_url_refused", url=shown)
+        return snapshot
+
+    async def _get(
+        self, job_id: str, remembered: dict[str, _Known], path: str, parse: Callable[[bytes, JobLog], Snapshot] | None
+    ) -> Snapshot:
+        """One GET of `path` + id within the concurrency limit and the budget, as a Snapshot
+        (`parse`: None for an import's answer)."""
+        known = remembered.get(job_id)
         if known is None:
             validate_job_id(job_id)  # only valid ids are ever remembered
-            known = _Known(self._url(job_id))
-            remembered = self._known
+            known = _Known(self._url(job_id, path))
             if len(remembered) >= REMEMBERED_JOBS:
                 del remembered[next(iter(remembered))]  # the oldest
             remembered[job_id] = known
@@ -183,7 +204,7 @@ class SendGridClient:
                 self._budget.release()
         finally:
             semaphore.release()
-        return self._interpret(job_id, status, headers, body, bound, known)
+        return self._interpret(job_id, status, headers, body, bound, known, parse)
 
     async def _fetch(self, url: URL | str, bound: JobLog) -> tuple[int, Mapping[str, str], bytes]:
         """Send the request; (status, headers, body read up to its cap)."""
@@ -214,10 +235,10 @@ class SendGridClient:
             bound.debug("sendgrid.response", status=status, seconds=self._clock.now() - started)
         return status, answer_headers, body
 
-    def _url(self, job_id: str) -> URL | str:
+    def _url(self, job_id: str, path: str = _IMPORTS_PATH) -> URL | str:
         """The URL of a (valid) job id, parsed once: the URL aiohttp makes of the string, or
         the string itself when it does not parse (aiohttp then fails the request, as ever)."""
-        text = f"{self._base_url}{_IMPORTS_PATH}{quote(job_id, safe='')}"
+        text = f"{self._base_url}{path}{quote(job_id, safe='')}"
         try:
             return URL(text)
         except ValueError:
@@ -231,13 +252,14 @@ class SendGridClient:
         body: bytes,
         bound: JobLog,
         known: _Known | None = None,
+        parse: Callable[[bytes, JobLog], Snapshot] | None = None,
     ) -> Snapshot:
-        """The answer as a Snapshot, or the exception it stands for."""
+        """The answer as a Snapshot (`parse`: an import's, unless told), or the exception it stands for."""
         if status == 200:
             if known is not None and known.body == body and known.snapshot is not None:
                 return known.snapshot  # the answer this job gave last time, parsed then
             try:
-                snapshot = parse_snapshot(body)
+                snapshot = parse_snapshot(body) if parse is None else parse(body, bound)
             except ValueError as exc:
                 self.responses["malformed"] += 1
                 bound.debug("sendgrid.malformed_body", error=str(exc))

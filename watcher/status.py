@@ -21,11 +21,16 @@ MAX_CURSOR = 200
 TOTALS_PAGE = 500  # jobs per read when summing a batch's totals
 
 
-def job_view(job: JobState, deliveries: Iterable[Delivery]) -> dict[str, Any]:
-    """One job as users see it (DESIGN.md `status --json`)."""
+def job_view(
+    job: JobState, deliveries: Iterable[Delivery], *, expected_finish_at: float | None = None
+) -> dict[str, Any]:
+    """One job as users see it (DESIGN.md `status --json`); `expected_finish_at`: when such jobs end,
+    from the run times of finished ones (watcher.learned), for a running job when known."""
     snapshot = job.snapshot
     return {
         "id": job.id,
+        "kind": job.kind.value,
+        "account": job.account,  # null: the default account
         "state": job.state,
         "polls": job.polls,
         "labels": dict(job.labels),
@@ -33,6 +38,7 @@ def job_view(job: JobState, deliveries: Iterable[Delivery]) -> dict[str, Any]:
         "batch": job.batch,
         "added_at": iso(job.added_at),
         "next_poll_at": iso(job.next_poll_at) if job.outcome is None else None,
+        "expected_finish_at": iso(expected_finish_at) if job.outcome is None else None,
         "status": snapshot.status if snapshot else None,
         "job_type": snapshot.job_type if snapshot else None,
         "results": _finite(dict(snapshot.results)) if snapshot else {},
@@ -62,14 +68,21 @@ def _finite(value: Any) -> Any:
     return value
 
 
-async def job_views(store: StateStore, jobs: Sequence[JobState]) -> list[dict[str, Any]]:
-    """Views of several jobs with one outbox query that never reads the stored event bodies."""
+async def job_views(
+    store: StateStore, jobs: Sequence[JobState], expected: Callable[[JobState], float | None] | None = None
+) -> list[dict[str, Any]]:
+    """Views of several jobs with one outbox query that never reads the stored event bodies;
+    `expected` tells a running job's expected finish (LearnedSchedules.expected_finish at now)."""
     by_job: dict[str, list[Delivery]] = defaultdict(list)
     if jobs:
         for delivery in await store.list_deliveries([j.id for j in jobs], with_events=False):
             if delivery.job_id is not None:
                 by_job[delivery.job_id].append(delivery)
-    return [job_view(job, by_job.get(job.id, [])) for job in jobs]
+    return [
+        job_view(job, by_job.get(job.id, []),
+                 expected_finish_at=expected(job) if expected is not None and job.outcome is None else None)
+        for job in jobs
+    ]
 
 
 def tombstone_view(tombstone: Tombstone) -> dict[str, Any]:

@@ -124,7 +124,7 @@ async def test_counts_by_state(store: StateStore) -> None:
     await finish(store, "f", [make_delivery("d1", job_id="f"), make_delivery("d2", job_id="f")])
     await store.add_deliveries([make_delivery("dead", job_id=None, state=DeliveryState.DEAD)])
     counts = await store.counts()
-    expected_jobs = {state: 0 for state in ("errored", "failed", "timed_out", "not_found")}
+    expected_jobs = {state: 0 for state in ("errored", "failed", "timed_out", "not_found", "ready", "failure")}
     expected_jobs |= {"watching": 1, "completed": 1}
     assert expected_jobs == dict(counts.jobs_by_state)
     assert {"pending": 2, "delivered": 0, "dead": 1} == dict(counts.deliveries_by_state)

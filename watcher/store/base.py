@@ -61,6 +61,8 @@ class StateStore(Protocol):
         False (nothing changes) when the id is already tracked, or tombstoned and `again` is
         False. With `again`, a tombstone is lifted and a final job is replaced by a fresh
         watch (new added_at, so new delivery ids); a job still being watched stays as it is.
+        The ref's kind and account are kept with the job: a known id keeps its own, whatever
+        kind an add names (callers compare and tell, see sources.base.same_job).
         """
 
     async def get_job(self, job_id: str) -> JobState | None: ...

@@ -77,6 +77,8 @@ class MemoryStore(MemoryOutbox):
             added_at=now,
             next_poll_at=first_poll_at,
             batch=ref.batch,
+            kind=ref.kind,
+            account=ref.account,
         )
         self._jobs[ref.id] = _JobRow(job, _Lease(first_poll_at))
         self._job_heap.push(first_poll_at, ref.id)

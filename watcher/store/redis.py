@@ -64,7 +64,7 @@ class RedisStore(RedisBatches):
     def _add_args(ref: JobRef, now: float, first_poll_at: float, again: bool) -> list[str]:
         notify = None if ref.notify is None else list(ref.notify)
         return [ref.id, rows.dumps(dict(ref.labels)), rows.dumps(notify), rows.num(now), rows.num(first_poll_at),
-                "1" if again else "0", ref.batch or ""]  # fmt: skip
+                "1" if again else "0", ref.batch or "", ref.kind.value, ref.account or ""]  # fmt: skip
 
     async def add_job(self, ref: JobRef, *, now: float, first_poll_at: float, again: bool = False) -> bool:
         """Track a job; see StateStore.add_job for tombstones and `again`."""

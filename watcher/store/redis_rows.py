@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from watcher.models import Batch, BatchPhase, Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
+from watcher.models import Batch, BatchPhase, Delivery, DeliveryState, JobKind, JobState, Lease, Outcome, Snapshot
 
 #: Every delivery field but the event body, which is the large part and no view needs.
 DELIVERY_FIELDS_NO_EVENT = (
@@ -64,6 +64,9 @@ def job(h: dict[str, str], *, leased: bool = False) -> JobState:
         batch=h.get("batch") or None,
         errors=json.loads(h.get("errors") or "null"),
         stuck_at=float(h["stuck_at"]) if h.get("stuck_at") else None,
+        # A job written before exports and accounts existed is an import of the default account.
+        kind=JobKind(h.get("kind") or JobKind.IMPORT),
+        account=h.get("account") or None,
     )
 
 

@@ -209,7 +209,8 @@ end
 _LIB = _CORE + BATCH_LIB + _JOBS
 
 _SCRIPTS: dict[str, str] = {
-    # ARGV[3] id, [4] labels, [5] notify, [6] now, [7] first_poll_at, [8] again ("1"/"0"), [9] batch
+    # ARGV[3] id, [4] labels, [5] notify, [6] now, [7] first_poll_at, [8] again ("1"/"0"), [9] batch,
+    # [10] kind, [11] account ("" for the default)
     "add_job": """
 local id, again, batch = ARGV[3], ARGV[8] == '1', ARGV[9]
 if redis.call('HEXISTS', TOMBWHY, id) == 1 then
@@ -224,7 +225,7 @@ end
 redis.call('HSET', jkey(id), 'id', id, 'labels', ARGV[4], 'notify', ARGV[5], 'added_at', ARGV[6],
   'next_poll_at', ARGV[7], 'polls', '0', 'transient_errors', '0', 'snapshot', 'null',
   'outcome', '', 'detected_at', '', 'owner', '', 'lease_until', '', 'batch', batch, 'errors', 'null',
-  'stuck_at', '')
+  'stuck_at', '', 'kind', ARGV[10], 'account', ARGV[11])
 redis.call('ZADD', JDUE, ARGV[7], id)
 redis.call('ZADD', JADDED, ARGV[6], id)
 bump('job:watching', 1)

@@ -68,11 +68,11 @@ __all__ = [
     "migrate",
 ]
 
-_JOB_FIELDS = "(id, labels, notify, added_at, next_poll_at, due_at, batch)"
-_ADD_JOB = f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_JOB_FIELDS = "(id, labels, notify, added_at, next_poll_at, due_at, batch, kind, account)"
+_ADD_JOB = f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 # A tombstoned id stays out unless the caller asks again (then the tombstone goes first).
 _ADD_UNBURIED = (
-    f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} SELECT ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
+    f"INSERT OR IGNORE INTO jobs {_JOB_FIELDS} SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
     " WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?)"
 )
 _BURY = "INSERT OR REPLACE INTO tombstones (id, at, reason) VALUES (?, ?, ?)"
@@ -80,7 +80,8 @@ _BURY = "INSERT OR REPLACE INTO tombstones (id, at, reason) VALUES (?, ?, ?)"
 
 def _add_params(ref: JobRef, now: float, first_poll_at: float) -> tuple[Any, ...]:
     notify = None if ref.notify is None else _dumps(list(ref.notify))
-    return (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at, ref.batch)
+    return (ref.id, _dumps(dict(ref.labels)), notify, now, first_poll_at, first_poll_at, ref.batch,
+            ref.kind.value, ref.account)  # fmt: skip
 
 
 # Fencing: only the current token, and only while its lease lives.

@@ -12,11 +12,11 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from watcher.models import Batch, BatchPhase, Delivery, DeliveryState, JobState, Lease, Outcome, Snapshot
+from watcher.models import Batch, BatchPhase, Delivery, DeliveryState, JobKind, JobState, Lease, Outcome, Snapshot
 
 _JOB_COLUMNS = (
     "id, labels, notify, added_at, next_poll_at, polls, transient_errors, snapshot, outcome, detected_at,"
-    " batch, errors, stuck_at"
+    " batch, errors, stuck_at, kind, account"
 )
 _BATCH_COLUMNS = "name, phase, jobs, final, outcomes, started_at, quiet_since, finished_at, summaries, last_summary_id"
 _DELIVERY_COLUMNS = "id, notifier, event, created_at, next_attempt_at, deadline_at, job_id, state, attempts, last_error"
@@ -73,7 +73,7 @@ def _job(
     `snapshot`, when given, is the row's snapshot already parsed (see _SnapshotMemo).
     """
     job_id, labels, notify, added_at, next_poll_at, polls, transient_errors, text, outcome, detected_at = row[:10]
-    batch, errors, stuck_at = row[10:13]
+    batch, errors, stuck_at, kind, account = row[10:15]
     return JobState(
         job_id,
         labels_of(labels),
@@ -89,6 +89,8 @@ def _job(
         batch,
         None if errors is None else json.loads(errors),
         stuck_at,
+        JobKind(kind),
+        account,
     )
 
 

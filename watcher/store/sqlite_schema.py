@@ -60,8 +60,15 @@ CREATE INDEX batches_all ON batches (started_at, name);
 CREATE INDEX deliveries_dead ON deliveries (created_at, id) WHERE state = 'dead';
 """
 
+# Exports and accounts (issue 14): a job's kind, and the SendGrid account it lives in (NULL: the
+# default). Rows written before read as imports of the default account.
+_SCHEMA_V3 = """
+ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'import';
+ALTER TABLE jobs ADD COLUMN account TEXT;
+"""
+
 #: Migration N takes a database from user_version N to N + 1; append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
