@@ -94,14 +94,14 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
     problems = problems_of(path)
     assert [
         f"{path}:3: sendgrid.max_concurrency: expected a whole number, got str 'lots'",
-        f"{path}:4: sendgrid.colour: unknown key (expected one of allow_insecure, allow_private, api_key, base_url, max_concurrency, max_rate, on_behalf_of, request_timeout)",
+        f"{path}:4: sendgrid.colour: unknown key (expected one of accounts, allow_insecure, allow_private, api_key, base_url, max_concurrency, max_rate, on_behalf_of, request_timeout)",
         f"{path}:6: polling.min_interval: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '5 parsecs'",
         f"{path}:7: polling.deadline: expected a duration like 250ms, 5s, 2m, 1h or 1d, got '-3s'",
         f"{path}:12: notifiers.hook.retries: unknown key (expected one of allow_insecure, headers, secret, timeout, url)",
         f"{path}:14: notifiers.pager.type: unknown notifier type 'carrier-pigeon' (known: {known_types})",
         f"{path}:16: routes[0].notify: unknown notifier 'nobody' (configured: hook)",
         f"{path}:17: shutdown_grace: expected a duration like 250ms, 5s, 2m, 1h or 1d, got 'soon'",
-        f"{path}:18: surprise: unknown key (expected one of batches, digests, heartbeat_file, logging, notifiers, polling, routes, sendgrid, server, shutdown_grace, sources, state)",
+        f"{path}:18: surprise: unknown key (expected one of backups, batches, digests, heartbeat_file, logging, notifiers, polling, routes, sendgrid, server, shutdown_grace, sources, state)",
     ] == problems
 
 
@@ -183,7 +183,7 @@ def test_routes_conditions(tmp_path: Path) -> None:
           - when: {status: [errored, exploded], labels: {team: growth}, job_type: delete}
             notify: out
         """))
-    assert [f"{path}:6: routes[0].when.status: unknown status 'exploded' (expected completed, errored, failed, not_found, pending, timed_out)"] == problems_of(path)
+    assert [f"{path}:6: routes[0].when.status: unknown status 'exploded' (expected completed, errored, failed, failure, not_found, pending, ready, timed_out)"] == problems_of(path)
 
 
 def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
@@ -209,7 +209,7 @@ def test_job_file_problems(tmp_path: Path) -> None:
     assert [
         f"{path}:3: jobs[1]: invalid job id 'bad id!': expected 1 to 64 characters of A-Z a-z 0-9 - _",
         f"{path}:4: jobs[2].notify: unknown notifier 'ghost'",
-        f"{path}:5: jobs[3]: unknown key 'colour' (expected id, labels, notify, batch)",
+        f"{path}:5: jobs[3]: unknown key 'colour' (expected id, labels, notify, batch, kind, account)",
         f"{path}:6: jobs[4]: job good-1 is listed twice",
         f"{path}:7: jobs[5]: a job id must be a string, got the number 12345: quote it, e.g. '12345'",
     ] == problems
@@ -418,7 +418,7 @@ def test_batch_and_stuck_problems_are_located(tmp_path: Path) -> None:
         f"{path}:9: notifiers.hook.batches.late: unknown key (expected early, per_job, summary)",
         f"{path}:9: notifiers.hook.batches.per_job: expected true or false, got 'sometimes'",
         f"{path}:9: notifiers.hook.batches.early: unknown outcome 'exploded' "
-        "(expected completed, errored, failed, not_found, timed_out)",
+        "(expected completed, errored, failed, failure, not_found, ready, timed_out)",
         f"{path}:10: server.public_url: expected a https or http URL, got ftp://watcher.example.com/…",
     ] == problems_of(path)
 

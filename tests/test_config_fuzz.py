@@ -18,7 +18,8 @@ from watcher.sources.file import load_job_file
 KEYS = ["sendgrid", "api_key", "base_url", "polling", "min_interval", "deadline", "state", "url", "sources",
         "type", "path", "notifiers", "routes", "when", "notify", "status", "labels", "server", "listen",
         "token", "webhook", "slack", "email", "console", "to", "secret", "api_key_file", "templates", "text",
-        "max_rate", "max_concurrency", "shutdown_grace", "id", "jobs", "x"]
+        "max_rate", "max_concurrency", "shutdown_grace", "id", "jobs", "x", "accounts", "on_behalf_of",
+        "main", "account", "backups"]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
     st.sampled_from(["5s", "2m", "-1s", "1x", "https://api.sendgrid.com", "http://127.0.0.1:1/h", "whsec_AAAA",
@@ -64,6 +65,14 @@ def test_config_shaped_documents(doc: dict[str, Any]) -> None:
     """Documents with a plausible top level still fail only with located problems."""
     doc.setdefault("sendgrid", {"api_key": "SG.k-1234"})
     _check_config_text(yaml.safe_dump(doc, allow_unicode=True))
+
+
+@FUZZ
+@given(st.one_of(documents, st.dictionaries(st.one_of(st.sampled_from(KEYS), scalars), documents, max_size=4)),
+       st.dictionaries(st.sampled_from(KEYS), documents, max_size=3))
+def test_sendgrid_accounts(accounts: Any, shared: dict[str, Any]) -> None:
+    """Whatever `sendgrid.accounts` and the keys beside it hold, the answer is a Config or located problems."""
+    _check_config_text(yaml.safe_dump({"sendgrid": {**shared, "accounts": accounts}}, allow_unicode=True, sort_keys=False))
 
 
 @FUZZ

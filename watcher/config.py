@@ -6,14 +6,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from watcher import net
 from watcher import schema as s
+from watcher.backups_config import BackupSettings, parse_backups
+from watcher.config_accounts import DEFAULT_ACCOUNT, parse_sendgrid
 from watcher.errors import ConfigError
 from watcher.notify.base import DEFAULT_DELIVERY_DEADLINE
 from watcher.outcomes import BatchChoice, parse_batch_choice
-from watcher.policy import PollPolicy
+from watcher.policy import PollPolicy, Target, parse_target_delay
 from watcher.routing import Route
 from watcher.schedules import DigestSettings, parse_digests
 from watcher.schema import Field, Secret, Validator
@@ -100,22 +103,26 @@ class Config:
     batches: BatchSettings = field(default_factory=BatchSettings)
     digests: tuple[DigestSettings, ...] = ()
     path: Path | None = None
+    #: Every account by name, in file order; `sendgrid` is always the first (the default).
+    accounts: Mapping[str, SendGridSettings] = field(default_factory=dict)
+    backups: tuple[BackupSettings, ...] = ()
+
+    def __post_init__(self) -> None:
+        accounts = dict(self.accounts) or {DEFAULT_ACCOUNT: self.sendgrid}
+        if next(iter(accounts.values())) is not self.sendgrid:
+            raise ValueError("Config.sendgrid must be the first (default) account")
+        object.__setattr__(self, "accounts", MappingProxyType(accounts))
 
     @property
     def notifier_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.notifiers)
 
+    @property
+    def default_account(self) -> str:
+        """The account of a job that names none: the only or first one configured."""
+        return next(iter(self.accounts))
 
-SENDGRID_FIELDS = (
-    Field("api_key", s.secret, required=True, secret=True),
-    Field("base_url", s.url("https", "http"), default="https://api.sendgrid.com"),
-    Field("on_behalf_of", s.optional_string),
-    Field("request_timeout", s.duration(0.001), default=10.0),
-    Field("max_concurrency", s.integer(1, 10_000), default=32),
-    Field("max_rate", s.number(0.001, allow_none=True)),
-    Field("allow_insecure", s.boolean, default=False),  # plain http to a host that is not loopback
-    Field("allow_private", s.boolean, default=False),  # answered URLs may reach private addresses
-)
+
 POLLING_FIELDS = (
     Field("initial_delay", s.duration(), default=2.0),
     Field("min_interval", s.duration(0.001), default=5.0),
@@ -124,6 +131,8 @@ POLLING_FIELDS = (
     Field("not_found_grace", s.duration(), default=120.0),
     Field("growth", s.number(0.01), default=0.2),
     Field("warn_after", s.duration(0.001)),  # None: no stuck warnings
+    Field("target_delay", parse_target_delay, default=Target()),  # a share in (0, 1] or a duration like 30s
+    Field("learn", s.boolean, default=True),  # schedule from the run times of finished jobs
 )
 BATCH_FIELDS = (Field("settle", s.duration(), default=60.0),)
 STATE_FIELDS = (
@@ -155,7 +164,7 @@ LOGGING_FIELDS = (
 COMMON_NOTIFIER_KEYS = {"type", "delivery_deadline", "templates", "batches"}
 TOP_LEVEL = {
     "sendgrid", "polling", "state", "sources", "notifiers", "routes", "server",
-    "shutdown_grace", "logging", "heartbeat_file", "batches", "digests",
+    "shutdown_grace", "logging", "heartbeat_file", "batches", "digests", "backups",
 }
 
 
@@ -185,7 +194,7 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
         if key not in TOP_LEVEL:
             problems.add((key,), f"unknown key (expected one of {', '.join(sorted(TOP_LEVEL))})")
     ctx = Validator(problems, base_dir)
-    sendgrid = ctx.section(data, ("sendgrid",), SENDGRID_FIELDS, required=True)
+    sendgrid, accounts = parse_sendgrid(ctx, data.get("sendgrid"))
     polling = ctx.section(data, ("polling",), POLLING_FIELDS)
     state = ctx.section(data, ("state",), STATE_FIELDS)
     logging = ctx.section(data, ("logging",), LOGGING_FIELDS)
@@ -202,16 +211,18 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     names = {n.name for n in notifiers}
     routes = _routes(ctx, data.get("routes"), names)
     digests = parse_digests(data.get("digests"), problems, names)
+    backups = parse_backups(data.get("backups"), problems, names, tuple(accounts))
     sources = _sources(ctx, data.get("sources"))
     server = _server(ctx, data.get("server"))
     _check_polling(ctx, polling)
     _check_state_url(ctx, state)
-    _check_base_url(ctx, sendgrid)
     _check_lease(ctx, state, sendgrid, notifiers)
-    if problems or sendgrid is None:
+    if problems or not accounts:
         return None
     return Config(
-        sendgrid=SendGridSettings(**sendgrid),
+        sendgrid=next(iter(accounts.values())),
+        accounts=accounts,
+        backups=tuple(backups),
         polling=PollPolicy(**(polling or {})),
         state=StateSettings(**(state or {})),
         sources=tuple(sources),
@@ -354,15 +365,6 @@ def _check_state_url(ctx: Validator, state: Mapping[str, Any] | None) -> None:
             s.url("redis", "rediss")(url)
         except ValueError as exc:
             ctx.problems.add(("state", "url"), str(exc))
-
-
-def _check_base_url(ctx: Validator, sendgrid: Mapping[str, Any] | None) -> None:
-    """sendgrid.base_url follows the one URL policy: the API key never travels in clear by accident."""
-    if not sendgrid or not sendgrid.get("base_url"):
-        return
-    problem = net.base_url_problem(str(sendgrid["base_url"]), allow_insecure=bool(sendgrid["allow_insecure"]))
-    if problem:
-        ctx.problems.add(("sendgrid", "base_url"), problem)
 
 
 def _check_lease(
