@@ -116,6 +116,8 @@ class ApiHost:
     outbox: None = None
     client: None = None
     budget: None = None
+    accounts: None = None
+    learned: None = None
     loop_crashes: dict[str, int] = field(default_factory=dict)
 
     async def not_ready_reason(self) -> str | None:

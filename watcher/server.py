@@ -34,11 +34,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from watcher.api_batches import BatchRoutes
+from watcher.api_imports import ImportAccounts, ImportRoutes
 from watcher.clock import Clock
 from watcher.config import ServerSettings
 from watcher.errors import InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
 from watcher.httpinput import ApiError, authority, batch_name, job_request, page_after, page_limit, same_origin
-from watcher.models import WATCHING, JobRef, Outcome, validate_job_id
+from watcher.models import WATCHING, JobRef, JobState, Outcome, validate_job_id
 from watcher.net import is_loopback_host
 from watcher.status import encode_cursor, job_views, summary_view, tombstone_view
 from watcher.store.base import StateStore
@@ -74,6 +75,11 @@ class _Intake(Protocol):
     async def add(self, ref: JobRef, *, again: bool = False) -> bool: ...
 
     def check_notify(self, notify: Sequence[str] | None) -> None: ...
+    def check_account(self, account: str | None) -> None: ...
+
+
+class _Expecting(Protocol):
+    def expected_finish(self, job: JobState, now: float) -> float | None: ...
 
 
 class _Metrics(Protocol):
@@ -93,6 +99,10 @@ class ServedDaemon(Protocol):
     def clock(self) -> Clock: ...
     @property
     def metrics(self) -> _Metrics: ...
+    @property
+    def accounts(self) -> ImportAccounts | None: ...
+    @property
+    def learned(self) -> _Expecting | None: ...
 
     async def not_ready_reason(self) -> str | None:
         """None when ready; otherwise a short reason safe to show without a token."""
@@ -127,15 +137,19 @@ def _static_text(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
 
 
-def openapi_document(notifiers: Sequence[str], version: str | None = None) -> dict[str, Any]:
+def openapi_document(
+    notifiers: Sequence[str], version: str | None = None, accounts: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The packaged static/openapi.json as one daemon serves it: with its version, and the names
-    `notify` accepts (its configured notifiers) as an enum, so that a client, or a fuzzer, can
-    tell a name that will be refused with 400 `unknown_notifier` from one that will not."""
+    `notify` and `account` accept (its configured notifiers and accounts) as enums, so that a client,
+    or a fuzzer, can tell a name that will be refused with 400 from one that will not."""
     document: dict[str, Any] = json.loads(_static_text("openapi.json"))
     if version is not None:
         document["info"]["version"] = version
     # With no notifier configured the enum is empty: `notify` can then only be [] or null.
     document["components"]["schemas"]["NotifierName"]["enum"] = list(notifiers)
+    if accounts is not None:
+        document["components"]["schemas"]["AccountName"]["enum"] = list(accounts)
     return document
 
 
@@ -158,7 +172,8 @@ class WatcherServer:
         with contextlib.suppress(metadata.PackageNotFoundError):
             version = metadata.version("import-watcher")
         # The notifiers are fixed for the daemon's life (the intake checks `notify` against the same names).
-        self._openapi = openapi_document(list(daemon.notifiers), version)
+        accounts = daemon.accounts.names if daemon.accounts is not None else None
+        self._openapi = openapi_document(list(daemon.notifiers), version, accounts)
         self._summary: tuple[float, dict[str, dict[str, int]]] | None = None
         self._summary_lock = asyncio.Lock()
 
@@ -205,6 +220,8 @@ class WatcherServer:
             require_read=functools.partial(self._require_token, read_only=True),
             page=self.page,
         ).register(routes)
+        writable = functools.partial(self._require_token, read_only=False)
+        ImportRoutes(self.daemon, require_write=writable).register(routes)
         routes.add_get("/", self.page)
         routes.add_get("/static/{name}", self.asset)
         return app
@@ -246,7 +263,10 @@ class WatcherServer:
             raise ApiError(421, "misdirected_request",
                            "without server.token only a loopback Host (127.0.0.1, [::1], localhost) is served")
         if request.method in STATE_CHANGING and request.match_info.http_exception is None:
-            if request.content_type != "application/json":  # a form or a no-cors fetch cannot send this one
+            # A form or a no-cors fetch cannot send JSON. POST /imports takes the CSV as multipart (which a
+            # form can send): the Origin check below and its own Sec-Fetch-Site check refuse other sites.
+            upload = request.path == "/imports" and request.content_type == "multipart/form-data"
+            if request.content_type != "application/json" and not upload:
                 raise ApiError(415, "unsupported_media_type", "POST and DELETE need Content-Type: application/json")
             origin = request.headers.get("Origin")
             if origin is not None and not same_origin(origin, request.host):
@@ -333,6 +353,10 @@ class WatcherServer:
             intake.check_notify(ref.notify)
         except ValueError as exc:
             raise ApiError(400, "unknown_notifier", str(exc)) from None
+        try:
+            intake.check_account(ref.account)
+        except ValueError as exc:
+            raise ApiError(400, "unknown_account", str(exc)) from None
         added = await intake.add(ref, again=again)
         return await self._added_answer(ref.id, added)
 
@@ -341,7 +365,7 @@ class WatcherServer:
         job = await store.get_job(job_id)
         if job is not None:
             log.info("api.job_added" if added else "api.job_known", job_id=job_id)
-            view = (await job_views(store, [job]))[0]
+            view = (await self._views([job]))[0]
             return json_answer(view, status=202 if added else 200, headers={"Location": f"/jobs/{job_id}"})
         tombstone = None if added else (await store.tombstones([job_id])).get(job_id)
         if tombstone is None:  # stopped or purged between the two reads
@@ -369,7 +393,7 @@ class WatcherServer:
             filters = {**({"state": state} if state else {}), **({"batch": batch} if batch else {})}
             query = urlencode({**filters, "after": cursor, "limit": limit})
             headers = {"Link": f'</jobs?{query}>; rel="next"', "X-Next-Cursor": cursor}
-        return json_answer(await job_views(store, page), headers=headers)
+        return json_answer(await self._views(page), headers=headers)
 
     async def get_job(self, request: web.Request) -> web.Response:
         self._require_token(request, read_only=True)
@@ -377,7 +401,13 @@ class WatcherServer:
         job = await self.daemon.store.get_job(job_id)
         if job is None:
             return error_response(404, "job_not_found", f"job {job_id} is not tracked")
-        return json_answer((await job_views(self.daemon.store, [job]))[0])
+        return json_answer((await self._views([job]))[0])
+
+    async def _views(self, jobs: Sequence[JobState]) -> list[dict[str, Any]]:
+        """`status --json` objects, a running job's expected finish included when the daemon knows it."""
+        learned, now = self.daemon.learned, self.daemon.clock.now()
+        expected = None if learned is None else functools.partial(learned.expected_finish, now=now)
+        return await job_views(self.daemon.store, jobs, expected)
 
     async def delete_job(self, request: web.Request) -> web.Response:
         """Stop watching: the job and its pending deliveries go, nobody is notified, a tombstone stays."""

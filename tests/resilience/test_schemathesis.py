@@ -15,6 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.helpers import make_config, write_jobs
 from tests.serving import FAST, TOKEN, server_config_text
@@ -104,7 +105,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # The document the daemon serves, built as the server builds it: parametrize() needs it at
 # collection, before any daemon runs. test_the_daemon_serves_this_document ties the two together.
-DOCUMENT = openapi_document(NOTIFIERS)
+DOCUMENT = openapi_document(NOTIFIERS, accounts=("default",))
 
 
 def _checks_config() -> SchemathesisConfig:
@@ -140,9 +141,11 @@ def _without_version(document: dict[str, Any]) -> dict[str, Any]:
 
 # Where the document and the server disagree without either being broken, the check that
 # would flag it is left out for that operation only (reported to the document's owner).
-# None left: `notify` names are an enum of the configured notifiers, null is documented
-# for `notify` and `labels`, `state=` is documented as "all", and the page's `state` is free.
-KNOWN_GAPS: dict[str, list[Any]] = {}
+# `notify` names are an enum of the configured notifiers, null is documented for `notify` and
+# `labels`, `state=` is documented as "all", and the page's `state` is free. Left: a CSV that
+# fits the schema (any file) is refused with 400 `invalid_csv` unless its columns map to fields,
+# which no JSON Schema can say.
+KNOWN_GAPS: dict[str, list[Any]] = {"POST /imports": [positive_data_acceptance]}
 
 
 @schema.parametrize()
