@@ -93,11 +93,14 @@ def test_sample_event_types(outcome: str) -> None:
 
 
 def test_sample_events_cover_every_kind_of_event() -> None:
-    """`check` renders templates against every outcome, the three alert kinds, a batch, stuck warnings and a digest."""
+    """`check` renders templates against every outcome, the three alert kinds, a batch, stuck warnings, a digest,
+    every export outcome and both backup outcomes."""
     assert [
         "completed", "errored", "failed", "timed_out", "not_found",
         "alert key_refused", "alert key_accepted", "alert delivery_dead",
         "batch_finished", "stuck", "stuck batch", "digest",
+        "export ready", "export failure", "export timed_out", "export not_found",
+        "backup succeeded", "backup failed",
     ] == [name for name, _ in render.sample_events()]
     assert ["key_refused", "key_accepted", "delivery_dead"] == [
         event["data"]["alert"] for name, event in render.sample_events() if name.startswith("alert")

@@ -38,12 +38,12 @@ import aiohttp
 import structlog
 
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError
-from watcher.models import Delivery, Outcome
+from watcher.models import Delivery
 from watcher.net import address_problem, is_loopback_host, mask_urls_in_text
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
 from watcher.notify.chat import clip
-from watcher.notify.message import Message, Severity, message_from_event
+from watcher.notify.message import GOOD_STATUSES, Message, Severity, message_from_event
 from watcher.notify.text import summary_lines
 from watcher.notify.webhook import reveal
 from watcher.schema import Field, Secret, boolean, duration
@@ -170,7 +170,7 @@ class _ScrubLogs(logging.Filter):
 def notify_type_name(message: Message) -> str:
     """Apprise's NotifyType member for a message: SUCCESS, INFO, WARNING or FAILURE."""
     if message.severity is Severity.INFO:
-        return "SUCCESS" if message.status == Outcome.COMPLETED.value else "INFO"
+        return "SUCCESS" if message.status in GOOD_STATUSES else "INFO"
     return "WARNING" if message.severity is Severity.WARNING else "FAILURE"
 
 

@@ -1,5 +1,8 @@
 """E-mail: SMTP through aiosmtplib, or SendGrid's Mail Send API.
 
+Mail goes to the team's own addresses, so it is the one rendered target that shows a
+message's private links (an export's presigned download URLs).
+
 The Message-ID comes from the Delivery id, so a retried e-mail carries the
 same id and mail clients (and people) can tell a retry from a new event.
 """
@@ -27,6 +30,7 @@ from watcher.models import Delivery
 from watcher.net import base_url_problem, is_loopback_host, mask_url
 from watcher.notify import render
 from watcher.notify.base import BaseNotifier
+from watcher.notify.exports import BACKUP_PREFIX, EXPORT_PREFIX
 from watcher.notify.message import message_from_event
 from watcher.notify.webhook import (
     USER_AGENT,
@@ -67,7 +71,20 @@ def email_subject(event: Mapping[str, Any]) -> str:
         return f"[import-watcher] {message.title}"
     if message.kind == DIGEST_EVENT:
         return f"[import-watcher] digest {message.subject}"
+    if message.kind.startswith(EXPORT_PREFIX):
+        return f"[import-watcher] contact export {message.subject} {message.status}"
+    if message.kind.startswith(BACKUP_PREFIX):
+        return f"[import-watcher] backup {message.subject} {message.status}"
     return f"[import-watcher] contact import {render.job_id(event)} {render.outcome_of(event)}"
+
+
+def _private_text(event: Mapping[str, Any]) -> str:
+    # Mail goes to the team's own addresses: it may carry an export's download links.
+    return render.default_text(event, private=True)
+
+
+def _private_html(event: Mapping[str, Any]) -> str:
+    return render.default_html(event, private=True)
 
 
 def message_id(delivery_id: str, sender: str) -> str:
@@ -223,8 +240,8 @@ class EmailNotifier(BaseNotifier):
         event = delivery.event
         parts = {
             "subject": render.rendered(self.templates, "title", event, email_subject, notifier=self.name),
-            "text": render.rendered(self.templates, "text", event, render.default_text, notifier=self.name),
-            "html": render.rendered(self.templates, "html", event, render.default_html, notifier=self.name),
+            "text": render.rendered(self.templates, "text", event, _private_text, notifier=self.name),
+            "html": render.rendered(self.templates, "html", event, _private_html, notifier=self.name),
         }
         sender = str(self.settings["from"])
         recipients = [str(r) for r in self.settings["to"]]

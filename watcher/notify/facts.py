@@ -27,6 +27,9 @@ LOOKS: Mapping[str, Look] = {
     Outcome.FAILED.value: Look("✖", "❌", "failed"),
     Outcome.TIMED_OUT.value: Look("⏱", "⏰", "timed out"),
     Outcome.NOT_FOUND.value: Look("?", "🔍", "not found"),
+    Outcome.READY.value: Look("✔", "✅", "ready"),
+    Outcome.FAILURE.value: Look("✖", "❌", "failed"),
+    "succeeded": Look("✔", "✅", "succeeded"),
     ALERT: Look("!", "🚨", "needs attention"),
     "pending": Look("…", "⏳", "still pending"),
     "digest": Look("≡", "🗒️", "digest"),
@@ -47,7 +50,7 @@ def is_alert(event: Mapping[str, Any]) -> bool:
 
 
 def outcome_of(event: Mapping[str, Any]) -> str:
-    """`completed` ... `not_found`, `pending` for a stuck warning, or `alert` for a watcher.alert."""
+    """`completed` ... `failure` (`data.status`), else the type's last part (`succeeded`), or `alert`."""
     if is_alert(event):
         return ALERT
     status = data_of(event).get("status")

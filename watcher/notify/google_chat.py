@@ -63,9 +63,9 @@ def esc(text: str, limit: int) -> str:
 
 
 def thread_key(event: Mapping[str, Any], mode: str) -> str | None:
-    """The batch name (batch events, batched jobs); with `job` the job id first; None unthreaded."""
+    """The batch name (batch events, batched jobs); with `job` the job (or export) id first; None unthreaded."""
     data = f.data_of(event)
-    batch, job = data.get("batch"), data.get("job_id")
+    batch, job = data.get("batch"), data.get("job_id") or data.get("export_id")
     candidates = (job, batch) if mode == "job" else (batch,) if mode == "batch" else ()
     return next((str(value)[:4000] for value in candidates if isinstance(value, str) and value), None)
 

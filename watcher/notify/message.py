@@ -1,9 +1,13 @@
 """One target-neutral message per event; every notifier only renders it in its own format.
 
 `message_from_event` reads any event the watcher sends (an outcome, a batch summary, a stuck
-warning single or grouped, a digest, an alert) and says what matters about it once: a title,
-a severity, a one-sentence summary, facts, error reasons, sections of items (with rows for
-targets that draw tables) and links. Renderers decide how much of it fits their limits.
+warning single or grouped, a digest, an alert, an export's outcome, a backup's) and says what
+matters about it once: a title, a severity, a one-sentence summary, facts, error reasons,
+sections of items (with rows for targets that draw tables) and links. Renderers decide how
+much of it fits their limits.
+
+Links that act as credentials (an export's presigned download URLs) are `private_links`:
+only targets private to the team (e-mail; the webhook sends the event itself) show them.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ SEVERITY_BY_STATUS: Mapping[str, Severity] = {
     Outcome.NOT_FOUND.value: Severity.WARNING,
     "pending": Severity.WARNING,
 }
+#: Outcomes that are good news: chat colours say so, Apprise says `success`, PagerDuty may resolve.
+GOOD_STATUSES = frozenset({Outcome.COMPLETED.value, Outcome.READY.value, "succeeded"})
 SEVERITY_BY_ALERT: Mapping[str, Severity] = {
     "key_refused": Severity.CRITICAL,
     "delivery_dead": Severity.ERROR,
@@ -84,12 +90,18 @@ class Message:
     reasons: tuple[tuple[int | float, str], ...] = ()  # (count, reason), most common first
     sections: tuple[Section, ...] = ()
     links: tuple[Link, ...] = ()
+    # Invariant: a chat renderer never reads these; only renderers for team-private targets (e-mail) do.
+    private_links: tuple[Link, ...] = ()
     footer: str = ""  # event type and time
 
     @property
     def heading(self) -> str:
         """The title with its icon, as chat headers and mail bodies show it."""
         return f"{self.icon} {self.title}"
+
+    def links_for(self, *, private: bool) -> tuple[Link, ...]:
+        """The links a target shows: with the private ones only when it is private to the team."""
+        return (*self.links, *self.private_links) if private else self.links
 
     def error_lines(self) -> list[str]:
         """The errors headline then one `N × reason` line per reason."""
@@ -122,7 +134,7 @@ class Message:
 
 def message_from_event(event: Mapping[str, Any]) -> Message:
     """The message for any event the watcher sends; unknown types get a plain generic one."""
-    from watcher.notify import summaries  # summaries builds on this module's types
+    from watcher.notify import exports, summaries  # both build on this module's types
 
     kind = str(event.get("type", ""))
     data = f.data_of(event)
@@ -137,6 +149,10 @@ def message_from_event(event: Mapping[str, Any]) -> Message:
         return summaries.digest_message(event)
     if kind.startswith("contact_import."):
         return outcome_message(event)
+    if kind.startswith(exports.EXPORT_PREFIX):
+        return exports.export_message(event)
+    if kind.startswith(exports.BACKUP_PREFIX):
+        return exports.backup_message(event)
     return generic_message(event)
 
 

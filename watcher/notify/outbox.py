@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -77,22 +78,38 @@ class Outbox(ClaimLoop):
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.on_result = on_result
         self.stats = OutboxStats()
+        self._ready: collections.deque[Delivery] = collections.deque()  # claimed and held, not started yet
 
     async def _claim(self) -> int:
+        """Start claimed deliveries in the free slots; claim more only when the ready ones cannot fill them."""
         free = self._room()
         if free <= 0 or self._stopping or not self.notifiers:
             return 0
-        due = await self.store.claim_due_deliveries(
-            now=self.clock.now(), limit=free, owner=self.owner, lease=self.lease, notifiers=self.notifiers.keys()
-        )
-        for delivery in due:
-            self._hold(delivery.id, _token(delivery))
-        if self._stopping:  # stopped while claiming
-            await self._give_back_all([(d.id, _token(d)) for d in due], self.store.release_delivery)
-            return len(due)
-        for delivery in due:
+        claimed = 0
+        if len(self._ready) < free:
+            # One claim for up to twice the slots: a burst costs a store call per `limit`
+            # deliveries, not one per finished send. The extra claims are held (and renewed)
+            # like those in flight, and given back by `drain`.
+            room = 2 * self._limit - len(self._inflight) - len(self._ready)
+            due = await self.store.claim_due_deliveries(
+                now=self.clock.now(), limit=room, owner=self.owner, lease=self.lease, notifiers=self.notifiers.keys()
+            )
+            for delivery in due:
+                self._hold(delivery.id, _token(delivery))
+            self._ready.extend(due)
+            claimed = len(due)
+            if self._stopping:  # stopped while claiming
+                await self._give_back_all([(d.id, _token(d)) for d in self._ready], self.store.release_delivery)
+                self._ready.clear()
+                return claimed
+        started = 0
+        while self._ready and self._room() > 0:
+            delivery = self._ready.popleft()
+            if self._held.get(delivery.id) != _token(delivery):
+                continue  # its lease was found lost while it waited
             self._start(asyncio.create_task(self.deliver(delivery), name=f"deliver:{delivery.id}"))
-        return len(due)
+            started += 1
+        return max(claimed, started)
 
     async def _next_due_at(self) -> float | None:
         return await self.store.next_delivery_due_at()
@@ -104,6 +121,7 @@ class Outbox(ClaimLoop):
         """Wait up to `grace` seconds (or until `hurry`) for in-flight deliveries; cancel the rest
         and give their claims back, so a restart sends them at once."""
         self._stopping = True
+        self._ready.clear()  # held: given back below with the rest
         try:
             cancelled = await self._finish_tasks(grace)
             await self._within_release_time(self._give_back_all(list(self._held.items()), self.store.release_delivery))

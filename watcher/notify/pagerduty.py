@@ -1,11 +1,14 @@
 """PagerDuty Events API v2: `trigger` an alert for what the routes send, `resolve` it on success.
 
-One incident per job or batch: the `dedup_key` is derived from what the event is about
-(`import-watcher:job:<id>`, `import-watcher:batch:<name>`, `import-watcher:alert:<kind>:<subject>`),
-so a retried delivery, a stuck warning and the job's final outcome all land on one alert.
-With `resolve: true`, a completed job or batch sends `event_action: resolve` for its key (and
-`key_accepted` resolves `key_refused`); PagerDuty drops a resolve whose key has no open alert,
-so nothing needs to remember which keys were triggered, across restarts or replicas.
+One incident per job, export, batch or backup: the `dedup_key` is derived from what the event is
+about (`import-watcher:job:<id>`, `import-watcher:export:<id>`, `import-watcher:batch:<name>`,
+`import-watcher:backup:<name>`, `import-watcher:alert:<kind>:<subject>`), so a retried delivery, a
+stuck warning and the job's final outcome all land on one alert. With `resolve: true`, good news
+(a completed job or batch, a ready export, a succeeded backup) sends `event_action: resolve` for
+its key, so the next good backup resolves a failed one (and `key_accepted` resolves `key_refused`);
+PagerDuty drops a resolve whose key has no open alert, so nothing needs to remember which keys
+were triggered, across restarts or replicas. `severity` sets the level per import outcome;
+alerts, exports and backups page at their message's severity.
 
 Answers (developer.pagerduty.com, "Send an Alert Event"): 202 `{"status": "success",
 "message": "Event processed", "dedup_key"}`; 400 invalid event (final); 429 and 5xx retried.
@@ -40,7 +43,8 @@ from watcher.events import ALERT_EVENT
 from watcher.models import Delivery, Outcome
 from watcher.net import configured_url_problem, is_loopback_host, mask_urls_in_text
 from watcher.notify.chat import ChatNotifier, Outgoing, encode, json_answer, transport_fields
-from watcher.notify.message import Message, message_from_event
+from watcher.notify.exports import BACKUP_PREFIX, EXPORT_PREFIX
+from watcher.notify.message import GOOD_STATUSES, Message, message_from_event
 from watcher.notify.pacing import Pacer, destination_key, pacer_for
 from watcher.notify.webhook import reveal
 from watcher.schema import Field, Secret, boolean, optional_string, string, url
@@ -97,6 +101,10 @@ def dedup_key(message: Message) -> str:
         key = f"import-watcher:batch:{message.subject}"
     elif message.kind.startswith("contact_import."):
         key = f"import-watcher:job:{message.subject}"
+    elif message.kind.startswith(EXPORT_PREFIX):
+        key = f"import-watcher:export:{message.subject}"
+    elif message.kind.startswith(BACKUP_PREFIX):
+        key = f"import-watcher:backup:{message.subject}"
     else:
         key = f"import-watcher:{message.kind}:{message.subject}:{message.footer}"
     if len(key) <= MAX_DEDUP_KEY:
@@ -108,7 +116,7 @@ def event_action(message: Message, *, resolve: bool) -> str | None:
     """`trigger`, `resolve`, or None for good news with nothing to resolve."""
     if message.kind == ALERT_EVENT and message.subject in _RESOLVES:
         return "resolve" if resolve else None
-    if resolve and message.status == Outcome.COMPLETED.value and message.kind != ALERT_EVENT:
+    if resolve and message.status in GOOD_STATUSES and message.kind != ALERT_EVENT:
         return "resolve"
     return "trigger"
 
@@ -134,7 +142,8 @@ def pagerduty_event(
     body: dict[str, Any] = {"routing_key": routing_key, "event_action": action, "dedup_key": dedup_key(message)}
     if action != "trigger":
         return body
-    level = message.severity.value if message.kind == ALERT_EVENT else severity.get(message.status)
+    # `severity` is per import outcome; alerts, exports and backups page at their message's severity.
+    level = severity.get(message.status) if message.kind.startswith("contact_import.") else message.severity.value
     body["payload"] = {
         "summary": _clip(f"{message.title}: {message.summary}", MAX_SUMMARY),
         "source": _clip(source, MAX_SOURCE),
@@ -172,7 +181,8 @@ class PagerDutyNotifier(ChatNotifier):
     fields: ClassVar[tuple[Field, ...]] = (
         Field("routing_key", lambda v: Secret(string(v)), required=True, secret=True, doc="integration key"),
         Field("events_url", url("http", "https"), default=EVENTS_URL),
-        Field("severity", severity_map, default=dict(DEFAULT_SEVERITY), doc="outcome -> critical|error|warning|info"),
+        Field("severity", severity_map, default=dict(DEFAULT_SEVERITY),
+              doc="import outcome -> critical|error|warning|info"),
         Field("resolve", boolean, default=False, doc="resolve the alert when the job or batch completes"),
         Field("source", optional_string, default="import-watcher", doc="payload.source"),
         *transport_fields(private="allow a host other than PagerDuty's (a relay)"),

@@ -6,9 +6,9 @@ tested without a network. User templates run in a sandbox with StrictUndefined: 
 caught by `import-watcher check`, and a failure at send time falls back to the default text
 instead of losing the notification.
 
-Templates written per job (`{{ data.job_id }}`) predate batch summaries and digests; a
-template that uses neither `message` nor `batch` is checked against per-job events and alerts
-only, and where it does not fit a summary or digest the default wording is used instead.
+Templates written per job (`{{ data.job_id }}`) predate batch summaries, digests, exports and
+backups; a template that uses neither `message` nor `batch` is checked against per-job events
+and alerts only, and where it does not fit one of those the default wording is used instead.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from watcher.batches import BATCH_FINISHED, STUCK
 from watcher.digests import DIGEST_EVENT
 from watcher.notify import text as _text
+from watcher.notify.exports import BACKUP_PREFIX, EXPORT_PREFIX
 from watcher.notify.facts import (
     ALERT,
     LOOKS,
@@ -87,6 +88,8 @@ _HINTS = {
     "batch_finished": " (batch summaries have no data.job_id: guard with {% if batch is defined %})",
     "digest": " (digests have no data.job_id: guard with {% if message.kind == 'watcher.digest' %})",
     "stuck": " (stuck warnings of a batch list data.jobs: guard with {% if data.jobs is defined %})",
+    "export": " (exports have data.export_id, not data.job_id: guard with {% if data.job_id is defined %})",
+    "backup": " (backups have data.backup, not data.job_id: guard with {% if data.job_id is defined %})",
 }
 
 _log = structlog.get_logger("watcher.notify")
@@ -114,13 +117,14 @@ def summary_lines(event: Mapping[str, Any]) -> list[str]:
     return _text.summary_lines(message_from_event(event))
 
 
-def default_text(event: Mapping[str, Any]) -> str:
-    return _text.plain_text(message_from_event(event))
+def default_text(event: Mapping[str, Any], *, private: bool = False) -> str:
+    """The plain-text body; `private` (e-mail) adds the links only the team may see."""
+    return _text.plain_text(message_from_event(event), private=private)
 
 
-def default_html(event: Mapping[str, Any]) -> str:
+def default_html(event: Mapping[str, Any], *, private: bool = False) -> str:
     """A small self-contained HTML body (tables for batches and digests); every value escaped."""
-    return _text.html_body(message_from_event(event))
+    return _text.html_body(message_from_event(event), private=private)
 
 
 def console_line(event: Mapping[str, Any]) -> str:
@@ -129,8 +133,10 @@ def console_line(event: Mapping[str, Any]) -> str:
 
 
 def is_summary(event: Mapping[str, Any]) -> bool:
-    """A batch summary, a digest or a grouped stuck warning: there is no `data.job_id` to template on."""
-    kind = event.get("type")
+    """A batch summary, a digest, a grouped stuck warning, an export or a backup: no `data.job_id` to template on."""
+    kind = str(event.get("type", ""))
+    if kind.startswith((EXPORT_PREFIX, BACKUP_PREFIX)):
+        return True
     return kind in {BATCH_FINISHED, DIGEST_EVENT} or (kind == STUCK and isinstance(data_of(event).get("jobs"), list))
 
 
@@ -229,7 +235,7 @@ def validate_templates(templates: Mapping[str, str]) -> list[tuple[str, str]]:
     Each template is rendered against a sample of every outcome, every alert kind and a stuck
     warning, so a template that only breaks on `completed` (no `errors` there) is caught by
     `check`; one that uses `message` or `batch` also against a batch summary, a grouped stuck
-    warning and a digest.
+    warning, a digest, every export outcome and both backup outcomes.
     """
     problems: list[tuple[str, str]] = []
     samples = sample_events()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from watcher.backup_events import backup_failed_event, backup_succeeded_event
 from watcher.batches import batch_event as build_batch_event
 from watcher.batches import stuck_batch_event, stuck_event, summary_id
 from watcher.digests import digest_event
 from watcher.events import ALERT_EVENT, alert_event, outcome_event
-from watcher.models import Batch, BatchPhase, Delivery, JobState, Outcome, Snapshot
+from watcher.models import Batch, BatchPhase, Delivery, JobKind, JobState, Outcome, Snapshot
 
 ALERT = "alert"
 SAMPLE_AT = datetime(2026, 11, 27, 10, 0, tzinfo=UTC).timestamp()
@@ -36,15 +38,26 @@ ALERT_SAMPLES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     ),
 }
 
-#: The events that speak for many jobs, by sample name: no `data.job_id`, so per-job templates may not fit.
-SUMMARY_SAMPLES = ("batch_finished", "stuck batch", "digest")
+#: How an import ends; an export ends `ready`, `failure`, `timed_out` or `not_found` (EXPORT_SAMPLES).
+IMPORT_OUTCOMES = (Outcome.COMPLETED, Outcome.ERRORED, Outcome.FAILED, Outcome.TIMED_OUT, Outcome.NOT_FOUND)
+#: A contact export's outcomes, by sample name.
+EXPORT_SAMPLES: Mapping[str, Outcome] = {
+    f"export {o.value}": o for o in (Outcome.READY, Outcome.FAILURE, Outcome.TIMED_OUT, Outcome.NOT_FOUND)
+}
+SAMPLE_EXPORT = "5e1f9a7c-3b2d-4c6e-8f10-7a9b0c1d2e3f"
+SAMPLE_BACKUP = "nightly"
+BACKUP_SAMPLES = ("backup succeeded", "backup failed")
+#: Sample events without `data.job_id` (many jobs, exports, backups): per-job templates may not fit them.
+SUMMARY_SAMPLES = ("batch_finished", "stuck batch", "digest", *EXPORT_SAMPLES, *BACKUP_SAMPLES)
 
 
 def sample_events() -> list[tuple[str, dict[str, Any]]]:
-    """A fresh sample of every outcome, every alert kind, a batch summary, stuck warnings and a digest."""
-    samples = [(outcome.value, sample_event(outcome.value)) for outcome in Outcome]
+    """A fresh sample of every outcome, every alert kind, a batch summary, stuck warnings, a digest,
+    every export outcome and both backup outcomes."""
+    samples = [(outcome.value, sample_event(outcome.value)) for outcome in IMPORT_OUTCOMES]
     samples += [(f"alert {kind}", sample_alert(kind)) for kind in ALERT_SAMPLES]
-    samples += [(name, sample_event(name)) for name in ("batch_finished", "stuck", "stuck batch", "digest")]
+    names = ("batch_finished", "stuck", "stuck batch", "digest", *EXPORT_SAMPLES, *BACKUP_SAMPLES)
+    samples += [(name, sample_event(name)) for name in names]
     return samples
 
 
@@ -55,7 +68,12 @@ def sample_alert(kind: str = "key_refused") -> dict[str, Any]:
 
 
 def sample_event(outcome: str = "errored") -> dict[str, Any]:
-    """A realistic event: an Outcome value, `alert`, `batch_finished`, `stuck`, `stuck batch` or `digest`."""
+    """A realistic event: an Outcome value, `alert`, `batch_finished`, `stuck`, `stuck batch`, `digest`,
+    an EXPORT_SAMPLES or BACKUP_SAMPLES name (`ready` and `failure`, which only exports have, are exports)."""
+    if outcome in EXPORT_SAMPLES or outcome in {Outcome.READY.value, Outcome.FAILURE.value}:
+        return sample_export(EXPORT_SAMPLES.get(outcome) or Outcome(outcome))
+    if outcome in BACKUP_SAMPLES:
+        return sample_backup(succeeded=outcome == "backup succeeded")
     if outcome in {ALERT, ALERT_EVENT}:
         return sample_alert("key_refused")
     if outcome == "batch_finished":
@@ -75,6 +93,34 @@ def sample_event(outcome: str = "errored") -> dict[str, Any]:
     if errors:
         event["errors_sample_csv"] = _SAMPLE_CSV
     return event
+
+
+def sample_export(outcome: Outcome = Outcome.READY) -> dict[str, Any]:
+    """A `contact_export.<outcome>` event from the real builder; a ready one carries two presigned file URLs."""
+    ready = outcome is Outcome.READY
+    base = f"https://sendgrid-exports.example.com/{SAMPLE_EXPORT}"
+    results: dict[str, Any] = {
+        "contact_count": 48213,
+        "urls": [f"{base}/part-{i}.csv.gz?X-Amz-Expires=259200&X-Amz-Signature=sample{i}" for i in (1, 2)],
+        "expires_at": "2026-11-30T10:00:00Z",
+    }
+    snapshot = Snapshot(status=outcome.value, job_type="contacts_export", results=results if ready else {},
+                        started_at="2026-11-27T09:52:30Z", finished_at="2026-11-27T09:58:45Z" if ready else None)
+    job = replace(sample_job(SAMPLE_EXPORT, added=SAMPLE_AT - 900), kind=JobKind.EXPORT)
+    return outcome_event(job, outcome=outcome, snapshot=None if outcome is Outcome.NOT_FOUND else snapshot,
+                         polls=7, detected_at=SAMPLE_AT)
+
+
+def sample_backup(*, succeeded: bool = True) -> dict[str, Any]:
+    """A `backup.succeeded` of two files, or a `backup.failed` with its reason, from the real builders."""
+    if not succeeded:
+        return backup_failed_event(backup=SAMPLE_BACKUP, reason=f"export {SAMPLE_EXPORT} failed at SendGrid",
+                                   at=SAMPLE_AT)
+    return backup_succeeded_event(
+        backup=SAMPLE_BACKUP, path=f"/var/lib/import-watcher/backups/{SAMPLE_BACKUP}/20261127T100000Z", files=2,
+        size=3_482_113, contact_count=48213,
+        sha256="9b1f0c3a5e7d2b4c6a8e0f1d3b5c7a9e2f4d6b8c0a1e3f5d7b9c2a4e6f8d0b1c", at=SAMPLE_AT,
+    )
 
 
 def sample_job(job_id: str, *, added: float, outcome: Outcome | None = None, batch: str | None = None) -> JobState:

@@ -1,4 +1,8 @@
-"""A Message as plain text, as HTML (with tables for batches and digests) and as one console line."""
+"""A Message as plain text, as HTML (with tables for batches and digests) and as one console line.
+
+`private=True` adds the message's private links (an export's download URLs): only for
+targets private to the team, such as e-mail.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from watcher.notify.message import Message, Section
 MAX_ITEMS = 50
 
 
-def summary_lines(message: Message) -> list[str]:
+def summary_lines(message: Message, *, private: bool = False) -> list[str]:
     """Facts, errors, sections and links as lines: the body of the plain-text message."""
     lines = [f"{label}: {value}" for label, value in message.facts]
     if errs := message.error_lines():
@@ -22,18 +26,18 @@ def summary_lines(message: Message) -> list[str]:
         lines += [f"  {line}" for line in section.lines[:MAX_ITEMS]]
         if more := _more(section):
             lines.append(f"  … and {more:,} more")
-    for link in message.links:
+    for link in message.links_for(private=private):
         note = f" ({link.note})" if link.note else ""
         lines.append(f"{link.label}{note}: {link.url}")
     return lines
 
 
-def plain_text(message: Message) -> str:
+def plain_text(message: Message, *, private: bool = False) -> str:
     """Heading, summary, then the summary lines."""
-    return "\n".join([message.heading, "", message.summary, "", *summary_lines(message)]) + "\n"
+    return "\n".join([message.heading, "", message.summary, "", *summary_lines(message, private=private)]) + "\n"
 
 
-def html_body(message: Message) -> str:
+def html_body(message: Message, *, private: bool = False) -> str:
     """A small self-contained HTML body; every value escaped."""
     esc = html.escape
     rows = "".join(f"<tr><th align='left'>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in message.facts)
@@ -42,7 +46,7 @@ def html_body(message: Message) -> str:
         items = "".join(f"<li>{esc(line)}</li>" for line in errs[1:])
         parts.append(f"<p><b>Errors:</b> {esc(errs[0])}</p>" + (f"<ul>{items}</ul>" if items else ""))
     parts += [_html_section(section) for section in message.sections]
-    for link in message.links:
+    for link in message.links_for(private=private):
         note = f" ({esc(link.note)})" if link.note else ""
         parts.append(f'<p><a href="{esc(link.url)}">{esc(link.label)}</a>{note}</p>')
     parts.append(f"<p><small>{esc(message.footer)}</small></p>")
