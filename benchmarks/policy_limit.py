@@ -8,8 +8,8 @@ is the lower convex hull). Each policy is reported as "polls per job / the limit
 at the policy's own mean delay".
 
 The learning policy (`watcher.learned.LearnedSchedules` on a real MemoryStore, wired as
-the engine would: its wait replaces the proportional one after a poll that saw the job
-running, its first wait replaces `initial_delay`) starts empty and learns online from each
+the engine does: `wait_for` goes to `decide(..., learned_wait=)` after a poll that saw the job
+running, `first_wait` to `first_poll_at`) starts empty and learns online from each
 finished job when its outcome is detected (jobs overlap: one is added every `ARRIVAL_S`); measured after
 `WARMUP` jobs; timed-out jobs (never detected) are left out of every policy's figures.
 Three scenarios:
@@ -46,9 +46,9 @@ from benchmarks.policy_sim import (
     watcher_policy,
 )
 from watcher.learned import LearnedSchedules
-from watcher.learning import Problem, Target, solve
 from watcher.models import JobState, Outcome, Snapshot
-from watcher.policy import Finish, PollPolicy, Seen, decide
+from watcher.optimal import Problem, solve
+from watcher.policy import Finish, PollPolicy, Seen, decide, first_poll_at
 from watcher.store.memory import MemoryStore
 
 WARMUP = 300
@@ -162,12 +162,12 @@ async def run_learning(
         spec, job = jobs[index], states.get(index)
         if job is None:  # added now
             job = states[index] = JobState(id=f"j{index}", labels={}, notify=None, added_at=at, next_poll_at=at)
-            first = learned.first_delay(job.labels, policy)
-            heapq.heappush(queue, (at + (policy.initial_delay if first is None else first), index))
+            heapq.heappush(queue, (first_poll_at(policy, at, learned.first_wait([None], policy)), index))
             continue
         running, done = _snapshots(spec, job.added_at)
-        draw = rng.random()
-        decision = decide(policy, job, done if at - job.added_at >= spec.duration else running, at, draw)
+        seen = done if at - job.added_at >= spec.duration else running
+        learned_wait = learned.wait_for(job, at, policy, seen.snapshot) if seen is running else None
+        decision = decide(policy, job, seen, at, rng.random(), learned_wait=learned_wait)
         if isinstance(decision, Finish):
             # A timed-out job was never detected: no delay to count (row() leaves it out).
             delay = at - job.added_at - spec.duration if decision.outcome is not Outcome.TIMED_OUT else math.nan
@@ -176,9 +176,6 @@ async def run_learning(
             await learned.observe(replace(job, polls=decision.polls, snapshot=decision.snapshot,
                                           outcome=decision.outcome, detected_at=at), at)
             continue
-        wait = learned.delay(job, at, policy, snapshot=decision.snapshot, draw=draw)
-        if wait is not None:  # the hook proposed for decide(): the learned wait replaces the proportional one
-            decision = replace(decision, next_poll_at=min(at + wait, job.added_at + policy.deadline))
         states[index] = replace(job, polls=decision.polls, snapshot=decision.snapshot)
         heapq.heappush(queue, (decision.next_poll_at, index))
     return polls, delays
@@ -199,7 +196,7 @@ def row(polls: Sequence[int], delays: Sequence[float], curve: Sequence[tuple[flo
 async def _learn(jobs: Sequence[Job], policy: PollPolicy) -> tuple[list[int], list[float]]:
     store = MemoryStore()
     await store.open()
-    return await run_learning(LearnedSchedules(store, target=Target(0.1)), jobs, policy)
+    return await run_learning(LearnedSchedules(store), jobs, policy)
 
 
 async def scenarios(mode: Mode, policy: PollPolicy) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from watcher.learned import RUNTIMES_KEY, LearnedSchedules, job_key, origin, run_time
-from watcher.learning import ANY, UNKNOWN, RunTimes, Target, bucket_of
-from watcher.models import JobState, Outcome, Snapshot
-from watcher.policy import PollPolicy
+from watcher.learning import ANY, UNKNOWN, RunTimes, bucket_of
+from watcher.models import JobKind, JobState, Outcome, Snapshot
+from watcher.policy import PollPolicy, Reschedule, Seen, Target, decide, first_poll_at
 from watcher.store.base import StateStore
 from watcher.store.memory import MemoryStore
 from watcher.store.sqlite import SqliteStore
@@ -34,14 +34,14 @@ def finished(seconds: float, *, index: int = 0, account: str = "main", count: in
     snapshot = Snapshot(status="completed", job_type="upsert", results={"requested_count": count},
                         started_at=iso(ADDED) if started else None,
                         finished_at=iso(ADDED + seconds) if started else None)
-    return JobState(id=f"j{index}", labels={"account": account}, notify=None, added_at=ADDED, next_poll_at=ADDED,
+    return JobState(id=f"j{index}", labels={}, account=account, notify=None, added_at=ADDED, next_poll_at=ADDED,
                     polls=3, snapshot=snapshot, outcome=Outcome.COMPLETED, detected_at=ADDED + seconds + 4)
 
 
 def running(age_snapshot: bool = True, count: int = 500, added: float = ADDED) -> JobState:
     snapshot = Snapshot(status="pending", job_type="upsert", results={"requested_count": count},
                         started_at=iso(added)) if age_snapshot else None
-    return JobState(id="r", labels={"account": "main"}, notify=None, added_at=added, next_poll_at=added,
+    return JobState(id="r", labels={}, account="main", notify=None, added_at=added, next_poll_at=added,
                     snapshot=snapshot)
 
 
@@ -67,7 +67,7 @@ def lognormal(count: int, median: float = 60.0, seed: int = 5) -> list[float]:
 
 
 def test_kind_of_a_job() -> None:
-    """A job's kind is its account label, SendGrid's job_type and the band of requested_count."""
+    """A job's kind is its account, SendGrid's job_type and the band of requested_count."""
     assert ("main", "upsert", "<1k") == job_key(finished(10.0))
     assert ("main", "upsert", "<100k") == job_key(finished(10.0, count=20_000))
     bare = JobState(id="x", labels={}, notify=None, added_at=ADDED, next_poll_at=ADDED)
@@ -131,10 +131,10 @@ async def test_another_replica_loads_the_summary(store: StateStore) -> None:
     first = LearnedSchedules(store, flush_every=25, flush_after=1e9)
     await feed(first, lognormal(100))
     second = LearnedSchedules(store)
-    assert None is second.delay(running(), ADDED + 10, POLICY)
+    assert None is second.wait_for(running(), ADDED + 10, POLICY)
     await second.load()
-    assert first.delay(running(), ADDED + 10, POLICY) == second.delay(running(), ADDED + 10, POLICY)
-    assert None is not second.delay(running(), ADDED + 10, POLICY)
+    assert first.wait_for(running(), ADDED + 10, POLICY) == second.wait_for(running(), ADDED + 10, POLICY)
+    assert None is not second.wait_for(running(), ADDED + 10, POLICY)
 
 
 async def test_a_corrupt_stored_summary_is_replaced(store: StateStore) -> None:
@@ -198,15 +198,25 @@ async def test_contention_keeps_the_samples_for_later(store: StateStore) -> None
 # --- the waits ----------------------------------------------------------------------------------
 
 
+def waited(learned: LearnedSchedules, job: JobState, now: float, policy: PollPolicy = POLICY,
+           draw: float = 0.5) -> float:
+    """The wait `decide` chooses after a poll at `now` that saw `job` running, given the learned wait."""
+    assert job.snapshot is not None
+    decision = decide(policy, job, Seen(job.snapshot), now, draw, learned_wait=learned.wait_for(job, now, policy))
+    assert isinstance(decision, Reschedule)
+    return decision.next_poll_at - now
+
+
 async def test_falls_back_until_enough_samples() -> None:
     """Before 50 finished jobs of a kind (or its family), there is no learned wait."""
     store = MemoryStore()
     await store.open()
     learned = LearnedSchedules(store, flush_every=10, flush_after=1e9)
     await feed(learned, lognormal(40))
-    assert None is learned.delay(running(), ADDED + 10, POLICY)
+    assert None is learned.wait_for(running(), ADDED + 10, POLICY)
     await feed(learned, lognormal(10, seed=6), start=40)
-    assert None is not learned.delay(running(), ADDED + 10, POLICY)
+    assert None is not learned.wait_for(running(), ADDED + 10, POLICY)
+    assert None is learned.wait_for(running(), ADDED + 10, replace(POLICY, learn=False))
 
 
 async def test_waits_are_clamped_to_the_policy() -> None:
@@ -218,22 +228,22 @@ async def test_waits_are_clamped_to_the_policy() -> None:
     await feed(short, [3.0 + n % 3 for n in range(60)])  # jobs of 3-5 s: the optimum would poll at once
     await long.store.open()
     await feed(long, [5000.0 * (1 + n % 7) for n in range(60)])  # hours: the optimum would wait long
-    assert 5.0 == short.delay(running(), ADDED + 2, POLICY, draw=0.0)  # 0.9 x the first wait the grid allows
+    assert 5.0 == waited(short, running(), ADDED + 2, draw=0.0)  # 0.9 x the first wait the grid allows
     tight = replace(POLICY, max_interval=20.0)
-    assert 20.0 == long.delay(running(), ADDED + 2, tight, draw=1.0)  # 1.1 x the last wait the grid allows
+    assert 20.0 == waited(long, running(), ADDED + 2, tight, draw=1.0)  # 1.1 x the last wait the grid allows
     near_end = replace(POLICY, deadline=9000.0)
-    assert 10.0 == long.delay(running(), ADDED + 8990, near_end)
+    assert 10.0 == waited(long, running(), ADDED + 8990, near_end)
 
 
 async def test_jitter_spreads_the_learned_wait() -> None:
-    """With a draw the wait varies by the policy's jitter around the learned one."""
+    """decide jitters the learned wait by the policy's jitter, as it does the proportional one."""
     store = MemoryStore()
     await store.open()
     learned = LearnedSchedules(store, flush_every=100, flush_after=1e9)
     await feed(learned, lognormal(300))
-    plain = learned.delay(running(), ADDED + 60, POLICY)
-    low, high = (learned.delay(running(), ADDED + 60, POLICY, draw=d) for d in (0.0, 1.0))
-    assert plain is not None and low is not None and high is not None
+    plain = learned.wait_for(running(), ADDED + 60, POLICY)
+    low, high = (waited(learned, running(), ADDED + 60, draw=d) for d in (0.0, 1.0))
+    assert plain is not None
     assert (plain * 0.9, plain * 1.1) == (pytest.approx(low), pytest.approx(high))
 
 
@@ -246,22 +256,61 @@ async def test_the_wait_follows_the_jobs_kind() -> None:
         await learned.observe(finished(seconds, index=n, count=500), ADDED + seconds)
     for n, seconds in enumerate(lognormal(200, median=2000.0, seed=9)):
         await learned.observe(finished(seconds, index=1000 + n, count=500_000), ADDED + seconds)
-    small = learned.delay(running(count=500), ADDED + 30, POLICY)
-    big = learned.delay(running(count=500_000), ADDED + 30, POLICY)
+    small = learned.wait_for(running(count=500), ADDED + 30, POLICY)
+    big = learned.wait_for(running(count=500_000), ADDED + 30, POLICY)
     assert small is not None and big is not None
     assert big > 3 * small
+
+
+async def test_a_tighter_target_polls_sooner() -> None:
+    """polling.target_delay reaches the schedule: 5 s asks for shorter waits than a tenth of a minute-long run."""
+    store = MemoryStore()
+    await store.open()
+    learned = LearnedSchedules(store, flush_every=100, flush_after=1e9)
+    await feed(learned, lognormal(300))
+    share = learned.wait_for(running(), ADDED + 60, POLICY)
+    tight = learned.wait_for(running(), ADDED + 60, replace(POLICY, target_delay=Target(2.0, share=False)))
+    assert share is not None and tight is not None and tight < share
 
 
 async def test_first_wait_uses_the_account_and_keeps_the_404_grace() -> None:
     """A new job's first poll follows its account's run times, from initial_delay to not_found_grace."""
     store = MemoryStore()
     await store.open()
-    learned = LearnedSchedules(store, flush_every=100, flush_after=1e9, target=Target(0.1))
-    assert None is learned.first_delay({"account": "main"}, POLICY)
+    learned = LearnedSchedules(store, flush_every=100, flush_after=1e9)
+    assert None is learned.first_wait(["main"], POLICY)
     await feed(learned, lognormal(100, median=60.0))
-    first = learned.first_delay({"account": "main"}, POLICY)
-    assert first is not None and POLICY.initial_delay < first <= POLICY.not_found_grace
+    first = learned.first_wait(["main"], POLICY)
+    assert first is not None
+    assert ADDED + POLICY.initial_delay < first_poll_at(POLICY, ADDED, first) <= ADDED + POLICY.not_found_grace
+    assert first == learned.first_wait(["main", "other"], POLICY)  # a new account borrows from every account
     slow = LearnedSchedules(MemoryStore(), flush_every=50, flush_after=1e9)
     await slow.store.open()
     await feed(slow, lognormal(100, median=5_000.0))
-    assert POLICY.not_found_grace == slow.first_delay({"account": "main"}, POLICY)
+    assert ADDED + POLICY.not_found_grace == first_poll_at(POLICY, ADDED, slow.first_wait(["main"], POLICY))
+
+
+# --- what status shows ------------------------------------------------------------------------------
+
+
+async def test_expected_finish_follows_the_age() -> None:
+    """A running job's expected finish is the median run time of its kind given how long it has run."""
+    store = MemoryStore()
+    await store.open()
+    learned = LearnedSchedules(store, flush_every=100, flush_after=1e9)
+    assert None is learned.expected_finish(running(), ADDED + 10)
+    await feed(learned, lognormal(300))  # median 60 s
+    young = learned.expected_finish(running(), ADDED + 1)
+    older = learned.expected_finish(running(), ADDED + 120)
+    assert young is not None and older is not None
+    assert ADDED + 40 < young < ADDED + 90  # about the median
+    assert older > ADDED + 120 and older - ADDED > 1.5 * (young - ADDED)  # a job that ran long runs longer
+    assert None is learned.expected_finish(running(), ADDED + 86_000)  # far outside what was seen
+
+
+def test_a_ready_export_teaches_too() -> None:
+    """An export that ended ready (or failure) has a run time; an import status on an export does not end it."""
+    export = replace(finished(30.0), kind=JobKind.EXPORT, outcome=Outcome.READY)
+    assert 30.0 == run_time(export, ADDED + 34)
+    answered = replace(export, outcome=None, snapshot=replace(export.snapshot, status="completed"))
+    assert None is run_time(answered, ADDED + 34)

@@ -20,18 +20,13 @@ from watcher.learning import (
     UNKNOWN,
     Histogram,
     Key,
-    Plan,
-    Problem,
     RunTimes,
-    Target,
     bucket_of,
     levels,
-    next_poll_after,
-    optimal_schedule,
-    plan_for,
     size_band,
-    solve,
 )
+from watcher.optimal import Plan, Problem, next_poll_after, optimal_schedule, plan_for, solve
+from watcher.policy import Target
 
 KEY: Key = ("main", "upsert", "<1k")
 

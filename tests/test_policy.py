@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -17,9 +18,11 @@ from watcher.policy import (
     Refused,
     Reschedule,
     Seen,
+    Target,
     Transient,
     decide,
     first_poll_at,
+    parse_target_delay,
     running_interval,
     transient_delay,
 )
@@ -200,12 +203,15 @@ observations = st.one_of(
     draw=st.floats(min_value=0, max_value=1, exclude_max=True),
     streak=st.integers(0, 60),
     shown=st.booleans(),
+    learned=st.none() | st.floats(allow_nan=True, allow_infinity=True),
 )
-def test_every_wait_is_bounded(seen: Observation, age: float, draw: float, streak: int, shown: bool) -> None:
-    """Every reschedule is ahead of now, at most max_interval ahead, never past the deadline; a running job waits at least min_interval unless the deadline comes first."""
+def test_every_wait_is_bounded(
+    seen: Observation, age: float, draw: float, streak: int, shown: bool, learned: float | None
+) -> None:
+    """Every reschedule is ahead of now, at most max_interval ahead, never past the deadline; a running job waits at least min_interval unless the deadline comes first; whatever the learned wait."""
     now = ADDED + age
     state = job(transient_errors=streak, snapshot=Snapshot(status="pending") if shown else None)
-    decision = decide(POLICY, state, seen, now, draw)
+    decision = decide(POLICY, state, seen, now, draw, learned_wait=learned)
     if isinstance(decision, Finish):
         return
     deadline_at = ADDED + POLICY.deadline
@@ -214,3 +220,81 @@ def test_every_wait_is_bounded(seen: Observation, age: float, draw: float, strea
     assert decision.next_poll_at <= deadline_at
     if isinstance(seen, Seen | Refused):
         assert wait >= POLICY.min_interval or decision.next_poll_at == deadline_at
+
+
+# --- a learned wait ---------------------------------------------------------------------------------
+
+
+def test_a_learned_wait_replaces_the_proportional_one() -> None:
+    """After an answer that says running, the learned wait (jittered) is the wait; without one, growth x age."""
+    assert ADDED + 100 + 42 == decide(POLICY, job(), pending(), ADDED + 100, 0.5, learned_wait=42.0).next_poll_at
+    assert ADDED + 100 + 42 * 1.1 == pytest.approx(
+        decide(POLICY, job(), pending(), ADDED + 100, 1.0, learned_wait=42.0).next_poll_at)
+    assert ADDED + 100 + 20 == decide(POLICY, job(), pending(), ADDED + 100, 0.5).next_poll_at
+
+
+def test_learn_off_ignores_the_learned_wait() -> None:
+    """polling.learn: false keeps today's proportional policy even when a learned wait is offered."""
+    policy = replace(POLICY, learn=False)
+    assert ADDED + 120 == decide(policy, job(), pending(), ADDED + 100, 0.5, learned_wait=42.0).next_poll_at
+    assert ADDED + 2 == first_poll_at(policy, ADDED, 30.0)
+
+
+@pytest.mark.parametrize(("learned", "wait"), [(0.5, 5.0), (10_000.0, 300.0), (math.nan, 20.0), (-3.0, 5.0)])
+def test_a_learned_wait_is_clamped(learned: float, wait: float) -> None:
+    """min_interval and max_interval bound a learned wait; one that is no number falls back to growth x age."""
+    assert ADDED + 100 + wait == decide(POLICY, job(), pending(), ADDED + 100, 0.5, learned_wait=learned).next_poll_at
+
+
+def test_a_learned_wait_keeps_the_deadline_and_the_404_grace() -> None:
+    """A long learned wait stops at the deadline, and before SendGrid shows the job, at the end of the grace."""
+    near_end = decide(POLICY, job(), pending(), ADDED + 3500, 0.5, learned_wait=250.0)
+    assert ADDED + 3600 == near_end.next_poll_at
+    grace = decide(POLICY, job(), NotFound(), ADDED + 30, 0.5, learned_wait=250.0)
+    assert Reschedule(ADDED + 120, 1, 0, None) == grace
+
+
+def test_retry_after_still_wins_over_a_learned_wait() -> None:
+    """A transient failure keeps its own backoff and the server's Retry-After; the learned wait does not apply."""
+    decision = decide(POLICY, job(), Transient(retry_after=90.0), ADDED + 100, 0.5, learned_wait=7.0)
+    assert Reschedule(ADDED + 190, 0, 1, None) == decision
+    refused = decide(POLICY, job(), Refused(), ADDED + 100, 1.0, learned_wait=7.0)
+    assert ADDED + 400 == refused.next_poll_at
+
+
+def test_first_poll_with_a_learned_wait() -> None:
+    """A learned first wait is used between initial_delay and the end of the 404 grace (and max_interval)."""
+    assert ADDED + 30 == first_poll_at(POLICY, ADDED, 30.0)
+    assert ADDED + 2 == first_poll_at(POLICY, ADDED, 0.5)
+    assert ADDED + 120 == first_poll_at(POLICY, ADDED, 1000.0)
+    assert ADDED + 2 == first_poll_at(POLICY, ADDED, math.nan)
+
+
+def test_terminal_statuses_of_another_kind_of_job() -> None:
+    """decide ends a job on the statuses its caller names: an export's "ready" is terminal, "completed" is not."""
+    export_ends = {"ready": Outcome.COMPLETED, "failure": Outcome.FAILED}
+    ready = Seen(Snapshot(status="Ready"))
+    assert Finish(Outcome.COMPLETED, 1, ready.snapshot) == decide(POLICY, job(), ready, ADDED + 50, 0.5,
+                                                                  terminal=export_ends)
+    assert isinstance(decide(POLICY, job(), ready, ADDED + 50, 0.5), Reschedule)
+    done = Seen(Snapshot(status="completed"))
+    assert isinstance(decide(POLICY, job(), done, ADDED + 50, 0.5, terminal=export_ends), Reschedule)
+
+
+@pytest.mark.parametrize(
+    ("raw", "target"),
+    [(0.1, Target(0.1)), (1, Target(1.0)), ("30s", Target(30.0, share=False)), ("2m", Target(120.0, share=False)),
+     ("250ms", Target(0.25, share=False)), (" 1.5 h ", Target(5400.0, share=False))],
+)
+def test_target_delay_setting(raw: object, target: Target) -> None:
+    """A bare number up to 1 is a share of the run time; a string with a unit is seconds."""
+    assert target == parse_target_delay(raw)
+
+
+@pytest.mark.parametrize("raw", [0, -0.1, 1.5, 30, math.nan, math.inf, True, "30", "0s", "2d", "fast", None, [0.1],
+                                 "x" * 500])
+def test_target_delay_refuses_the_ambiguous(raw: object) -> None:
+    """30 (a share of 3000%? 30 s?) is refused with a hint, as is any other non-setting, in one short line."""
+    with pytest.raises(ValueError, match=r"share in \(0, 1\]|must be in") as caught:
+        parse_target_delay(raw)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 160

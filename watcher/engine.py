@@ -3,6 +3,9 @@
 Per-job polls are not APScheduler jobs: the store orders unfinished jobs by
 ``next_poll_at`` and the engine claims the due ones in batches, so 100,000
 tracked jobs cost one index, not 100,000 timers.
+
+Imports and exports share all of it: a job's kind picks the read (get_import or
+get_export) and the statuses that end it; its account picks the client.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -19,8 +22,15 @@ import structlog
 from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
+from watcher.learned import LearnedSchedules
 from watcher.logs import CachedLogger, JobLog
-from watcher.models import TERMINAL_STATUSES, JobState, PollUpdate, Snapshot
+from watcher.models import (
+    JobKind,
+    JobState,
+    PollUpdate,
+    Snapshot,
+    terminal_statuses,
+)
 from watcher.outcomes import ErrorsFetcher, KeyAlerts, Recipient, StuckWarnings, errors_info, outcome_deliveries
 from watcher.policy import (
     Finish,
@@ -42,9 +52,11 @@ _log = CachedLogger(log)
 
 
 class ImportSource(Protocol):
-    """What the engine needs of the SendGrid client."""
+    """What the engine needs of a SendGrid client (one per account)."""
 
     async def get_import(self, job_id: str) -> Snapshot: ...
+
+    async def get_export(self, export_id: str) -> Snapshot: ...
 
 
 @dataclass
@@ -83,11 +95,19 @@ class Engine(ClaimLoop):
         on_poll: Callable[[str, float], None] | None = None,
         store_health: StoreHealth | None = None,
         on_batch_outcome: Callable[[], None] | None = None,
+        clients: Mapping[str, ImportSource] | None = None,
+        default_account: str | None = None,
+        learned: LearnedSchedules | None = None,
+        on_outcome: Callable[[JobState], None] | None = None,
     ) -> None:
         super().__init__(clock=clock, limit=max_concurrency, lease=lease, store_health=store_health)
         self.store = store
-        self.client = client
+        self.client = client  # the default account's: jobs with no account
+        self.clients = dict(clients or {})  # by account name
+        self.default_account = default_account  # the name routes know `client`'s account by
         self.policy = policy
+        self.learned = learned  # run times of finished jobs: their schedules (None: proportional only)
+        self.on_outcome = on_outcome  # metrics: polls per job, detection delay
         self.owner = owner
         self.recipients = {r.name: r for r in recipients}
         self.routes = tuple(routes)
@@ -105,7 +125,11 @@ class Engine(ClaimLoop):
         self._claiming = False
         self._unknown_logged: set[tuple[str, str]] = set()
         self.key = KeyAlerts(store, self.recipients, clock, lambda: self.on_deliveries())
-        self.stuck = StuckWarnings(store, warn_after=policy.warn_after, routes=self.routes, recipients=self.recipients)
+        self._account_keys: dict[str, KeyAlerts] = {}  # the named accounts' own key states
+        self.stuck = StuckWarnings(
+            store, warn_after=policy.warn_after, routes=self.routes, recipients=self.recipients,
+            default_account=default_account,
+        )
 
     @property
     def outcomes(self) -> dict[str, int]:
@@ -244,7 +268,14 @@ class Engine(ClaimLoop):
             now = self.clock.now()
             if self.on_poll is not None:
                 self.on_poll(type(seen).__name__.lower(), now - started)
-            decision = decide(self.policy, job, seen, now, self.rng.random())
+            learned_wait = (
+                self.learned.wait_for(job, now, self.policy, seen.snapshot)
+                if self.learned is not None and isinstance(seen, Seen) else None
+            )
+            decision = decide(
+                self.policy, job, seen, now, self.rng.random(), terminal=terminal_statuses(job.kind),
+                learned_wait=learned_wait,
+            )
             if isinstance(decision, Reschedule):
                 if isinstance(seen, Seen):  # SendGrid itself says it still runs: it may be stuck
                     await self._warn_if_stuck(job, decision, now, bound)
@@ -312,31 +343,55 @@ class Engine(ClaimLoop):
             else:
                 self._lease_lost(job.id, _token(job), bound)
 
+    def _key_of(self, account: str | None) -> KeyAlerts:
+        """The key state of the job's account: the default one's is the one KEY_STATE, as ever."""
+        if account is None:
+            return self.key
+        if account not in self._account_keys:
+            self._account_keys[account] = KeyAlerts(
+                self.store, self.recipients, self.clock, lambda: self.on_deliveries(), account=account
+            )
+        return self._account_keys[account]
+
     async def _observe(self, job: JobState, bound: Any) -> Observation:
+        key = self._key_of(job.account)
+        client = self.client if job.account is None else self.clients.get(job.account)
+        if client is None:
+            # A job naming an account this replica is not configured with (a replica with a
+            # newer config may know it): waited on like a refused key, with one alert, until
+            # the account is configured or the deadline ends it as timed_out.
+            self.stats.count_poll("unknown_account")
+            if key.state != "refused":
+                bound.warning("engine.unknown_account", account=job.account, configured=sorted(self.clients))
+            await key.unknown_account()
+            return Refused()
         try:
-            snapshot = await self.client.get_import(job.id)
+            if job.kind is JobKind.EXPORT:
+                snapshot = await client.get_export(job.id)
+            else:
+                snapshot = await client.get_import(job.id)
         except ImportNotFound:
             self.stats.count_poll("not_found")
-            await self.key.works()
+            await key.works()
             return NotFound()
         except KeyRefused as exc:
             self.stats.count_poll("key_refused")
-            await self.key.refused(exc)
+            await key.refused(exc)
             return Refused()
         except TryLater as exc:
             self.stats.count_poll("transient")
             bound.info("engine.poll_deferred", reason=exc.reason, retry_after=exc.retry_after)
             return Transient(exc.retry_after)
         self.stats.count_poll("ok")
-        await self.key.works()
-        self._note_unknown_status(job.id, snapshot, bound)
+        await key.works()
+        self._note_unknown_status(job, snapshot, bound)
         return Seen(snapshot)
 
-    def _note_unknown_status(self, job_id: str, snapshot: Snapshot, bound: Any) -> None:
+    def _note_unknown_status(self, job: JobState, snapshot: Snapshot, bound: Any) -> None:
         if snapshot.status == "pending":
             return  # the common answer, known without normalising it
-        status = snapshot.normalized_status or ""
-        if status in TERMINAL_STATUSES or status == "pending":
+        job_id, status = job.id, snapshot.normalized_status or ""
+        if status in terminal_statuses(job.kind) or status == "pending":
             return
         if (job_id, status) not in self._unknown_logged:
             if len(self._unknown_logged) > 10_000:
@@ -348,7 +403,8 @@ class Engine(ClaimLoop):
         with structlog.contextvars.bound_contextvars(job_id=job.id):  # the download's log lines name the job
             errors = await errors_info(decision, self.errors_fetcher)
         deliveries, names = outcome_deliveries(
-            job, decision, now, routes=self.routes, recipients=self.recipients, errors=errors
+            job, decision, now, routes=self.routes, recipients=self.recipients, errors=errors,
+            default_account=self.default_account,
         )
         written = await self.store.record_outcome(
             job.id,
@@ -370,10 +426,22 @@ class Engine(ClaimLoop):
         self.stats.outcomes[decision.outcome.value] = self.stats.outcomes.get(decision.outcome.value, 0) + 1
         self._unknown_logged.discard((job.id, (decision.snapshot.normalized_status or "") if decision.snapshot else ""))
         bound.info("job.finished", outcome=decision.outcome.value, polls=decision.polls, notify=names)
+        done = replace(job, polls=decision.polls, snapshot=decision.snapshot, outcome=decision.outcome, detected_at=now)
+        await self._learn(done, now, bound)
         if deliveries:
             self.on_deliveries()
         if job.batch is not None:
             self.on_batch_outcome()
+
+    async def _learn(self, done: JobState, now: float, bound: Any) -> None:
+        """Tell the metrics and the learned schedules about a recorded outcome; neither may fail the job."""
+        if self.on_outcome is not None:
+            self.on_outcome(done)
+        if self.learned is not None:
+            try:
+                await self.learned.observe(done, now)
+            except Exception as exc:  # the outcome is recorded; a lost sample only slows the learning
+                bound.warning("policy.learn_failed", error=repr(exc))
 
     async def _release(self, job: JobState) -> None:
         await self._give_back(job.id, _token(job), self.store.release_job)

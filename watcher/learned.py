@@ -9,11 +9,12 @@ its samples as the newest (the only difference to a single writer is that order 
 A stored value that cannot be read is logged and replaced, never trusted.
 
 Schedules are computed from the summary as last read or written (not from each new
-sample), so a plan is recomputed at most once per flush. `delay` is a pure decision: the
-engine asks it after a poll that saw the job running and falls back to the proportional
-policy when it returns None.
+sample), so a plan is recomputed at most once per flush. `wait_for` is a pure reading:
+the engine asks it after a poll that saw the job running and hands the answer to
+`watcher.policy.decide`, which jitters and clamps it, and falls back to the proportional
+policy when it is None. `expected_finish` is what `status` and the page show.
 
-A job's kind is (the `account` label, the `job_type` SendGrid reports, the size band of
+A job's kind is (its account, the `job_type` SendGrid reports, the size band of
 `requested_count`); its run time runs from SendGrid's `started_at` (or when it was added)
 to `finished_at` (or when the watcher saw it end).
 """
@@ -21,7 +22,7 @@ to `finished_at` (or when the watcher saw it end).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 import structlog
 
@@ -29,31 +30,36 @@ from watcher.errors import StoreUnavailable
 from watcher.events import parse_iso
 from watcher.learning import (
     ANY,
+    FAR_OUT,
     HALF_LIFE,
     HIGH_S,
     MIN_SAMPLES,
     UNKNOWN,
     Key,
     RunTimes,
-    Target,
-    next_poll_after,
     size_band,
 )
-from watcher.models import TERMINAL_STATUSES, JobState, Snapshot
+from watcher.models import EXPORT_TERMINAL_STATUSES, TERMINAL_STATUSES, JobState, Snapshot, terminal_statuses
+from watcher.optimal import next_poll_after
 from watcher.policy import PollPolicy
 from watcher.store.base import StateStore
 
 log = structlog.get_logger("watcher.learned")
 
 RUNTIMES_KEY = "policy.runtimes"
-ACCOUNT_LABEL = "account"
-_LEARNED = frozenset(TERMINAL_STATUSES.values())  # timed out or not found says nothing about run times
+# Timed out or not found says nothing about run times.
+_LEARNED = frozenset(TERMINAL_STATUSES.values()) | frozenset(EXPORT_TERMINAL_STATUSES.values())
+
+
+def account_of(job: JobState) -> str:
+    """The job's account as a summary key ("": the default account)."""
+    return job.account or ""
 
 
 def job_key(job: JobState, snapshot: Snapshot | None = None) -> Key:
-    """The kind of `job`, from its labels and what SendGrid said last."""
+    """The kind of `job`, from its account and what SendGrid said last."""
     snap = snapshot or job.snapshot
-    account = str(job.labels.get(ACCOUNT_LABEL, ""))[:200]
+    account = account_of(job)
     job_type = snap.job_type.strip().lower()[:200] if snap and isinstance(snap.job_type, str) else UNKNOWN
     band = size_band(snap.results.get("requested_count")) if snap else UNKNOWN
     return account, job_type, band
@@ -77,7 +83,7 @@ def run_time(job: JobState, outcome_time: float) -> float | None:
     """How long a finished job ran; None if it did not finish (timed out, not found) or the times disagree."""
     snap = job.snapshot
     status = snap.normalized_status if snap else None
-    if job.outcome not in _LEARNED and not (job.outcome is None and status in TERMINAL_STATUSES):
+    if job.outcome not in _LEARNED and not (job.outcome is None and status in terminal_statuses(job.kind)):
         return None
     start = origin(job)
     started, finished = (_epoch(snap.started_at), _epoch(snap.finished_at)) if snap else (None, None)
@@ -90,11 +96,10 @@ class LearnedSchedules:
     """The run-time summary of one replica, synced with the store, and the waits it implies."""
 
     def __init__(
-        self, store: StateStore, *, target: Target | None = None, min_samples: int = MIN_SAMPLES,
-        half_life: float = HALF_LIFE, flush_every: int = 50, flush_after: float = 300.0, attempts: int = 5,
+        self, store: StateStore, *, min_samples: int = MIN_SAMPLES, half_life: float = HALF_LIFE,
+        flush_every: int = 50, flush_after: float = 300.0, attempts: int = 5,
     ) -> None:
         self.store = store
-        self.target = target or Target()
         self.min_samples = min_samples
         self.flush_every = flush_every
         self.flush_after = flush_after
@@ -109,7 +114,8 @@ class LearnedSchedules:
         self.summary = self._parse(await self.store.get_meta(RUNTIMES_KEY))
 
     async def observe(self, job: JobState, outcome_time: float) -> bool:
-        """Add a finished job's run time; written with the others when a flush is due. True if it counted."""
+        """Add a finished job's run time (`job` as recorded: its outcome and last snapshot); written with
+        the others when a flush is due. True if it counted."""
         seconds = run_time(job, outcome_time)
         if seconds is None:
             return False
@@ -138,40 +144,51 @@ class LearnedSchedules:
         log.info("policy.runtimes_contended", attempts=self.attempts, pending=len(self.pending))
         return False
 
-    def delay(
-        self, job: JobState, now: float, policy: PollPolicy, *, snapshot: Snapshot | None = None,
-        draw: float | None = None,
-    ) -> float | None:
-        """The learned wait after a poll at `now` that saw `job` running, within min/max interval and the
-        deadline, jittered like the proportional policy when `draw` is given; None: use that policy."""
+    def wait_for(self, job: JobState, now: float, policy: PollPolicy, snapshot: Snapshot | None = None) -> float | None:
+        """The learned wait after a poll at `now` that saw `job` running (`snapshot`: that answer), for
+        `decide(..., learned_wait=)`; None with `learn` off, too few samples or a job far outside them."""
+        if not policy.learn:
+            return None
         snap = snapshot or job.snapshot
-        start = origin(job, snap)
-        if start > now:  # SendGrid's clock ahead of ours: count from when the job was added
-            start = job.added_at
+        start = self._start(job, snap, now)
         hist = self.summary.lookup(job_key(job, snap), self.min_samples)
-        wait = next_poll_after(
-            hist, now - start, target=self.target, min_interval=policy.min_interval,
+        return next_poll_after(
+            hist, now - start, target=policy.target_delay, min_interval=policy.min_interval,
             max_interval=policy.max_interval, deadline=max(job.added_at + policy.deadline - start, policy.min_interval),
             min_samples=self.min_samples,
         )
-        if wait is None:
-            return None
-        if draw is not None:
-            wait *= 1.0 - policy.jitter + 2 * policy.jitter * draw
-        wait = min(max(wait, policy.min_interval), policy.max_interval)
-        return max(0.0, min(wait, job.added_at + policy.deadline - now))
 
-    def first_delay(self, labels: Mapping[str, str], policy: PollPolicy) -> float | None:
-        """The learned wait before a new job's first poll (only its account is known yet); None: initial_delay."""
-        hist = self.summary.lookup((str(labels.get(ACCOUNT_LABEL, ""))[:200], ANY, ANY), self.min_samples)
-        wait = next_poll_after(
-            hist, 0.0, target=self.target, min_interval=policy.min_interval, max_interval=policy.max_interval,
-            deadline=policy.deadline, min_samples=self.min_samples,
-        )
-        if wait is None:
+    def first_wait(self, accounts: Iterable[str | None], policy: PollPolicy) -> float | None:
+        """The learned wait before new jobs' first poll (only their accounts are known yet), for
+        `first_poll_at(..., learned_wait=)`: the shortest over `accounts`; None if any has none."""
+        if not policy.learn:
             return None
-        # Never later than the 404 grace: a wrong id is still reported when it is today.
-        return min(max(wait, policy.initial_delay), policy.max_interval, policy.not_found_grace or math.inf)
+        waits = []
+        for account in set(accounts) or {None}:
+            hist = self.summary.lookup(((account or "")[:200], ANY, ANY), self.min_samples)
+            wait = next_poll_after(
+                hist, 0.0, target=policy.target_delay, min_interval=policy.min_interval,
+                max_interval=policy.max_interval, deadline=policy.deadline, min_samples=self.min_samples,
+            )
+            if wait is None:
+                return None
+            waits.append(wait)
+        return min(waits)
+
+    def expected_finish(self, job: JobState, now: float) -> float | None:
+        """When `job`, still running at `now`, is likely to have ended (epoch seconds: half the jobs of its
+        kind that ran this long had ended by then); None below enough samples or far outside them."""
+        start = self._start(job, job.snapshot, now)
+        hist = self.summary.lookup(job_key(job), self.min_samples)
+        age = now - start
+        if hist is None or hist.total <= 0 or age > hist.quantile(FAR_OUT):
+            return None
+        return start + hist.median_after(age)
+
+    @staticmethod
+    def _start(job: JobState, snapshot: Snapshot | None, now: float) -> float:
+        start = origin(job, snapshot)
+        return job.added_at if start > now else start  # SendGrid's clock ahead of ours: count from the add
 
     def _parse(self, text: str | None) -> RunTimes:
         if text is None:

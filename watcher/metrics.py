@@ -1,7 +1,9 @@
 """Prometheus metrics of one daemon, kept in its own registry (never the process-global one).
 
 Two kinds of numbers: events counted as they happen (polls, deliveries, their
-latency), fed by the engine's `on_poll` and the outbox's `on_result` hooks; and
+latency, and per finished job its polls and detection delay, so an operator sees the
+poll policy work), fed by the engine's `on_poll` and `on_outcome` and the outbox's
+`on_result` hooks; and
 state read at scrape time (store totals, the SendGrid client's answer counters,
 the rate budget), so a scrape always shows the present and nothing is
 double-counted when several replicas share one store.
@@ -10,14 +12,15 @@ double-counted when several replicas share one store.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watcher.errors import StoreBroken, StoreUnavailable
-from watcher.models import Delivery, StoreCounts
+from watcher.events import parse_iso
+from watcher.models import Delivery, JobState, StoreCounts
 
 PREFIX = "import_watcher"
 # The engine reports the observation class name; these are the labels EngineStats uses too.
@@ -29,10 +32,13 @@ POLL_RESULTS: Mapping[str, str] = {
 }
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+POLLS_PER_JOB_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+DETECTION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 #: Without a store count of batches, at most this many are listed per state at a scrape.
 
 PollHook = Callable[[str, float], None]
 ResultHook = Callable[[Delivery, str, float], None]
+OutcomeHook = Callable[[JobState], None]
 
 
 class _Counts(Protocol):
@@ -46,6 +52,13 @@ class _Engine(Protocol):
 
     @property
     def outcomes(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class _Outcomes(Protocol):
+    """An engine that reports each job it recorded an outcome for (as recorded)."""
+
+    on_outcome: OutcomeHook | None
 
 
 class _Outbox(Protocol):
@@ -120,6 +133,15 @@ class WatcherMetrics:
         )
         self.store_up = Gauge(f"{PREFIX}_store_up", "1 when the state store answered the last scrape.", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the daemon is ready (as /readyz).", registry=r)
+        self.polls_per_job = Histogram(
+            f"{PREFIX}_polls_per_job", "Polls a finished job took, by kind and outcome.", ["kind", "outcome"],
+            buckets=POLLS_PER_JOB_BUCKETS, registry=r,
+        )
+        self.detection_delay = Histogram(
+            f"{PREFIX}_detection_delay_seconds",
+            "From SendGrid's finished_at to the poll that saw the job end, by kind and outcome (jobs with a"
+            " finished_at only).", ["kind", "outcome"], buckets=DETECTION_BUCKETS, registry=r,
+        )
         for result in POLL_RESULTS.values():
             self.polls.labels(result)  # present at 0 from the start, so rate() works at once
 
@@ -128,6 +150,8 @@ class WatcherMetrics:
         engine, outbox = daemon.engine, daemon.outbox
         if engine is not None:
             engine.on_poll = _chain_poll(engine.on_poll, self.observe_poll)
+        if isinstance(engine, _Outcomes):
+            engine.on_outcome = _chain_outcome(engine.on_outcome, self.observe_outcome)
         if outbox is not None:
             outbox.on_result = _chain_result(outbox.on_result, self.observe_delivery)
         self.registry.register(_DaemonCollector(daemon))
@@ -135,6 +159,17 @@ class WatcherMetrics:
     def observe_poll(self, kind: str, seconds: float) -> None:
         self.polls.labels(POLL_RESULTS.get(kind, kind)).inc()
         self.poll_seconds.observe(max(0.0, seconds))
+
+    def observe_outcome(self, job: JobState) -> None:
+        """A job whose outcome was just recorded: its polls, and how late it was seen when SendGrid said when
+        it ended (a clock skew that puts the end after the detection counts as 0)."""
+        if job.outcome is None:
+            return
+        labels = (job.kind.value, job.outcome.value)
+        self.polls_per_job.labels(*labels).observe(job.polls)
+        finished = parse_iso(job.snapshot.finished_at) if job.snapshot is not None else None
+        if finished is not None and job.detected_at is not None:
+            self.detection_delay.labels(*labels).observe(max(0.0, job.detected_at - finished.timestamp()))
 
     def observe_delivery(self, delivery: Delivery, result: str, seconds: float) -> None:
         self.deliveries.labels(delivery.notifier, result).inc()
@@ -172,6 +207,17 @@ def _chain_poll(first: PollHook | None, second: PollHook) -> PollHook:
     def both(kind: str, seconds: float) -> None:
         first(kind, seconds)
         second(kind, seconds)
+
+    return both
+
+
+def _chain_outcome(first: OutcomeHook | None, second: OutcomeHook) -> OutcomeHook:
+    if first is None:
+        return second
+
+    def both(job: JobState) -> None:
+        first(job)
+        second(job)
 
     return both
 

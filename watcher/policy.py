@@ -19,7 +19,13 @@ The formula (also in the README):
   seconds, not a poll interval), never sooner than the server's ``Retry-After``
   up to ``max_interval``; they are not counted as polls;
 * a refused key (401/403) waits about ``max_interval`` (jittered downwards only)
-  between attempts.
+  between attempts;
+* with ``learn`` on, a learned wait (the optimal schedule for the run times seen
+  so far, `watcher.learned`) replaces ``growth * age`` when the caller has one; it
+  is jittered and clamped like the proportional wait, and the caller passes None
+  (falling back to the proportional wait) below enough samples or for a job older
+  than nearly all of those seen. ``target_delay`` is the detection delay that
+  schedule aims at: a share of the expected run time, or seconds.
 
 Every wait is at most ``max_interval`` and no poll is scheduled past the
 deadline: a ``Retry-After`` asking for more is suspicious, and the rate budget,
@@ -28,9 +34,46 @@ which every request goes through, clamps it to the same bound.
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from watcher.models import TERMINAL_STATUSES, JobState, Outcome, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """`polling.target_delay`: a share of the expected run time, or seconds."""
+
+    value: float = 0.1
+    share: bool = True
+
+    def seconds(self, mean_run_time: float) -> float:
+        return self.value * mean_run_time if self.share else self.value
+
+
+_SECONDS = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)\s*")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_target_delay(value: Any) -> Target:
+    """`polling.target_delay`: a bare number in (0, 1] is a share of the run time (0.1: a tenth);
+    a string with a unit (`250ms`, `30s`, `2m`, `1h`) is seconds. Anything else is a ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a share in (0, 1] like 0.1 or a duration like 30s, got a boolean")
+    if isinstance(value, int | float):
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ValueError(f"a share of the run time must be in (0, 1], got {value!r} (for seconds write '30s')")
+        return Target(float(value), share=True)
+    if isinstance(value, str) and (match := _SECONDS.fullmatch(value)):
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+        if not 0 < seconds <= 86400:
+            raise ValueError(f"a target delay in seconds must be in (0, 1d], got {value!r}")
+        return Target(seconds, share=False)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise ValueError(f"expected a share in (0, 1] like 0.1 or a duration like 30s, got {shown}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +89,8 @@ class PollPolicy:
     jitter: float = 0.1
     transient_base: float = 1.0
     warn_after: float | None = None  # pending this long: one contact_import.stuck warning (None: never)
+    target_delay: Target = Target()  # the learned schedule's aim
+    learn: bool = True  # schedule from learned run times once there are enough
 
 
 # --- what a poll observed ------------------------------------------------------
@@ -99,22 +144,33 @@ class Finish:
 Decision = Reschedule | Finish
 
 
-def first_poll_at(policy: PollPolicy, added_at: float) -> float:
-    return added_at + policy.initial_delay
+def first_poll_at(policy: PollPolicy, added_at: float, learned_wait: float | None = None) -> float:
+    """When a new job is polled first: after `initial_delay`, or the learned wait (never sooner than
+    initial_delay, never later than max_interval or the end of the 404 grace)."""
+    if learned_wait is None or not policy.learn or not learned_wait > policy.initial_delay:  # NaN too
+        return added_at + policy.initial_delay
+    grace = policy.not_found_grace or math.inf
+    return added_at + min(learned_wait, policy.max_interval, grace, policy.deadline)
 
 
-def decide(policy: PollPolicy, job: JobState, seen: Observation, now: float, draw: float) -> Decision:
-    """The next step for `job` after observing `seen` at `now`; `draw` is uniform in [0, 1)."""
+def decide(
+    policy: PollPolicy, job: JobState, seen: Observation, now: float, draw: float, *,
+    terminal: Mapping[str, Outcome] = TERMINAL_STATUSES, learned_wait: float | None = None,
+) -> Decision:
+    """The next step for `job` after observing `seen` at `now`; `draw` is uniform in [0, 1).
+
+    `terminal` maps the statuses that end this kind of job to outcomes; `learned_wait`, when
+    given (and `learn` is on), replaces the proportional wait after an answer that says "running"."""
     deadline_at = job.added_at + policy.deadline
     age = now - job.added_at
     if isinstance(seen, Seen):
         polls = job.polls + 1
         status = seen.snapshot.normalized_status
-        if status is not None and status in TERMINAL_STATUSES:
-            return Finish(TERMINAL_STATUSES[status], polls, seen.snapshot)
+        if status is not None and status in terminal:
+            return Finish(terminal[status], polls, seen.snapshot)
         if now >= deadline_at:
             return Finish(Outcome.TIMED_OUT, polls, seen.snapshot)
-        at = min(now + running_interval(policy, age, draw), deadline_at)
+        at = min(now + running_interval(policy, age, draw, learned_wait), deadline_at)
         return Reschedule(at, polls, 0, seen.snapshot)
     if isinstance(seen, NotFound) and job.snapshot is None:
         polls = job.polls + 1
@@ -123,7 +179,7 @@ def decide(policy: PollPolicy, job: JobState, seen: Observation, now: float, dra
             return Finish(Outcome.NOT_FOUND, polls, None)
         if now >= deadline_at:
             return Finish(Outcome.TIMED_OUT, polls, None)
-        at = min(now + running_interval(policy, age, draw), grace_end, deadline_at)
+        at = min(now + running_interval(policy, age, draw, learned_wait), grace_end, deadline_at)
         return Reschedule(at, polls, 0, None)
     if now >= deadline_at:
         return Finish(Outcome.TIMED_OUT, job.polls, job.snapshot)
@@ -141,9 +197,12 @@ def decide(policy: PollPolicy, job: JobState, seen: Observation, now: float, dra
     return Reschedule(min(now + delay, deadline_at), job.polls, streak, job.snapshot)
 
 
-def running_interval(policy: PollPolicy, age: float, draw: float) -> float:
-    """Wait after a poll that saw the job still running, `age` seconds after it was added."""
-    base = min(max(policy.growth * age, policy.min_interval), policy.max_interval)
+def running_interval(policy: PollPolicy, age: float, draw: float, learned_wait: float | None = None) -> float:
+    """Wait after a poll that saw the job still running, `age` seconds after it was added: the learned
+    wait when there is one (and `learn` is on), else ``growth * age``; jittered, within [min, max]_interval."""
+    learned = policy.learn and learned_wait is not None and math.isfinite(learned_wait)
+    base = learned_wait if learned and learned_wait is not None else policy.growth * age
+    base = min(max(base, policy.min_interval), policy.max_interval)
     return min(max(base * _jitter(policy, draw), policy.min_interval), policy.max_interval)
 
 

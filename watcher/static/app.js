@@ -42,11 +42,18 @@
     return seconds >= 0 ? "in " + text : text + " ago";
   }
 
-  function nextPollCell(iso) {
+  function nextPollCell(iso, expected) {
     // A poll a moment overdue is simply waiting for its turn in the budget.
     const due = iso && Date.parse(iso) <= Date.now();
     const td = el("td", due ? "due now" : relative(iso));
     if (iso) td.title = absolute(iso);
+    if (expected) {
+      // From the run times of finished jobs like it (the learned poll policy); absent until enough are known.
+      const late = Date.parse(expected) <= Date.now();
+      const line = el("div", late ? "expected to end by now" : "expected to end " + relative(expected), "muted expected");
+      line.title = "half the jobs like it that ran this long had ended by " + absolute(expected);
+      td.appendChild(line);
+    }
     return td;
   }
 
@@ -92,7 +99,7 @@
     state.appendChild(el("span", job.state, "badge state-" + String(job.state).replace(/[^a-z_]/g, "")));
     tr.appendChild(state);
     tr.appendChild(el("td", job.polls, "num"));
-    tr.appendChild(job.state === "watching" ? nextPollCell(job.next_poll_at) : el("td", "–"));
+    tr.appendChild(job.state === "watching" ? nextPollCell(job.next_poll_at, job.expected_finish_at) : el("td", "–"));
     tr.appendChild(outcomeCell(job));
     tr.appendChild(deliveriesCell(job));
     tr.appendChild(labelsCell(job));
