@@ -26,6 +26,7 @@ BENCHMARKS = {
     "delivery": "benchmarks.delivery",
     "page_load": "benchmarks.page_load",
     "rate_limits": "benchmarks.rate_limits",
+    "redis_cost": "benchmarks.redis_cost",
     "policy": "benchmarks.policy_sim",
     "policy_limit": "benchmarks.policy_limit",
 }

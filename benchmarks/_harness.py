@@ -208,9 +208,15 @@ def config_file(
     polling: str = "",
     notifiers: str = "",
     sendgrid: str = "",
+    state_url: str = "",
+    sources: str = "",
 ) -> Path:
-    """A daemon configuration as a user writes it; returns its path."""
+    """A daemon configuration as a user writes it; returns its path (named after `state_path`).
+
+    `state_url` replaces the SQLite file at `state_path` (a Redis URL); `sources` is the YAML
+    of a `sources:` list, as written under that key."""
     polling = polling or "  initial_delay: 2s\n"
+    sources = f"sources:\n{sources}" if sources else ""
     text = (
         "sendgrid:\n"
         f"  api_key: {API_KEY}\n"
@@ -218,11 +224,12 @@ def config_file(
         f"{sendgrid}"
         f"polling:\n{polling}"
         "state:\n"
-        f"  url: sqlite:///{state_path}\n"
+        f"  url: {state_url or f'sqlite:///{state_path}'}\n"
         f"heartbeat_file: {workdir / 'heartbeat'}\n"
         "shutdown_grace: 2s\n"
         "logging:\n  level: info\n  format: json\n"
         f"{notifiers}"
+        f"{sources}"
     )
     path = workdir / f"config-{state_path.stem}.yaml"
     path.write_text(text, encoding="utf-8")

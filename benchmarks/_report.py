@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks._harness import Figure
 
-ORDER = ("poll_cost", "scale", "restart", "delivery", "rate_limits", "policy")
+ORDER = ("poll_cost", "scale", "restart", "delivery", "rate_limits", "redis_cost", "policy")
 
 
 def machine() -> dict[str, Any]:

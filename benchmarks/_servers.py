@@ -1,9 +1,16 @@
-"""A fast local HTTP server answering every GET with one fixed JSON body, in a process of its own.
+"""Servers the benchmarks run against, each in a process of its own.
+
+`fixed_json_server`: a fast local HTTP server answering every GET with one fixed JSON body.
 
 nginx when it is installed (a temporary config on 127.0.0.1, nothing outside a temp
 directory); otherwise a minimal asyncio.Protocol HTTP/1.1 keep-alive server
 (`benchmarks._fastserver`). Either answers in microseconds, so what a client
 benchmark measures is the client. ``BENCH_SERVER=python`` forces the fallback.
+
+`redis_server`: a private redis-server on a free port of 127.0.0.1 (no persistence), so
+that its INFO commandstats count only what the benchmark sends; without the binary,
+the Redis of ``BENCH_REDIS_URL`` (default 127.0.0.1:6379 db 14), whose counts then
+include whatever else uses that server.
 """
 
 from __future__ import annotations
@@ -122,3 +129,30 @@ def _stop(process: subprocess.Popen[bytes] | subprocess.Popen[str], sig: signal.
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass(frozen=True)
+class RedisServed:
+    url: str
+    kind: str  # "private" (a redis-server of our own) or "shared"
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServed]:
+    """A Redis for the block: a private redis-server when installed, else the shared one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield RedisServed(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"), "shared")
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
+        port = free_port()
+        process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+             "--dir", tmp, "--logfile", f"{tmp}/redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for_port("127.0.0.1", port)
+            yield RedisServed(f"redis://127.0.0.1:{port}/0", "private")
+        finally:
+            _stop(process, signal.SIGTERM)

@@ -27,7 +27,7 @@ class Step:
     advance: float
     observations: tuple[Observation, ...]
     finished: tuple[int | None, ...]
-    acquire: bool
+    acquire: int  # slots wanted; 0: no acquire
 
 
 def _maybe(strategy: st.SearchStrategy[float]) -> st.SearchStrategy[float | None]:
@@ -54,7 +54,7 @@ steps = st.builds(
     advance=_ahead(0, 2.5),
     observations=st.lists(observations, max_size=3).map(tuple),
     finished=st.lists(st.none() | st.integers(0, 25), max_size=3).map(tuple),
-    acquire=st.booleans() | st.just(True),
+    acquire=st.integers(0, 1) | st.just(1) | st.integers(2, 5),
 )
 
 
@@ -91,15 +91,19 @@ def _close(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=0, abs_tol=TOLERANCE)
 
 
-def _replied(reply: list[bytes]) -> tuple[bool, float, bool, int, float | None]:
-    granted, wait, probe_out, seq, shown = (part.decode() for part in reply)
-    return granted == "1", float(wait), probe_out == "1", int(float(seq)), float(shown) if shown else None
+Reply = tuple[bool, float, bool, int, float | None, int, float | None]
 
 
-def _python_reply(answer: Answer | None, state: WindowState) -> tuple[bool, float, bool, int, float | None]:
+def _replied(reply: list[bytes]) -> Reply:
+    granted, wait, probe_out, seq, shown, count, reset_at = (part.decode() for part in reply)
+    return (granted == "1", float(wait), probe_out == "1", int(float(seq)), float(shown) if shown else None,
+            int(count), float(reset_at) if reset_at else None)  # fmt: skip
+
+
+def _python_reply(answer: Answer | None, state: WindowState) -> Reply:
     if answer is None:
-        return False, 0.0, False, 0, state.remaining
-    return answer.granted, answer.wait, answer.probe_out, answer.seq, state.remaining
+        return False, 0.0, False, 0, state.remaining, 0, state.reset_at
+    return answer.granted, answer.wait, answer.probe_out, answer.seq, state.remaining, answer.count, state.reset_at
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -128,7 +128,10 @@ async def test_several_pending_readings_merge_by_the_window_rule(redis_client: a
     """Answers pending on two replicas at once end as the longest block, the newest limit and the tighter window."""
     clock = WatchedClock()
     key = f"test:import-watcher:ratelimit:{uuid.uuid4().hex}"
-    first, second, third = (RedisRateBudget(redis_client, key=key, max_rate=None, clock=clock) for _ in range(3))
+    # One slot per script call: sequence numbers 1 to 5 are the five requests, as the readings say.
+    first, second, third = (
+        RedisRateBudget(redis_client, key=key, max_rate=None, clock=clock, max_batch=1) for _ in range(3)
+    )
     try:
         first.observe(window(9, "60", limit=10), 200)
         await first.flush()

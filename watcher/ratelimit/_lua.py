@@ -3,14 +3,16 @@
 Each Lua function mirrors the Python function of the same name, line by line,
 on a table `s` with the fields of `WindowState`; change both together (the
 parity test in tests/test_ratelimit_parity.py fails otherwise). One call is one
-`step`: learn each observation, finish each released request, then take a slot
-(or only roll the window), atomically for every replica.
+`step`: learn each observation, finish each released request, then take up to
+`acquire` slots (`take_many`; 0: only roll the window), atomically for every replica.
 
 KEYS[1] the hash. ARGV: now, interval, early, default_window, same_window,
-probe_timeout, ttl_ms, acquire ('1'/'0'), the number of observations, the number
-of finished requests; then 7 values per observation (limit, blocked_until,
-remaining, reset_at, seq, later, probe); then one seq per finished request
-('' when unknown). Returns {granted, wait, probe_out, seq, remaining} as strings.
+probe_timeout, ttl_ms, acquire (slots wanted, '0' for none), the number of
+observations, the number of finished requests; then 7 values per observation
+(limit, blocked_until, remaining, reset_at, seq, later, probe); then one seq per
+finished request ('' when unknown). Returns {granted, wait, probe_out, seq,
+remaining, count, reset_at} as strings: `seq` is the first of `count` slots granted,
+`reset_at` the end of the window they were taken in ('' when unknown).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local p = {interval = tonumber(ARGV[2]), early = tonumber(ARGV[3]), default_window = tonumber(ARGV[4]),
            same_window = tonumber(ARGV[5]), probe_timeout = tonumber(ARGV[6])}
-local ttl, acquire, n_obs, n_fin = tonumber(ARGV[7]), ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
+local ttl, want, n_obs, n_fin = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 
 local function load()
   local v = redis.call('HMGET', key, unpack(FIELDS))
@@ -122,6 +124,17 @@ local function take(s)
   return {'1', '0', '0', fmt(s.issued)}
 end
 
+local function take_many(s, want)
+  local first = take(s)
+  local count = first[1] == '1' and 1 or 0
+  while first[1] == '1' and count < want do
+    if take(s)[1] ~= '1' then break end
+    count = count + 1
+  end
+  first[6] = tostring(count)
+  return first
+end
+
 local function store(s)
   local set, gone = {}, {}
   for _, name in ipairs(FIELDS) do
@@ -150,10 +163,11 @@ for i = 0, n_obs - 1 do
 end
 base = base + n_obs * {OBSERVATION_ARGS}
 for i = 1, n_fin do finish(s, num(ARGV[base + i])) end
-local answer = {'0', '0', '0', '0'}
-if acquire then answer = take(s) else roll(s) end
+local answer = {'0', '0', '0', '0', '', '0'}
+if want > 0 then answer = take_many(s, want) else roll(s) end
 store(s)
 answer[5] = s.remaining ~= nil and fmt(s.remaining) or ''
+answer[7] = s.reset_at ~= nil and fmt(s.reset_at) or ''
 return answer
 """.replace("{FIELDS}", "{" + ", ".join(f"'{name}'" for name in FIELDS) + "}").replace(
     "{OBSERVATION_ARGS}", str(OBSERVATION_ARGS)

@@ -106,7 +106,8 @@ class Answer:
     granted: bool
     wait: float  # 0 when granted
     probe_out: bool  # waiting for a probe's answer, not for time
-    seq: int  # the request's sequence number when granted, else 0
+    seq: int  # the request's sequence number when granted (the first of `count`), else 0
+    count: int = 1  # slots granted, numbered seq .. seq + count - 1 (0 when not granted)
 
 
 def observation(
@@ -217,6 +218,20 @@ def take(s: WindowState, now: float, p: Params) -> tuple[WindowState, Answer]:
     return s, Answer(True, 0.0, False, issued)
 
 
+def take_many(s: WindowState, now: float, p: Params, want: int) -> tuple[WindowState, Answer]:
+    """`take` up to `want` times at `now`, stopping at the first refusal: the slots are exactly
+    those `want` requests arriving at once would get one by one (so a probe, the window's
+    remaining, a block and max_rate's spacing bound a batch as they bound single requests)."""
+    s, first = take(s, now, p)
+    count = 1 if first.granted else 0
+    while first.granted and count < want:
+        s, more = take(s, now, p)
+        if not more.granted:
+            break
+        count += 1
+    return s, replace(first, count=count)
+
+
 def step(
     s: WindowState,
     now: float,
@@ -224,13 +239,13 @@ def step(
     observations: tuple[Observation, ...] = (),
     finished: tuple[int | None, ...] = (),
     *,
-    acquire: bool,
+    acquire: int,
 ) -> tuple[WindowState, Answer | None]:
-    """What one call of the Lua script does: learn, finish, then take a slot (or only roll)."""
+    """What one call of the Lua script does: learn, finish, then take up to `acquire` slots (0: only roll)."""
     for seen in observations:
         s = learn(s, seen, now, p)
     for seq in finished:
         s = finish(s, seq)
-    if acquire:
-        return take(s, now, p)
+    if acquire > 0:
+        return take_many(s, now, p, acquire)
     return roll(s, now), None

@@ -4,12 +4,19 @@ A file's top-level `batch:` puts every job it lists in that batch; an entry's ow
 
 A job file is data, not configuration: `${VAR}` stays as written, and a job stopped or
 purged (tombstoned) is never brought back by still being listed.
+
+The daemon need not wait for the file: after a restart the jobs it lists are in the store
+already, so it calls `begin` and polling starts from the store at once while the file is
+read (parsed in a thread, so the event loop keeps polling) and its jobs added beside it.
+`started`, which readiness and `--until-idle` read, turns True once a read has completed.
+`start` (begin, then wait for that read) is for callers that need the jobs stored first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +102,58 @@ class FileSource:
         self.started = False
         self._signature: tuple[float, int] | None = None
         self._known: set[str] = set()
+        self._reading = asyncio.Lock()  # one read at a time: the first may still run at the next refresh
+        self._first: asyncio.Task[None] | None = None
+        #: called once the file has been read (the daemon rewrites its heartbeat: ready now)
+        self.on_started: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
-        await self.refresh()
-        self.started = True
+        """Read the file and store its jobs; returns once done."""
+        self.begin()
+        await self.ready()
+
+    def begin(self) -> None:
+        """Begin the first read in the background; returns at once (needs a running loop)."""
+        if self._first is None:
+            self._first = asyncio.create_task(self._first_read(), name=f"source:{self.name}:first-read")
+
+    async def ready(self) -> None:
+        """Wait for the first read `begin` started (it logs its own failure)."""
+        if self._first is not None:
+            await asyncio.shield(self._first)
+
+    async def _first_read(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # the periodic refresh tries again; until then, not started
+            log.error("source.refresh_failed", source=self.name, error=repr(exc))
+
+    async def idle(self) -> bool:
+        """No job still to come from the file: it has been read (for `--until-idle`)."""
+        return self.started and not self._reading.locked()
 
     async def close(self) -> None:
         self.started = False
+        if self._first is not None and not self._first.done():
+            self._first.cancel()
+            await asyncio.gather(self._first, return_exceptions=True)
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Re-read the file if it changed; new ids are stored, known ones are left alone."""
+        """Re-read the file if it changed; new ids are stored, known ones are left alone.
+        A refresh while a read runs is skipped (forced: waits); the next one sees any change."""
+        if self._reading.locked() and not force:
+            return
+        async with self._reading:
+            await self._refresh(force)
+            was, self.started = self.started, True
+        if not was:
+            for callback in self.on_started:
+                try:
+                    await callback()
+                except Exception as exc:  # a heartbeat that cannot be written says so itself, later
+                    log.warning("source.on_started_failed", source=self.name, error=repr(exc))
+
+    async def _refresh(self, force: bool) -> None:
         try:
             st = os.stat(self.path)
             signature: tuple[float, int] | None = (st.st_mtime, st.st_size)
@@ -112,7 +161,8 @@ class FileSource:
             signature = None
         if signature == self._signature and not force:
             return
-        refs, problems = load_job_file(self.path, self.intake.notifiers)
+        # Parsing 100,000 lines takes a second or more: in a thread, so polls go on meanwhile.
+        refs, problems = await asyncio.to_thread(load_job_file, self.path, self.intake.notifiers)
         for problem in problems:
             log.error("source.job_file_problem", problem=problem)
         added = 0
