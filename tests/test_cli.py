@@ -138,7 +138,8 @@ def test_every_command_and_argument_has_help() -> None:
     for name, sub in commands.choices.items():
         missing += [f"{name} {a.dest}" for a in sub._actions if not a.help]
     assert [] == missing
-    assert {"run", "check", "add", "status", "digest", "notify-test", "healthcheck", "demo", "fake-sendgrid"} == set(
+    assert {"run", "check", "add", "status", "digest", "notify-test", "healthcheck", "demo", "fake-sendgrid",
+            "import", "export", "backup", "backups", "restore"} == set(
         commands.choices
     )
 
@@ -289,10 +290,15 @@ async def test_notify_test_sends_every_sample_event(tmp_path: Path, capsys: pyte
         args = build_parser().parse_args(["notify-test", "-c", str(config), "--event", "all"])
         assert 0 == await _notify_test(load_config(config, env={}), None, SAMPLES[args.event])
     assert ["contact_import.errored", "contact_import.batch_finished", "contact_import.stuck",
-            "contact_import.stuck", "watcher.digest"] == [r.body["type"] for r in hook.received]
-    assert 5 == len({r.webhook_id for r in hook.received})
+            "contact_import.stuck", "watcher.digest", "contact_export.ready", "contact_export.failure",
+            "contact_export.timed_out", "contact_export.not_found", "backup.succeeded",
+            "backup.failed"] == [r.body["type"] for r in hook.received]
+    assert 11 == len({r.webhook_id for r in hook.received})
     assert ["live: errored: sent", "live: batch_finished: sent", "live: stuck: sent", "live: stuck batch: sent",
-            "live: digest: sent"] == [line for line in capsys.readouterr().out.splitlines() if line.startswith("live:")]
+            "live: digest: sent", "live: export ready: sent", "live: export failure: sent",
+            "live: export timed_out: sent", "live: export not_found: sent", "live: backup succeeded: sent",
+            "live: backup failed: sent"] == [line for line in capsys.readouterr().out.splitlines()
+                                             if line.startswith("live:")]
 
 
 

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start a new watch even if the job was stopped or has finished")
     add.add_argument("--batch", metavar="NAME",
                      help="put the job in this batch: one summary for all its jobs (1 to 128 of A-Z a-z 0-9 - _ . :)")
+    add.add_argument("--kind", choices=("import", "export"), default="import",
+                     help="import (default: also upserts and deletes) or export: which SendGrid job it is")
+    add.add_argument("--account", metavar="NAME",
+                     help="the configured SendGrid account (sendgrid.accounts) it belongs to (default: the first)")
     status = with_config("status", "show tracked jobs: state, polls, next poll, deliveries")
     status.add_argument("job_id", nargs="?", metavar="JOB_ID", help="show only this job (exit 1 if not tracked)")
     status.add_argument("--batch", metavar="NAME",
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("name", nargs="?", metavar="NAME", help="only this notifier (default: every one)")
     test.add_argument("--event", choices=tuple(SAMPLES), default="outcome",
                       help="which sample: a job's outcome (default), a batch summary, stuck warnings (one job, "
-                           "and several of one batch), a digest, or all of them")
+                           "and several of one batch), a digest, export outcomes, backup results, or all of them")
     with_config("healthcheck", "exit 0 if the daemon is fully started and its heartbeat is fresh")
     for module in _COMMAND_MODULES:
         module.add_parsers(with_config)

@@ -26,7 +26,10 @@ SAMPLES = {
     "batch": ("batch_finished",),
     "stuck": ("stuck", "stuck batch"),
     "digest": ("digest",),
-    "all": ("errored", "batch_finished", "stuck", "stuck batch", "digest"),
+    "export": ("export ready", "export failure", "export timed_out", "export not_found"),
+    "backup": ("backup succeeded", "backup failed"),
+    "all": ("errored", "batch_finished", "stuck", "stuck batch", "digest", "export ready", "export failure",
+            "export timed_out", "export not_found", "backup succeeded", "backup failed"),
 }
 
 
@@ -41,7 +44,11 @@ def say(message: str) -> None:
 async def store_command(config: Config, args: argparse.Namespace, since: float) -> int:
     """The commands that work on the state store or the notifiers."""
     if args.command == "add":
-        return await _add(config, args.job_id, args.label, args.notify, again=args.again, batch=args.batch)
+        # --kind and --account are optional flags of `add` (older parsers lack them: the defaults).
+        kind, account = getattr(args, "kind", None) or "import", getattr(args, "account", None)
+        return await _add(
+            config, args.job_id, args.label, args.notify, again=args.again, batch=args.batch, kind=kind, account=account
+        )
     if args.command == "status" and args.batch is not None:
         return await _status_batch(config, args.batch, as_json=args.json)
     if args.command == "status":
@@ -84,21 +91,31 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 async def _add(
-    config: Config, job_id: str, labels: list[str], notify: list[str] | None, *, again: bool, batch: str | None
-) -> int:
+    config: Config, job_id: str, labels: list[str], notify: list[str] | None, *, again: bool, batch: str | None,
+    kind: str = "import", account: str | None = None,
+) -> int:  # fmt: skip
     from watcher.clock import SystemClock
-    from watcher.models import JobRef
-    from watcher.sources.base import Intake, check_label_text
+    from watcher.models import JobRef, parse_kind, validate_account_name
+    from watcher.sources.base import Intake, check_label_text, same_job
 
     if keeps_nothing(config.state.url):
         raise ValueError(f"state.url is {config.state.url}: nothing `add` stores would be kept; "
                          "point state.url at the daemon's SQLite file or Redis")
     parsed = _labels(labels)
     check_label_text(parsed)
-    ref = JobRef(job_id, parsed, tuple(notify) if notify else None, batch)
+    try:
+        job_kind = parse_kind(kind)
+    except ValueError as exc:
+        raise ValueError(f"--kind: {exc}") from None
+    try:
+        account = None if account is None else validate_account_name(account)
+    except ValueError as exc:
+        raise ValueError(f"--account: {exc}") from None
+    ref = JobRef(job_id, parsed, tuple(notify) if notify else None, batch, job_kind, account)
     async with _opened(config) as store:
-        intake = Intake(store, config.polling, SystemClock(), config.notifier_names)
+        intake = Intake(store, config.polling, SystemClock(), config.notifier_names, tuple(config.accounts))
         intake.check_notify(ref.notify)
+        intake.check_account(ref.account)
         if not again and (tomb := (await store.tombstones([job_id])).get(job_id)) is not None:
             print(f"{job_id}: {_buried(tomb.reason.value, tomb.at)}; nothing new (add --again starts a new watch)")
             return EXIT_OK
@@ -106,6 +123,10 @@ async def _add(
             print(f"{job_id}: now watching")
             return EXIT_OK
         job = await store.get_job(job_id)
+    if job is not None and not same_job(ref, job.kind, job.account):
+        where = f" in account {job.account}" if job.account else ""
+        say(f"{job_id}: already tracked as an {job.kind.value}{where}; nothing changed")
+        return EXIT_RUNTIME
     if job is not None and job.outcome is not None and not again:
         print(f"{job_id}: already finished ({job.outcome.value}); nothing new (add --again starts a new watch)")
     else:

@@ -24,24 +24,26 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import structlog
 
+from watcher.accounts import Accounts
 from watcher.batchloop import BatchLoop
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, FileSourceSettings, RedisSourceSettings
 from watcher.engine import Engine
 from watcher.errors import ConfigError, StoreBroken, StoreUnavailable
 from watcher.heartbeat import HEARTBEAT_INTERVAL, beat, heartbeat_path, remove_heartbeat
+from watcher.learned import LearnedSchedules
 from watcher.metrics import WatcherMetrics
 from watcher.net import OutboundPolicy
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
 from watcher.notify.registry import build_notifiers
 from watcher.outcomes import ErrorsInfo, Recipient, default_batch_choice
-from watcher.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
+from watcher.ratelimit import RateBudget
 from watcher.schedules import DigestJob, housekeep, start_scheduler
 from watcher.sendgrid import SendGridClient
 from watcher.sources.base import Intake, JobSource
 from watcher.sources.file import FileSource
-from watcher.store import RedisStore, open_store
+from watcher.store import open_store
 from watcher.store.base import StateStore
 from watcher.supervise import Supervisor, nothing_left, open_when_available
 
@@ -93,7 +95,9 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.batch_loop: BatchLoop | None = None
         self.intake: Intake | None = None
-        self.budget: RateBudget | None = None
+        self.accounts: Accounts | None = None
+        self.learned: LearnedSchedules | None = None
+        self.budget: RateBudget | None = None  # the default account's, as are `client` and the metrics
         self.client: SendGridClient | None = None
         self.started = False
         self.on_started: list[Callable[[Daemon], Any]] = []
@@ -130,6 +134,10 @@ class Daemon:
                 return 0  # stopped before the store could be opened
             await self._start_components(stack)
             tasks = self._start_loops(until_idle)
+            for source in self.sources:  # every job in a file is in the store already, but for new ones:
+                if isinstance(source, FileSource):  # polling starts at once, the file is read beside it
+                    source.begin()
+                    source.on_started.append(self.heartbeat)  # the heartbeat tells the readiness at once
             self.started = True
             stack.callback(remove_heartbeat, self.heartbeat_path)
             await self.heartbeat()
@@ -181,10 +189,9 @@ class Daemon:
         self._answered = OutboundPolicy.of(config.sendgrid)
         self._answered_session = self._answered.make_session()
         self._on_close(stack, "answered-URL session", self._answered_session.close)
-        self.budget = self._make_budget()
-        if isinstance(self.budget, RedisRateBudget):
-            self._on_close(stack, "rate budget", self.budget.aclose)
-        self.client = SendGridClient(config.sendgrid, session=self._session, budget=self.budget, clock=self.clock)
+        self.accounts = await self._open_accounts(stack)
+        default = self.accounts.get(None)
+        self.client, self.budget = default.client, default.budget
         for notifier in self.notifiers.values():
             await notifier.start(self._session)
             self._on_close(stack, f"notifier {notifier.name}", notifier.close)
@@ -198,14 +205,19 @@ class Daemon:
             recipients=self.recipients(), routes=config.routes, lease=self.lease, store_health=health,
             public_url=config.server.public_url if config.server else None, on_deliveries=self.outbox.wake,
         )
+        self.learned = learned = LearnedSchedules(self.store)
+        await learned.load()
         self.engine = Engine(
-            store=self.store, client=self.client, policy=config.polling, clock=self.clock,
+            store=self.store, client=self.client, clients=self.accounts.clients, default_account=self.accounts.default,
+            learned=learned,
+            policy=config.polling, clock=self.clock,
             owner=self.owner, recipients=self.recipients(), routes=config.routes, errors_fetcher=self._fetch_errors,
             max_concurrency=config.sendgrid.max_concurrency, lease=self.lease,
             on_deliveries=self.outbox.wake, store_health=health, on_batch_outcome=self.batch_loop.batch_changed,
         )
         self.metrics.hook_into(self)
-        self.intake = Intake(self.store, config.polling, self.clock, tuple(self.notifiers))
+        self.intake = Intake(self.store, config.polling, self.clock, tuple(self.notifiers), self.accounts.names,
+                             learned=learned)
         self.intake.on_added.append(self.engine.wake)
         spread = await self.store.spread_overdue(now=self.clock.now(), window=min(config.polling.max_interval, 60.0))
         if spread:
@@ -223,16 +235,12 @@ class Daemon:
             for n in self.notifiers.values()
         ]
 
-    def _make_budget(self) -> RateBudget:
-        # The state URL may carry `?prefix=`, which redis-py rejects on connect: use the URL and
-        # prefix the store parsed, so the budget lives in the store's namespace.
-        max_rate, max_wait = self.config.sendgrid.max_rate, self.config.polling.max_interval
-        if isinstance(self.store, RedisStore):
-            return RedisRateBudget(
-                self.store.url, key=f"{self.store.prefix}:ratelimit", max_rate=max_rate, clock=self.clock,
-                max_wait=max_wait,
-            )
-        return LocalRateBudget(max_rate=max_rate, clock=self.clock, max_wait=max_wait)
+    async def _open_accounts(self, stack: contextlib.AsyncExitStack) -> Accounts:
+        """Each account's session, budget (shared in the store's Redis when it is Redis) and client."""
+        accounts = Accounts.open(self.config, clock=self.clock, store=self.store)
+        await accounts.__aenter__()
+        self._on_close(stack, "accounts", accounts.aclose)
+        return accounts
 
     async def _start_sources(self, stack: contextlib.AsyncExitStack) -> None:
         intake = self._require(self.intake)
@@ -246,7 +254,8 @@ class Daemon:
                 source = RedisStreamSource(spec, intake)
             else:  # pragma: no cover - config only builds the two
                 raise ConfigError([f"unknown source {spec!r}"])
-            await source.start()
+            if not isinstance(source, FileSource):  # a file is read beside the first polls (run)
+                await source.start()
             self._on_close(stack, f"source {source.name}", source.close)
             self.sources.append(source)
 
@@ -283,6 +292,13 @@ class Daemon:
                  for job in digests]
         scheduler = start_scheduler(intervals, crons)
         stack.callback(scheduler.shutdown, wait=False)
+        if self.config.backups:  # each on its cron trigger, and a run missed while down once now
+            from watcher.backup_schedule import add_backup_jobs, backup_jobs
+
+            backups = backup_jobs(self.config.backups, accounts=self._require(self.accounts), store=self.store,
+                                  recipients=recipients, clock=self.clock, policy=self.config.polling,
+                                  on_done=outbox.wake)
+            add_backup_jobs(scheduler, backups, wrap=periodic)
 
     async def _start_server(self, stack: contextlib.AsyncExitStack) -> None:
         """Serve the HTTP API when `server:` is set; it closes when `stack` unwinds, after the drain."""
@@ -367,6 +383,8 @@ class Daemon:
         state = self.config.state
         await housekeep(self.store, now=self.clock.now(), retention=state.retention,
                         tombstone_retention=state.tombstone_retention, expire=self._require(self.outbox).expire)
+        if self.learned is not None:
+            await self.learned.load()  # other replicas' samples too
 
     async def _stop_when_idle(self) -> None:
         """--until-idle: stop once every job is final and every delivery settled."""

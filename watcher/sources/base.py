@@ -10,14 +10,16 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.clock import Clock
+from watcher.config_accounts import check_account
 from watcher.errors import InvalidJobId
-from watcher.models import JobRef, validate_batch_name
+from watcher.learned import LearnedSchedules
+from watcher.models import JobKind, JobRef, parse_kind, validate_account_name, validate_batch_name
 from watcher.policy import PollPolicy, first_poll_at
 from watcher.store.base import AddsJobs, StateStore
 
 log = structlog.get_logger("watcher.sources")
 
-JOB_KEYS = ("id", "labels", "notify", "batch")
+JOB_KEYS = ("id", "labels", "notify", "batch", "kind", "account")
 
 
 class JobSource(Protocol):
@@ -37,11 +39,16 @@ class JobSource(Protocol):
 class Intake:
     """Validates and stores new jobs; shared by every source, the CLI and the API."""
 
-    def __init__(self, store: StateStore, policy: PollPolicy, clock: Clock, notifiers: Sequence[str]) -> None:
+    def __init__(
+        self, store: StateStore, policy: PollPolicy, clock: Clock, notifiers: Sequence[str],
+        accounts: Sequence[str] | None = None, learned: LearnedSchedules | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.policy = policy
         self.clock = clock
         self.notifiers = tuple(notifiers)
+        self.accounts = None if accounts is None else tuple(accounts)  # None: not known here, not checked
+        self.learned = learned  # when known, the first poll waits about as long as such jobs take
         self.on_added: list[Any] = []
         self._tombstones_logged: set[str] = set()
 
@@ -56,7 +63,8 @@ class Intake:
     async def add_many(self, refs: Sequence[JobRef], again: bool = False) -> list[bool]:
         """Store several jobs at once (one transaction where the store can); True for each new one."""
         now = self.clock.now()
-        first = first_poll_at(self.policy, now)
+        wait = self.learned.first_wait({ref.account for ref in refs}, self.policy) if self.learned else None
+        first = first_poll_at(self.policy, now, wait)
         if isinstance(self.store, AddsJobs):
             added = await self.store.add_jobs(refs, now=now, first_poll_at=first, again=again)
         else:
@@ -87,13 +95,27 @@ class Intake:
             raise ValueError(f"unknown notifier {', '.join(map(repr, unknown))} (configured: {configured})")
 
 
+    def check_account(self, account: str | None) -> None:
+        """Raise ValueError for an account that is not configured (for the API and the CLI, like
+        check_notify: a source stores it anyway, and the engine waits for a replica that knows it)."""
+        if self.accounts is not None:
+            check_account(account, self.accounts)
+
+
+def same_job(ref: JobRef, kind: JobKind, account: str | None) -> bool:
+    """Whether a known job is the one `ref` names: an id is one job, of one kind in one account."""
+    return (ref.kind, ref.account) == (kind, account)
+
+
 class InvalidBatch(ValueError):
     """A `batch` that is not a batch name: its message says so, without the job's place."""
 
 
 def parse_job(raw: Any, *, batch: str | None = None) -> JobRef:
-    """A job as the job file or a queue message gives it: a bare id or {id, labels, notify, batch};
-    `batch` is the default (a job file's top-level `batch:`), which the job's own `batch` overrides."""
+    """A job as the job file or a queue message gives it: a bare id or {id, labels, notify, batch,
+    kind, account}; `batch` is the default (a job file's top-level `batch:`), which the job's own
+    `batch` overrides. `kind` is "import" (the default) or "export"; `account` an account name
+    (absent or null: the default account)."""
     ref, _ = _parse(raw, JOB_KEYS, batch)
     return ref
 
@@ -146,12 +168,18 @@ def _parse(raw: Any, keys: tuple[str, ...], default_batch: str | None) -> tuple[
             raise ValueError("`notify` must be a list of notifier names")
     # null, like absent, leaves the job in the default batch (none outside a job file).
     batch = default_batch if raw.get("batch") is None else parse_batch(raw["batch"])
-    return _ref(raw["id"], text_labels, tuple(notify) if notify is not None else None, batch), again
+    kind = JobKind.IMPORT if raw.get("kind") is None else parse_kind(raw["kind"])
+    account = None if raw.get("account") is None else validate_account_name(raw["account"])
+    notified = tuple(notify) if notify is not None else None
+    return _ref(raw["id"], text_labels, notified, batch, kind, account), again
 
 
-def _ref(job_id: Any, labels: dict[str, str], notify: tuple[str, ...] | None, batch: str | None) -> JobRef:
+def _ref(
+    job_id: Any, labels: dict[str, str], notify: tuple[str, ...] | None, batch: str | None,
+    kind: JobKind = JobKind.IMPORT, account: str | None = None,
+) -> JobRef:  # fmt: skip
     try:
-        return JobRef(job_id, labels, notify, batch)
+        return JobRef(job_id, labels, notify, batch, kind, account)
     except InvalidJobId as exc:
         raise ValueError(str(exc)) from None
 
