@@ -24,11 +24,13 @@ BENCHMARKS = {
     "scale": "benchmarks.scale",
     "restart": "benchmarks.restart",
     "delivery": "benchmarks.delivery",
+    "delivery_throughput": "benchmarks.delivery_throughput",
     "page_load": "benchmarks.page_load",
     "rate_limits": "benchmarks.rate_limits",
     "redis_cost": "benchmarks.redis_cost",
     "policy": "benchmarks.policy_sim",
     "policy_limit": "benchmarks.policy_limit",
+    "policy_budget": "benchmarks.policy_budget",
 }
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from benchmarks._harness import Figure
 
-ORDER = ("poll_cost", "scale", "restart", "delivery", "rate_limits", "redis_cost", "policy")
+ORDER = ("poll_cost", "scale", "restart", "delivery", "delivery_throughput", "page_load", "rate_limits", "redis_cost",
+         "policy", "policy_limit", "policy_budget", "policy_daemon")
 
 
 def machine() -> dict[str, Any]:
