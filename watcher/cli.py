@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("healthcheck", "exit 0 if the daemon is fully started and its heartbeat is fresh")
     for module in _COMMAND_MODULES:
         module.add_parsers(with_config)
-    commands.add_parser("demo", help="watch sample jobs on the bundled fake SendGrid; no setup, no network",
-                        description="watch sample jobs on the bundled fake SendGrid; no setup, no network")
+    demo_text = ("every outcome, then an import, an export, a backup and its restore, on the bundled fake "
+                 "SendGrid; no setup, no network")
+    commands.add_parser("demo", help=demo_text, description=demo_text)
     fake = commands.add_parser("fake-sendgrid", help="serve the bundled fake SendGrid API",
                                description="serve the bundled fake SendGrid API, for your own tests")
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
