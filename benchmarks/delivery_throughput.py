@@ -5,7 +5,8 @@ them (`outcome_deliveries`, then one `record_outcome` per job, into the daemon's
 store), before the clock starts. Then the real `Outbox`, with the signed webhook notifier
 built from a configuration as the daemon builds it and the daemon's concurrency (16),
 delivers them to a fast local receiver (nginx, else the asyncio keep-alive server) until
-none is pending: deliveries per second, from the outbox's start to its last record.
+none is pending: deliveries per second, from the outbox's start to its last record (the
+outbox writes the records of each event-loop turn with one `record_deliveries`).
 The baseline is a bare aiohttp loop POSTing a body of the same size to the same receiver
 with the same concurrency: 16 tasks sharing one session. Each side is a worker process of
 its own; the figure is the median over rounds, beside the baseline's median.

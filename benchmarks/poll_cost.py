@@ -5,7 +5,9 @@ Both clients run in a fresh process of their own against the same fast local ser
 own CPU time (``time.process_time``: every thread of the process) over the same number of
 polls after a warm-up. The watcher side is the real Engine, SendGridClient,
 LocalRateBudget and SqliteStore, logging as in production (info, JSON) into /dev/null:
-every poll is claimed from SQLite, sent, parsed, decided by the policy and written back.
+every job is claimed from SQLite, polled, parsed and decided by the policy; as every answer
+is the same `pending`, later polls are served from the engine's held jobs (engine_held)
+and only the first answer of each job, and the drain, are written back.
 Rounds alternate bare/watcher so drift on a shared machine hits both. Single rounds'
 ratios range over ±20 % on a shared machine; the figure is the median of 7 rounds' ratios
 (not the ratio of medians), reported with every round's ratio and their interquartile

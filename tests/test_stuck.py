@@ -67,7 +67,7 @@ async def run_for(engine: Engine, store: StateStore, clock: ManualClock, seconds
         # 10 s of the clock late (pending_for 130, not 120).
         deadline = loop.time() + 3.0
         while loop.time() < deadline:
-            due = await store.next_job_due_at()
+            due = await engine.next_due_at()
             if (due is None or due > clock.now()) and not engine.in_flight:
                 break
             await asyncio.sleep(0.002)

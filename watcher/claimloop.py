@@ -70,6 +70,10 @@ class ClaimLoop(ABC):
         """Cut a drain short: cancel the work in flight now (its claims are given back)."""
         self._hurry.set()
 
+    async def next_due_at(self) -> float | None:
+        """When this loop next has work due: the store's next unclaimed piece, or work it holds."""
+        return await self._next_due_at()
+
     @property
     def in_flight(self) -> int:
         return len(self._inflight)

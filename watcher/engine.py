@@ -5,7 +5,8 @@ Per-job polls are not APScheduler jobs: the store orders unfinished jobs by
 tracked jobs cost one index, not 100,000 timers.
 
 Imports and exports share all of it: a job's kind picks the read (get_import or
-get_export) and the statuses that end it; its account picks the client.
+get_export) and the statuses that end it; its account picks the client. A poll that
+changes nothing but the next poll time is not written: the job stays held (engine_held).
 """
 
 from __future__ import annotations
@@ -14,35 +15,22 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import structlog
 
 from watcher.claimloop import ClaimLoop
 from watcher.clock import Clock
-from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
+from watcher.engine_held import HeldJobs
+from watcher.engine_held import job_token as _token
+from watcher.engine_observe import EngineStats, ImportSource, Observing
+from watcher.errors import StoreUnavailable
 from watcher.learned import LearnedSchedules
 from watcher.logs import CachedLogger, JobLog
-from watcher.models import (
-    JobKind,
-    JobState,
-    PollUpdate,
-    Snapshot,
-    terminal_statuses,
-)
+from watcher.models import JobState, PollUpdate, terminal_statuses
 from watcher.outcomes import ErrorsFetcher, KeyAlerts, Recipient, StuckWarnings, errors_info, outcome_deliveries
-from watcher.policy import (
-    Finish,
-    NotFound,
-    Observation,
-    PollPolicy,
-    Refused,
-    Reschedule,
-    Seen,
-    Transient,
-    decide,
-)
+from watcher.policy import Finish, PollPolicy, Reschedule, Seen, decide
 from watcher.routing import Route
 from watcher.store.base import StateStore
 from watcher.supervise import StoreHealth
@@ -50,28 +38,10 @@ from watcher.supervise import StoreHealth
 log = structlog.get_logger("watcher.engine")
 _log = CachedLogger(log)
 
-
-class ImportSource(Protocol):
-    """What the engine needs of a SendGrid client (one per account)."""
-
-    async def get_import(self, job_id: str) -> Snapshot: ...
-
-    async def get_export(self, export_id: str) -> Snapshot: ...
+__all__ = ["Engine", "EngineStats", "ImportSource"]
 
 
-@dataclass
-class EngineStats:
-    """Counters read by metrics and the shutdown summary."""
-
-    polls: dict[str, int] = field(default_factory=dict)
-    outcomes: dict[str, int] = field(default_factory=dict)
-    crashes: int = 0
-
-    def count_poll(self, result: str) -> None:
-        self.polls[result] = self.polls.get(result, 0) + 1
-
-
-class Engine(ClaimLoop):
+class Engine(Observing, ClaimLoop):
     """Claims due jobs, polls them, records what happened; one per process."""
 
     name, crashed, loop_log = "engine", "poll_crashed", log
@@ -121,6 +91,8 @@ class Engine(ClaimLoop):
         self._ready: deque[tuple[JobState, float]] = deque()  # claimed (job, when), not started
         self._reserve = 2 * max_concurrency  # ready jobs to keep besides those in flight
         self._records: list[tuple[JobState, PollUpdate, JobLog]] = []
+        self._waiting = HeldJobs()  # polled, unchanged, not written: due again from memory
+        self.holding = True  # off only in tests and figures that show what holding saves
         self._flusher: asyncio.Task[None] | None = None
         self._claiming = False
         self._unknown_logged: set[tuple[str, str]] = set()
@@ -160,7 +132,8 @@ class Engine(ClaimLoop):
         await self._release_ready()
 
     async def _next_due_at(self) -> float | None:
-        return await self.store.next_job_due_at()
+        stored, held = await self.store.next_job_due_at(), self._waiting.next_due_at()
+        return held if stored is None else stored if held is None else min(stored, held)
 
     async def _renew(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
         return await self.store.renew_jobs(leases, now=self.clock.now(), lease=self.lease)
@@ -170,24 +143,42 @@ class Engine(ClaimLoop):
         return self.max_concurrency + self._reserve - len(self._inflight) - len(self._ready)
 
     async def _claim(self) -> int:
-        """Claim due jobs into the ready queue (up to the room left) and start runners for them."""
+        """Move due held jobs into the ready queue, claim due store jobs into the room left
+        (at least one, so held jobs cannot starve the store's), and start runners for them."""
         room = self._room()
         if room <= 0 or self._claiming:
             self._start_runners()
             return 0
+        now = self.clock.now()
+        held = [] if self._stopping else self._waiting.take_due(now, room, self._still_held)
+        self._ready.extend((job, now) for job in held)
         self._claiming = True
         try:
-            now = self.clock.now()
-            jobs = await self.store.claim_due_jobs(now=now, limit=room, owner=self.owner, lease=self.lease)
+            asked = max(room - len(held), 1)
+            jobs = await self.store.claim_due_jobs(now=now, limit=asked, owner=self.owner, lease=self.lease)
         finally:
             self._claiming = False
+        self._waiting.note_claim(asked, jobs)
         for job in jobs:
             self._hold(job.id, _token(job))
         self._ready.extend((job, now) for job in jobs)
         if self._stopping:
             await self._release_ready()  # stopped while claiming
         self._start_runners()
-        return len(jobs)
+        return len(jobs) + len(held)
+
+    def _still_held(self, job: JobState) -> bool:
+        """False once the renewer found this claim lost (the job stopped, or taken by another)."""
+        return self._held.get(job.id) == _token(job)
+
+    def _keeps(self, job: JobState, decision: Reschedule, now: float) -> bool:
+        """Whether this poll may go unwritten: nothing but the next poll time changed, and
+        that lies within the hold horizon (half a lease)."""
+        return (
+            self.holding and not self._stopping
+            and decision.snapshot == job.snapshot and decision.transient_errors == job.transient_errors
+            and decision.next_poll_at - now < self.lease / 2
+        )  # fmt: skip
 
     def _start_runners(self) -> None:
         while self._ready and len(self._inflight) < self.max_concurrency and not self._stopping:
@@ -203,7 +194,7 @@ class Engine(ClaimLoop):
             if waited < self.lease / 2:
                 if waited < self.lease / 8 and self._reserve < 2 * self.max_concurrency:
                     self._reserve += 1
-                await self._poll(job)
+                await self._poll(job, may_hold=True)
             else:
                 self._reserve //= 2
                 await self._release(job)  # waited too long: let the next claim take it afresh
@@ -255,12 +246,19 @@ class Engine(ClaimLoop):
         if self._flusher is not None:
             await asyncio.shield(self._flusher)  # polls already made are written
         await self._release_ready()
+        for job in self._waiting.take_all(self._still_held):  # held jobs: their planned times and polls
+            update = PollUpdate(job.next_poll_at, job.polls, job.transient_errors, job.snapshot)
+            self._records.append((job, update, JobLog(_log, job.id)))
+        if self._records:
+            await self._write_records()
         await self._give_back_all(list(self._held.items()), self.store.release_job)
 
     # --- one poll ---------------------------------------------------------------
 
-    async def _poll(self, job: JobState) -> None:
-        """Poll one claimed job; a non-final result is queued for the next batch, a final one recorded now."""
+    async def _poll(self, job: JobState, *, may_hold: bool = False) -> None:
+        """Poll one claimed job; a non-final result is queued for the next batch (or, `may_hold`,
+        held unwritten when it changed nothing: only the loop's runners, as its claims serve them),
+        a final one recorded now."""
         bound = JobLog(_log, job.id)
         started = self.clock.now()
         try:
@@ -277,9 +275,14 @@ class Engine(ClaimLoop):
                 learned_wait=learned_wait,
             )
             if isinstance(decision, Reschedule):
-                if isinstance(seen, Seen):  # SendGrid itself says it still runs: it may be stuck
-                    await self._warn_if_stuck(job, decision, now, bound)
-                self._queue_record(job, decision.next_poll_at, decision, bound)
+                # SendGrid itself says it still runs: it may be stuck (a held copy must not warn again)
+                if isinstance(seen, Seen) and await self._warn_if_stuck(job, decision, now, bound):
+                    job = replace(job, stuck_at=now)
+                if may_hold and self._keeps(job, decision, now):
+                    # Held, not written: the store keeps the last write, the lease fences it (engine_held).
+                    self._waiting.hold(replace(job, next_poll_at=decision.next_poll_at, polls=decision.polls))
+                else:
+                    self._queue_record(job, decision.next_poll_at, decision, bound)
             else:
                 await self._finish(job, decision, now, bound)
         except asyncio.CancelledError:
@@ -293,14 +296,19 @@ class Engine(ClaimLoop):
         except Exception as exc:
             self._crashed(job, exc, bound)
 
-    async def _warn_if_stuck(self, job: JobState, decision: Reschedule, now: float, bound: JobLog) -> None:
-        """One stuck warning once it has been pending warn_after; it is watched on until its deadline."""
+    async def _warn_if_stuck(self, job: JobState, decision: Reschedule, now: float, bound: JobLog) -> bool:
+        """One stuck warning once it has been pending warn_after (True: marked now); it is watched
+        on until its deadline."""
+        if self.stuck.warn_after is None:
+            return False  # no warnings configured: not even the copy below
         polled = replace(job, polls=decision.polls, snapshot=decision.snapshot)
         names = await self.stuck.warn(polled, _token(job), now)
-        if names is not None:
-            bound.warning("job.stuck", pending_for=round(now - job.added_at), batch=job.batch, notify=names)
-            if names:
-                self.on_deliveries()
+        if names is None:
+            return False
+        bound.warning("job.stuck", pending_for=round(now - job.added_at), batch=job.batch, notify=names)
+        if names:
+            self.on_deliveries()
+        return True
 
     def _crashed(self, job: JobState, exc: Exception, bound: JobLog) -> None:
         """A bug or an answer we cannot handle: logged with its traceback; the job is not dropped
@@ -342,62 +350,6 @@ class Engine(ClaimLoop):
                 self._let_go(job.id, _token(job))
             else:
                 self._lease_lost(job.id, _token(job), bound)
-
-    def _key_of(self, account: str | None) -> KeyAlerts:
-        """The key state of the job's account: the default one's is the one KEY_STATE, as ever."""
-        if account is None:
-            return self.key
-        if account not in self._account_keys:
-            self._account_keys[account] = KeyAlerts(
-                self.store, self.recipients, self.clock, lambda: self.on_deliveries(), account=account
-            )
-        return self._account_keys[account]
-
-    async def _observe(self, job: JobState, bound: Any) -> Observation:
-        key = self._key_of(job.account)
-        client = self.client if job.account is None else self.clients.get(job.account)
-        if client is None:
-            # A job naming an account this replica is not configured with (a replica with a
-            # newer config may know it): waited on like a refused key, with one alert, until
-            # the account is configured or the deadline ends it as timed_out.
-            self.stats.count_poll("unknown_account")
-            if key.state != "refused":
-                bound.warning("engine.unknown_account", account=job.account, configured=sorted(self.clients))
-            await key.unknown_account()
-            return Refused()
-        try:
-            if job.kind is JobKind.EXPORT:
-                snapshot = await client.get_export(job.id)
-            else:
-                snapshot = await client.get_import(job.id)
-        except ImportNotFound:
-            self.stats.count_poll("not_found")
-            await key.works()
-            return NotFound()
-        except KeyRefused as exc:
-            self.stats.count_poll("key_refused")
-            await key.refused(exc)
-            return Refused()
-        except TryLater as exc:
-            self.stats.count_poll("transient")
-            bound.info("engine.poll_deferred", reason=exc.reason, retry_after=exc.retry_after)
-            return Transient(exc.retry_after)
-        self.stats.count_poll("ok")
-        await key.works()
-        self._note_unknown_status(job, snapshot, bound)
-        return Seen(snapshot)
-
-    def _note_unknown_status(self, job: JobState, snapshot: Snapshot, bound: Any) -> None:
-        if snapshot.status == "pending":
-            return  # the common answer, known without normalising it
-        job_id, status = job.id, snapshot.normalized_status or ""
-        if status in terminal_statuses(job.kind) or status == "pending":
-            return
-        if (job_id, status) not in self._unknown_logged:
-            if len(self._unknown_logged) > 10_000:
-                self._unknown_logged.clear()
-            self._unknown_logged.add((job_id, status))
-            bound.warning("engine.unknown_status", status=snapshot.status)
 
     async def _finish(self, job: JobState, decision: Finish, now: float, bound: Any) -> None:
         with structlog.contextvars.bound_contextvars(job_id=job.id):  # the download's log lines name the job
@@ -445,9 +397,3 @@ class Engine(ClaimLoop):
 
     async def _release(self, job: JobState) -> None:
         await self._give_back(job.id, _token(job), self.store.release_job)
-
-def _token(job: JobState) -> str:
-    """The lease token a claim handed out with `job`."""
-    if job.lease is None:
-        raise ValueError(f"job {job.id} was not claimed")
-    return job.lease.token

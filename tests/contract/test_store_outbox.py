@@ -72,6 +72,34 @@ async def test_record_delivery_of_unknown_delivery_is_refused(store: StateStore)
     assert False is await store.record_delivery(make_delivery("ghost"), token="w1", now=NOW)
 
 
+async def test_record_deliveries_answers_each_record_as_record_delivery_would(store: StateStore) -> None:
+    """Each record needs its token and a live lease; its alerts go in only when its row changed;
+    a later record in the same batch sees the earlier ones (the lease they ended)."""
+    await store.add_deliveries([make_delivery(name) for name in ("d1", "d2", "d3", "d4")])
+    held = {d.id: d for d in await store.claim_due_deliveries(now=NOW, limit=5, owner="w1", lease=LEASE)}
+    retry = replace(held["d1"], attempts=1, next_attempt_at=NOW + 60, last_error="HTTP 503", lease=None)
+    done = replace(held["d1"], state=DeliveryState.DELIVERED, attempts=1, lease=None)
+    dead = replace(held["d3"], state=DeliveryState.DEAD, attempts=1, last_error="gone", lease=None)
+    refused = replace(held["d2"], state=DeliveryState.DEAD, attempts=1, lease=None)
+    alerts = {name: make_delivery(name, job_id=None) for name in ("alert-2", "alert-3", "alert-ghost")}
+    records = [
+        (retry, token(held["d1"]), ()),
+        (done, token(held["d1"]), ()),  # the lease ended with the record before it
+        (refused, "w9", [alerts["alert-2"]]),  # not its token: nor its alert
+        (dead, token(held["d3"]), [alerts["alert-3"]]),
+        (make_delivery("ghost"), "w1", [alerts["alert-ghost"]]),
+    ]
+    assert [True, False, False, True, False] == await store.record_deliveries(records, now=NOW)
+    assert [] == await store.record_deliveries([], now=NOW)
+    late = replace(held["d4"], state=DeliveryState.DELIVERED, attempts=1, lease=None)
+    assert [False] == await store.record_deliveries([(late, token(held["d4"]), ())], now=NOW + LEASE)
+    stored = {d.id: d for d in await store.list_deliveries()}
+    assert {"d1", "d2", "d3", "d4", "alert-3"} == set(stored)
+    assert retry == stored["d1"]
+    assert dead == stored["d3"]
+    assert DeliveryState.PENDING is stored["d2"].state and 0 == stored["d2"].attempts
+
+
 async def test_next_delivery_due_at_ignores_settled_deliveries(store: StateStore) -> None:
     """Only pending deliveries count; leased ones count at their lease expiry."""
     assert None is await store.next_delivery_due_at()

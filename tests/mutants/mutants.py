@@ -116,7 +116,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "unknown-status-every-poll",
-        "watcher/engine.py",
+        "watcher/engine_observe.py",
         "        if (job_id, status) not in self._unknown_logged:",
         "        if True:",
         ("tests/test_promises.py::test_an_unknown_status_is_logged_once_per_job",),

@@ -1,4 +1,10 @@
-"""The delivery loop: claim due deliveries, send, retry with backoff, declare dead, alert."""
+"""The delivery loop: claim due deliveries, send, retry with backoff, declare dead, alert.
+
+The sends finishing in one event-loop turn queue their records; the next turn one flush
+task writes them all with one `record_deliveries` (one transaction, or one Redis script),
+as the engine does with its polls. Each record keeps its own token and fencing, so
+leases, retries and exactly-once delivery are those of one `record_delivery` each.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 from structlog.typing import FilteringBoundLogger as BoundLogger
 
-from watcher.claimloop import ClaimLoop
+from watcher.claimloop import RELEASE_TIMEOUT, ClaimLoop
 from watcher.clock import Clock
 from watcher.errors import PermanentDeliveryError, RetryableDeliveryError, StoreUnavailable
 from watcher.events import ALERT_EVENT, alert_event, delivery_id
@@ -79,6 +85,8 @@ class Outbox(ClaimLoop):
         self.on_result = on_result
         self.stats = OutboxStats()
         self._ready: collections.deque[Delivery] = collections.deque()  # claimed and held, not started yet
+        self._records: list[tuple[Delivery, str, Sequence[Delivery], asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _claim(self) -> int:
         """Start claimed deliveries in the free slots; claim more only when the ready ones cannot fill them."""
@@ -193,7 +201,7 @@ class Outbox(ClaimLoop):
             return "dead"
         bound.info("delivery.retry_scheduled", error=error, retry_in=round(delay, 3))
         updated = replace(delivery, attempts=attempts, next_attempt_at=now + delay, last_error=error)
-        if await self.store.record_delivery(updated, token=_token(delivery), now=now):
+        if await self._record(updated, _token(delivery)):
             self._let_go(delivery.id, _token(delivery))
             self.store_health.succeeded()
         else:
@@ -207,7 +215,7 @@ class Outbox(ClaimLoop):
         now = self.clock.now()
         updated = replace(delivery, state=state, attempts=attempts, last_error=error)
         alerts = self._dead_alerts(updated, now) if state is DeliveryState.DEAD else []
-        if not await self.store.record_delivery(updated, token=_token(delivery), now=now, alerts=alerts):
+        if not await self._record(updated, _token(delivery), alerts):
             self._lease_lost(delivery.id, _token(delivery), bound, state=state.value)
             return False
         self._let_go(delivery.id, _token(delivery))
@@ -219,6 +227,47 @@ class Outbox(ClaimLoop):
         if alerts:
             self.wake()
         return True
+
+    # --- records: one write per event-loop turn ----------------------------------------
+
+    async def _record(self, updated: Delivery, token: str, alerts: Sequence[Delivery] = ()) -> bool:
+        """Queue one record for the next flush and wait for its answer (or what the write raised)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._records.append((updated, token, alerts, future))
+        if self._flusher is None:
+            # Runs next turn, when every send finishing in this one has queued its record.
+            self._flusher = asyncio.create_task(self._flush(), name="outbox:flush")
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The record may be on its way: let it land before the caller gives the claim back
+            # (a release after it is a no-op; a record after a release would be refused).
+            await asyncio.wait([future], timeout=RELEASE_TIMEOUT)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: nobody else will
+            raise
+
+    async def _flush(self) -> None:
+        """Write this turn's queued records with one `record_deliveries`; answer each waiter.
+
+        The batch is taken at once, so records of later turns start their own flush instead
+        of waiting for this one's round trip (a record is never further from its send than that).
+        """
+        batch, self._records, self._flusher = self._records, [], None
+        try:
+            answers = await self.store.record_deliveries(
+                [(updated, token, alerts) for updated, token, alerts, _ in batch], now=self.clock.now()
+            )
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc) if isinstance(exc, Exception) else future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, future), ok in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(ok)
 
     def _dead_alerts(self, dead: Delivery, now: float) -> list[Delivery]:
         """A delivery_dead alert to each other notifier (alerts about alerts are not sent)."""
@@ -246,15 +295,20 @@ class Outbox(ClaimLoop):
         they are for; at most `limit` per call, so call again while it returns `limit`."""
         now = self.clock.now()
         expired = await self.store.claim_expired_deliveries(now=now, limit=limit, owner=self.owner, lease=self.lease)
-        for delivery in expired:
-            bound = log.bind(notifier=delivery.notifier, job_id=delivery.job_id, delivery_id=delivery.id)
-            reason = delivery.last_error or "never attempted"
-            error = f"nobody delivered it by its deadline; last error: {reason}"
-            if await self._settle(delivery, DeliveryState.DEAD, delivery.attempts, error, bound):
-                self.stats.count(delivery.notifier, "dead")
-                if self.on_result is not None:
-                    self.on_result(delivery, "dead", 0.0)
+        results = await asyncio.gather(*(self._expire_one(d) for d in expired), return_exceptions=True)
+        for result in results:  # one flush wrote them all; what it raised, each was told
+            if isinstance(result, BaseException):
+                raise result
         return len(expired)
+
+    async def _expire_one(self, delivery: Delivery) -> None:
+        bound = log.bind(notifier=delivery.notifier, job_id=delivery.job_id, delivery_id=delivery.id)
+        reason = delivery.last_error or "never attempted"
+        error = f"nobody delivered it by its deadline; last error: {reason}"
+        if await self._settle(delivery, DeliveryState.DEAD, delivery.attempts, error, bound):
+            self.stats.count(delivery.notifier, "dead")
+            if self.on_result is not None:
+                self.on_result(delivery, "dead", 0.0)
 
 
 def _token(delivery: Delivery) -> str:

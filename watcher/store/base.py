@@ -219,6 +219,13 @@ class StateStore(Protocol):
         `alerts` (ids already present skipped), all in one transaction; False (nothing
         written) when `token` does not hold a live lease."""
 
+    async def record_deliveries(
+        self, records: Sequence[tuple[Delivery, str, Sequence[Delivery]]], *, now: float
+    ) -> list[bool]:
+        """`record_delivery` for each (delivery, token, alerts), in one transaction (Redis: one
+        script per chunk); each record's alerts are inserted only when its row changed; the
+        answers in order."""
+
     async def release_delivery(self, delivery_id: str, *, token: str) -> None:
         """Give a delivery's lease back unchanged (work cancelled): due again at once."""
 

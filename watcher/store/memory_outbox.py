@@ -127,6 +127,15 @@ class MemoryOutbox:
         await self.add_deliveries(alerts)
         return True
 
+    async def record_deliveries(
+        self, records: Sequence[tuple[Delivery, str, Sequence[Delivery]]], *, now: float
+    ) -> list[bool]:
+        """`record_delivery` for each (delivery, token, alerts), in order; nothing else runs in between."""
+        return [
+            await self.record_delivery(delivery, token=token, now=now, alerts=alerts)
+            for delivery, token, alerts in records
+        ]
+
     async def release_delivery(self, delivery_id: str, *, token: str) -> None:
         """Give a delivery's lease back unchanged: due again at once."""
         row = self._deliveries.get(delivery_id)

@@ -141,9 +141,13 @@ class RedisStore(RedisBatches):
         return bool(await self._run("record_poll", now, *self._poll_args(job_id, token, update)))
 
     async def record_polls(self, updates: Sequence[tuple[str, str, PollUpdate]], *, now: float) -> list[bool]:
-        """`record_poll` for each (job id, token, update) in one MULTI/EXEC round trip."""
-        calls = [self._poll_args(job_id, token, update) for job_id, token, update in updates]
-        return [bool(reply) for reply in await self._run_many("record_poll", now, calls)]
+        """`record_poll` for each (job id, token, update): one script call (one EVALSHA) per CHUNK."""
+        answers: list[bool] = []
+        for start in range(0, len(updates), CHUNK):
+            chunk = updates[start : start + CHUNK]
+            args = [part for job_id, token, update in chunk for part in self._poll_args(job_id, token, update)]
+            answers.extend(bool(reply) for reply in await self._run("record_polls", now, len(chunk), *args))
+        return answers
 
     async def record_outcome(
         self,
@@ -262,16 +266,28 @@ class RedisStore(RedisBatches):
         """Extend each held (delivery id, token) to lease-clock now + lease, in one script."""
         return await self._renew("renew_deliveries", leases, now, lease)
 
+    @staticmethod
+    def _delivery_record_args(delivery: Delivery, token: str, alerts: Sequence[Delivery]) -> list[str | int]:
+        state, next_at = DeliveryState(delivery.state).value, rows.num(delivery.next_attempt_at)
+        return [delivery.id, token, state, delivery.attempts, next_at, rows.dumps(delivery.last_error),
+                *rows.delivery_args(alerts)]  # fmt: skip
+
     async def record_delivery(
         self, delivery: Delivery, *, token: str, now: float, alerts: Sequence[Delivery] = ()
     ) -> bool:
         """Write the delivery's new state, end the lease and insert `alerts`, in one script."""
-        recorded = await self._run(
-            "record_delivery", now, delivery.id, token, DeliveryState(delivery.state).value,
-            delivery.attempts, rows.num(delivery.next_attempt_at), rows.dumps(delivery.last_error),
-            *rows.delivery_args(alerts),
-        )  # fmt: skip
-        return bool(recorded)
+        return bool(await self._run("record_delivery", now, *self._delivery_record_args(delivery, token, alerts)))
+
+    async def record_deliveries(
+        self, records: Sequence[tuple[Delivery, str, Sequence[Delivery]]], *, now: float
+    ) -> list[bool]:
+        """`record_delivery` for each (delivery, token, alerts): one script call per CHUNK records."""
+        answers: list[bool] = []
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start : start + CHUNK]
+            args = [part for d, token, alerts in chunk for part in self._delivery_record_args(d, token, alerts)]
+            answers.extend(bool(reply) for reply in await self._run("record_deliveries", now, len(chunk), *args))
+        return answers
 
     async def release_delivery(self, delivery_id: str, *, token: str) -> None:
         """Give a delivery's lease back unchanged: due again at once."""

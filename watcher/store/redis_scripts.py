@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from watcher.store.redis_batch_scripts import BATCH_LIB, BATCH_SCRIPTS
+from watcher.store.redis_record_scripts import RECORD_LIB, RECORD_SCRIPTS
 
 _CORE = """
 local P = ARGV[1]
@@ -206,7 +207,7 @@ local function zafter(zkey, score_s, id)
 end
 """
 
-_LIB = _CORE + BATCH_LIB + _JOBS
+_LIB = _CORE + BATCH_LIB + _JOBS + RECORD_LIB
 
 _SCRIPTS: dict[str, str] = {
     # ARGV[3] id, [4] labels, [5] notify, [6] now, [7] first_poll_at, [8] again ("1"/"0"), [9] batch,
@@ -237,16 +238,6 @@ return 1
     "claim_expired": "return claim(DDEAD, dkey, 'state', 'pending', dlv_due)",
     "renew_jobs": "return renew(jkey, job_due)",
     "renew_deliveries": "return renew(dkey, dlv_due)",
-    # ARGV[3] id, [4] token, [5] next_poll_at, [6] polls, [7] transient_errors, [8] snapshot
-    "record_poll": """
-local id, key = ARGV[3], jkey(ARGV[3])
-local cur = redis.call('HMGET', key, 'outcome', 'owner', 'lease_until')
-if cur[1] ~= '' or not holds(ARGV[4], cur[2], cur[3]) then return 0 end
-redis.call('HSET', key, 'next_poll_at', ARGV[5], 'polls', ARGV[6], 'transient_errors', ARGV[7],
-  'snapshot', ARGV[8], 'owner', '', 'lease_until', '')
-redis.call('ZADD', JDUE, ARGV[5], id)
-return 1
-""",
     # ARGV[3] id, [4] token, [5] outcome, [6] snapshot, [7] polls, [8] detected_at, [9] errors,
     # [10] now, [11] number of deliveries, [12..] their fields
     "record_outcome": """
@@ -338,24 +329,6 @@ return #ids
 """,
     # ARGV[3] number of deliveries, [4..] their fields
     "add_deliveries": "return add_deliveries(tonumber(ARGV[3]), 4)",
-    # ARGV[3] id, [4] token, [5] state, [6] attempts, [7] next_attempt_at, [8] last_error,
-    # [9] number of alerts, [10..] their fields
-    "record_delivery": """
-local id, key, state, next_at = ARGV[3], dkey(ARGV[3]), ARGV[5], ARGV[7]
-local cur = redis.call('HMGET', key, 'state', 'owner', 'lease_until', 'notifier', 'created_at')
-if cur[1] ~= 'pending' or not holds(ARGV[4], cur[2], cur[3]) then return 0 end
-redis.call('HSET', key, 'state', state, 'attempts', ARGV[6], 'next_attempt_at', next_at,
-  'last_error', ARGV[8], 'owner', '', 'lease_until', '')
-if state == 'pending' then
-  dlv_due(id, cur[4], next_at)
-else
-  dlv_undue(id, cur[4])
-  if state == 'dead' then redis.call('ZADD', DDIED, cur[5], id) end
-  bump('delivery:pending', -1); bump('delivery:'..state, 1)
-end
-add_deliveries(tonumber(ARGV[9]), 10)
-return 1
-""",
     # ARGV[3] key, [4] "1" when a value is expected, [5] expected, [6] value,
     # [7] number of deliveries, [8..] their fields
     "transition_meta": """
@@ -414,5 +387,5 @@ return math.floor(#page / 2)
 
 def register_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
     """Every script in _SCRIPTS, with _LIB in front, registered with `client` by name."""
-    scripts = {**_SCRIPTS, **BATCH_SCRIPTS}
+    scripts = {**_SCRIPTS, **BATCH_SCRIPTS, **RECORD_SCRIPTS}
     return {name: client.register_script(_LIB + body) for name, body in scripts.items()}

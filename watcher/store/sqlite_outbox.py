@@ -105,15 +105,27 @@ class SqliteOutbox(SqliteDatabase):
         self, delivery: Delivery, *, token: str, now: float, alerts: Sequence[Delivery] = ()
     ) -> bool:
         """Write the delivery's new state and end its lease, and insert `alerts`, in one transaction."""
-        params = (
-            DeliveryState(delivery.state).value, delivery.attempts, delivery.next_attempt_at,
-            delivery.next_attempt_at, delivery.last_error, delivery.id, token, now,
-        )  # fmt: skip
+        return (await self.record_deliveries([(delivery, token, alerts)], now=now))[0]
+
+    async def record_deliveries(
+        self, records: Sequence[tuple[Delivery, str, Sequence[Delivery]]], *, now: float
+    ) -> list[bool]:
+        """`record_delivery` for each (delivery, token, alerts) in one transaction; the answers in order."""
+        if not records:
+            return []
+        answers = []
         with self._write() as conn:
-            changed = conn.execute(_RECORD_DELIVERY, params).rowcount == 1
-            if changed and alerts:
-                conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in alerts])
-        return changed
+            execute = conn.cursor().execute  # one cursor for the batch, not one per row
+            for delivery, token, alerts in records:
+                params = (
+                    DeliveryState(delivery.state).value, delivery.attempts, delivery.next_attempt_at,
+                    delivery.next_attempt_at, delivery.last_error, delivery.id, token, now,
+                )  # fmt: skip
+                changed = execute(_RECORD_DELIVERY, params).rowcount == 1
+                if changed and alerts:  # a refused record (stale token) adds no alerts either
+                    conn.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in alerts])
+                answers.append(changed)
+        return answers
 
     async def release_delivery(self, delivery_id: str, *, token: str) -> None:
         """Give a delivery's lease back unchanged; only the token decides, not the clock."""
