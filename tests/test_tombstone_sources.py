@@ -65,9 +65,13 @@ async def test_a_purged_finished_job_is_not_added_again(tmp_path: Path, store: S
         detected_at=clock.now(), deliveries=[],
     )
     assert 1 == await store.purge_finished(before=clock.now() + 1, now=clock.now())
+    with structlog.testing.capture_logs() as logs:  # unchanged: a restart does not read it again
+        await FileSource(path, Intake(store, PollPolicy(), clock, [])).start()
+    assert ([], []) == ([j.id for j in await store.list_jobs()], tombstoned_logs(logs))
+    job_file(tmp_path, "done-1", "new-1")  # changed: read, and the purged job is still not added
     with structlog.testing.capture_logs() as logs:
         await FileSource(path, Intake(store, PollPolicy(), clock, [])).start()
-    assert ([], [("done-1", "finished")]) == ([j.id for j in await store.list_jobs()], tombstoned_logs(logs))
+    assert (["new-1"], [("done-1", "finished")]) == ([j.id for j in await store.list_jobs()], tombstoned_logs(logs))
 
 
 async def test_again_starts_a_new_watch_on_a_stopped_job(store: StateStore) -> None:

@@ -201,8 +201,8 @@ def build_config(data: Any, problems: Problems, *, base_dir: Path) -> Config | N
     batches = ctx.section(data, ("batches",), BATCH_FIELDS)
     grace = ctx.value(data, ("shutdown_grace",), s.duration(), 20.0)
     heartbeat = ctx.value(data, ("heartbeat_file",), s.optional_string, None)
-    try:
-        types = load_notifier_types()
+    try:  # every notifier plugin (and Jinja2) is imported only for a config that has notifiers
+        types = load_notifier_types() if data.get("notifiers") else {}
     except ConfigError as exc:
         for message in exc.problems:
             problems.add(("notifiers",), message)

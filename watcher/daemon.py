@@ -5,6 +5,10 @@ claimed, in-flight polls and deliveries get `shutdown_grace` to finish, the rest
 cancelled and their claims given back (a restart resumes them at once), then the
 server, sources, notifiers and store close within SHUTDOWN_MARGIN more. A second
 signal cancels the in-flight work at once (claims still given back).
+
+Start: polling begins from the store once the overdue backlog is spread; what the first
+poll does not need comes beside it: the sources read their files, the scheduler starts,
+and modules only some set-ups use are imported when used.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
@@ -30,22 +33,22 @@ from watcher.clock import Clock, SystemClock
 from watcher.config import Config, FileSourceSettings, RedisSourceSettings
 from watcher.engine import Engine
 from watcher.errors import ConfigError, StoreBroken, StoreUnavailable
-from watcher.heartbeat import HEARTBEAT_INTERVAL, beat, heartbeat_path, remove_heartbeat
+from watcher.heartbeat import beat, heartbeat_path, remove_heartbeat
 from watcher.learned import LearnedSchedules
 from watcher.metrics import WatcherMetrics
-from watcher.net import OutboundPolicy
+from watcher.net import OutboundPolicy, configured_session
 from watcher.notify.base import Notifier
 from watcher.notify.outbox import Backoff, Outbox
 from watcher.notify.registry import build_notifiers
 from watcher.outcomes import ErrorsInfo, Recipient, default_batch_choice
 from watcher.ratelimit import RateBudget
-from watcher.schedules import DigestJob, housekeep, start_scheduler
+from watcher.schedules import housekeep, start_daemon_scheduler
 from watcher.sendgrid import SendGridClient
 from watcher.sources.base import Intake, JobSource
 from watcher.sources.file import FileSource
 from watcher.store import open_store
 from watcher.store.base import StateStore
-from watcher.supervise import Supervisor, nothing_left, open_when_available
+from watcher.supervise import Supervisor, final_counts, open_when_available, stop_when_idle
 
 if TYPE_CHECKING:
     from watcher.server import WatcherServer
@@ -55,9 +58,8 @@ T = TypeVar("T")
 
 #: Beyond shutdown_grace, the time the server, sources, notifiers and store get to close.
 SHUTDOWN_MARGIN = 2.0
-HOUSEKEEPING_INTERVAL = 600.0
-#: While a store write has failed, how often a small write checks whether it works again.
-STORE_PROBE_INTERVAL = 1.0
+#: After a restart, overdue jobs are spread over at most this long (polling.max_interval if shorter).
+SPREAD_WINDOW = 60.0
 
 
 class Daemon:
@@ -143,6 +145,8 @@ class Daemon:
             await self.heartbeat()
             for callback in self.on_started:
                 await _maybe_await(callback(self))
+            accounts, outbox = self._require(self.accounts), self._require(self.outbox)
+            stack.callback(start_daemon_scheduler(self, accounts=accounts, on_sent=outbox.wake).shutdown, wait=False)
             log.info("daemon.started", owner=self.owner, notifiers=list(self.notifiers), until_idle=until_idle)
             await self.stop_event.wait()
             await self._shutdown(tasks, began)
@@ -183,12 +187,11 @@ class Daemon:
 
     async def _start_components(self, stack: contextlib.AsyncExitStack) -> None:
         config = self.config
-        self._session = aiohttp.ClientSession()
+        self._session = configured_session()
         self._on_close(stack, "session", self._session.close)
-        # URLs that arrive in answers (the errors file) go through a session that checks every hop.
-        self._answered = OutboundPolicy.of(config.sendgrid)
-        self._answered_session = self._answered.make_session()
-        self._on_close(stack, "answered-URL session", self._answered_session.close)
+        # URLs that arrive in answers (the errors file) go through a session that checks every hop,
+        self._answered = OutboundPolicy.of(config.sendgrid)  # made when first needed (few runs need it)
+        self._on_close(stack, "answered-URL session", lambda: _close(self._answered_session))
         self.accounts = await self._open_accounts(stack)
         default = self.accounts.get(None)
         self.client, self.budget = default.client, default.budget
@@ -205,7 +208,9 @@ class Daemon:
             recipients=self.recipients(), routes=config.routes, lease=self.lease, store_health=health,
             public_url=config.server.public_url if config.server else None, on_deliveries=self.outbox.wake,
         )
-        self.learned = learned = LearnedSchedules(self.store)
+        self.learned = learned = LearnedSchedules(
+            self.store, policy=config.polling, max_rate=config.sendgrid.max_rate, clock=self.clock,
+            shared_rate=default.budget_is_shared)
         await learned.load()
         self.engine = Engine(
             store=self.store, client=self.client, clients=self.accounts.clients, default_account=self.accounts.default,
@@ -219,11 +224,8 @@ class Daemon:
         self.intake = Intake(self.store, config.polling, self.clock, tuple(self.notifiers), self.accounts.names,
                              learned=learned)
         self.intake.on_added.append(self.engine.wake)
-        spread = await self.store.spread_overdue(now=self.clock.now(), window=min(config.polling.max_interval, 60.0))
-        if spread:
-            log.info("daemon.resumed", overdue_jobs=spread)
+        await self._spread_overdue()
         await self._start_sources(stack)
-        self._start_scheduler(stack)
         await self._start_server(stack)
 
     def recipients(self) -> list[Recipient]:
@@ -272,33 +274,21 @@ class Daemon:
             if callable(run):
                 tasks.append(supervisor.start(f"source {source.name}", functools.partial(run, stop), stop))
         if until_idle:
-            tasks.append(asyncio.create_task(self._stop_when_idle(), name="until-idle"))
+            idle = stop_when_idle(stop, self.idle_check_interval, self.store, self.sources, (self.engine, self.outbox))
+            tasks.append(asyncio.create_task(idle, name="until-idle"))
         return tasks
 
-    def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
-        """Periodic work on intervals, and each digest on its cron trigger (see watcher.schedules)."""
-        periodic = self.supervisor.periodic
-        intervals: list[tuple[str, Callable[[], Awaitable[None]], float, dict[str, Any]]] = [
-            ("refresh", periodic("refresh", self.refresh_sources), self.refresh_interval, {}),
-            ("heartbeat", periodic("heartbeat", self.heartbeat), HEARTBEAT_INTERVAL, {}),
-            ("store-probe", periodic("store-probe", self.probe_store), STORE_PROBE_INTERVAL, {}),
-            ("housekeeping", periodic("housekeeping", self.housekeeping), HOUSEKEEPING_INTERVAL,
-             {"next_run_time": datetime.now(UTC)}),
-        ]
-        recipients = {r.name: r for r in self.recipients()}
-        outbox = self._require(self.outbox)
-        digests = [DigestJob(d, self.store, recipients, self.clock, outbox.wake) for d in self.config.digests]
-        crons = [(f"digest {job.settings.name}", periodic(f"digest {job.settings.name}", job), job.trigger)
-                 for job in digests]
-        scheduler = start_scheduler(intervals, crons)
-        stack.callback(scheduler.shutdown, wait=False)
-        if self.config.backups:  # each on its cron trigger, and a run missed while down once now
-            from watcher.backup_schedule import add_backup_jobs, backup_jobs
-
-            backups = backup_jobs(self.config.backups, accounts=self._require(self.accounts), store=self.store,
-                                  recipients=recipients, clock=self.clock, policy=self.config.polling,
-                                  on_done=outbox.wake)
-            add_backup_jobs(scheduler, backups, wrap=periodic)
+    async def _spread_overdue(self) -> None:
+        """After a restart, spread the overdue jobs over the next minute, before the first claim: claiming
+        first (the spread beside the polls) made outcomes burstier and broke the replicas' resend bound."""
+        window = min(self.config.polling.max_interval, SPREAD_WINDOW)
+        try:
+            spread = await self.store.spread_overdue(now=self.clock.now(), window=window)
+        except (StoreUnavailable, StoreBroken) as exc:  # the backlog is polled as the budget allows
+            log.warning("daemon.spread_failed", error=str(exc))
+            return
+        if spread:
+            log.info("daemon.resumed", overdue_jobs=spread)
 
     async def _start_server(self, stack: contextlib.AsyncExitStack) -> None:
         """Serve the HTTP API when `server:` is set; it closes when `stack` unwinds, after the drain."""
@@ -342,7 +332,7 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=self.close_time_left())
-        counts = await _safe_counts(self.store, min(1.0, self.close_time_left()))
+        counts = await final_counts(self.store, min(1.0, self.close_time_left()))
         log.info(
             "daemon.stopped",
             uptime_s=round(time.monotonic() - began, 1),
@@ -386,29 +376,21 @@ class Daemon:
         if self.learned is not None:
             await self.learned.load()  # other replicas' samples too
 
-    async def _stop_when_idle(self) -> None:
-        """--until-idle: stop once every job is final and every delivery settled."""
-        while not self.stop_event.is_set():
-            await asyncio.sleep(self.idle_check_interval)
-            if await nothing_left(self.store, self.sources, (self.engine, self.outbox)):
-                log.info("daemon.idle")
-                self.stop_event.set()
-
     async def _fetch_errors(self, url: str) -> ErrorsInfo:
         from watcher.notify.errors_file import summarize_errors_file
 
+        if self._answered_session is None:
+            self._answered_session = self._answered.make_session()
         summary = await summarize_errors_file(self._answered_session, url, policy=self._answered)
         return ErrorsInfo(summary.summary, summary.sample_csv)
+
+
+async def _close(session: aiohttp.ClientSession | None) -> None:
+    if session is not None:
+        await session.close()
 
 
 async def _maybe_await(value: Any) -> None:
     if asyncio.iscoroutine(value):
         await value
 
-
-async def _safe_counts(store: StateStore, seconds: float) -> dict[str, Any]:
-    try:
-        counts = await asyncio.wait_for(store.counts(), seconds)
-    except (StoreUnavailable, StoreBroken, TimeoutError):
-        return {}
-    return {"jobs": dict(counts.jobs_by_state), "deliveries_left": counts.pending_deliveries}

@@ -5,6 +5,9 @@ A digest fired at T covers [previous fire time, T): the period since the schedul
 fire, so consecutive digests neither overlap nor leave gaps. Every replica runs the schedule;
 the one that moves the meta key `digest:<name>` from the last period's key to this one (in
 the transaction that writes the deliveries) sends it, the others find it sent.
+
+APScheduler is imported when a trigger or the scheduler is first needed, not with this module:
+the daemon starts its scheduler after the first polls are under way.
 """
 
 from __future__ import annotations
@@ -15,22 +18,35 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from watcher import digests
 from watcher.clock import Clock
 from watcher.events import iso
+from watcher.heartbeat import HEARTBEAT_INTERVAL
 from watcher.models import Batch, BatchPhase, Delivery, JobState
 from watcher.outcomes import KEY_STATE, Addressee, make_delivery
 from watcher.store.base import HOUSEKEEPING_BATCH, StateStore
 from watcher.yamlloc import Path_, Problems
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    from watcher.accounts import Accounts
+    from watcher.daemon import Daemon
+
 log = structlog.get_logger("watcher.schedules")
+
+#: How often the daemon purges what retention lets go (and once at start).
+HOUSEKEEPING_INTERVAL = 600.0
+#: How often the price of delay (watcher.learned) is worked out again from the jobs running and the budget.
+PRICE_INTERVAL = 30.0
+#: While a store write has failed, how often a small write checks whether it works again.
+STORE_PROBE_INTERVAL = 1.0
 
 DIGEST_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 DIGEST_KEYS = frozenset({"name", "schedule", "timezone", "notify", "skip_empty"})
@@ -71,6 +87,8 @@ def cron_trigger(schedule: str, timezone: Any) -> CronTrigger:
     if len(fields) != 5:
         raise ValueError(f"expected five fields (minute hour day month weekday), got {len(fields)}")
     fields[4] = _weekdays(fields[4])
+    from apscheduler.triggers.cron import CronTrigger
+
     return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
 
 
@@ -134,7 +152,7 @@ def _parse_digest(raw: Any, path: Path_, problems: Problems, names: set[str]) ->
     name, schedule, zone = raw.get("name"), raw.get("schedule"), raw.get("timezone", "UTC")
     if not isinstance(name, str) or not DIGEST_NAME.fullmatch(name):
         problems.add((*path, "name"), "expected 1 to 64 characters of A-Z a-z 0-9 - _ . :")
-    if not isinstance(zone, str) or not _zone_ok(zone):
+    if not isinstance(zone, str) or not zone_ok(zone):
         problems.add((*path, "timezone"), f"unknown time zone {zone!r} (expected an IANA name such as Europe/Berlin)")
     if not isinstance(schedule, str):
         problems.add((*path, "schedule"), 'expected a five-field cron expression such as "0 8 * * 1-5"')
@@ -152,7 +170,7 @@ def _parse_digest(raw: Any, path: Path_, problems: Problems, names: set[str]) ->
     return DigestSettings(str(name), str(schedule), notify, str(zone), bool(skip_empty))
 
 
-def _zone_ok(zone: str) -> bool:
+def zone_ok(zone: str) -> bool:
     try:
         ZoneInfo(zone)
     except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
@@ -181,7 +199,14 @@ def previous_fire_at(trigger: CronTrigger, fire: datetime) -> datetime | None:
         at = trigger.get_next_fire_time(None, fire - span)
         while at is not None and at < fire:
             last = at
-            at = trigger.get_next_fire_time(None, at + timedelta(seconds=1))
+            # One second later in UTC: wall-clock arithmetic drops the `fold` of an hour a DST change
+            # repeats, and the trigger would hand back the same fire forever.
+            following = trigger.get_next_fire_time(None, at.astimezone(UTC) + timedelta(seconds=1))
+            # Never step back (a trigger bug must not hang us); compared in UTC, as datetimes of one zone
+            # compare by wall clock, and both 02:30s of a repeated hour would look equal.
+            if following is not None and following.astimezone(UTC) <= at.astimezone(UTC):
+                break
+            at = following
         if last is not None:
             return last
     return None
@@ -321,6 +346,8 @@ def start_scheduler(
 ) -> AsyncIOScheduler:
     """An AsyncIOScheduler running each (name, job, seconds, options) every `seconds` and each
     (name, job, trigger) on its cron trigger, one run at a time, missed runs coalesced."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
     scheduler = AsyncIOScheduler()
     for name, job, seconds, options in intervals:
         scheduler.add_job(job, trigger="interval", seconds=seconds, id=name, max_instances=1, coalesce=True,
@@ -329,6 +356,33 @@ def start_scheduler(
         scheduler.add_job(job, trigger=trigger, id=name, max_instances=1, coalesce=True,
                           misfire_grace_time=DIGEST_MISFIRE_GRACE)
     scheduler.start()
+    return scheduler
+
+
+def start_daemon_scheduler(daemon: Daemon, *, accounts: Accounts, on_sent: Callable[[], None]) -> AsyncIOScheduler:
+    """The daemon's periodic work on intervals (housekeeping once at once), each digest and each
+    backup on its cron trigger (a backup missed while down once now), each run supervised."""
+    periodic = daemon.supervisor.periodic
+    intervals: list[tuple[str, Job, float, dict[str, Any]]] = [
+        ("refresh", periodic("refresh", daemon.refresh_sources), daemon.refresh_interval, {}),
+        ("heartbeat", periodic("heartbeat", daemon.heartbeat), HEARTBEAT_INTERVAL, {}),
+        ("store-probe", periodic("store-probe", daemon.probe_store), STORE_PROBE_INTERVAL, {}),
+        ("housekeeping", periodic("housekeeping", daemon.housekeeping), HOUSEKEEPING_INTERVAL,
+         {"next_run_time": datetime.now(UTC)}),
+    ]
+    if daemon.learned is not None:  # the price of delay that stretches schedules when the budget is scarce
+        intervals.append(("policy-price", periodic("policy-price", daemon.learned.update_price), PRICE_INTERVAL, {}))
+    config, store, clock = daemon.config, daemon.store, daemon.clock
+    recipients = {r.name: r for r in daemon.recipients()}
+    jobs = [DigestJob(d, store, recipients, clock, on_sent) for d in config.digests]
+    crons = [(f"digest {job.settings.name}", periodic(f"digest {job.settings.name}", job), job.trigger) for job in jobs]
+    scheduler = start_scheduler(intervals, crons)
+    if config.backups:
+        from watcher.backup_schedule import add_backup_jobs, backup_jobs
+
+        backups = backup_jobs(config.backups, accounts=accounts, store=store, recipients=recipients, clock=clock,
+                              policy=config.polling, on_done=on_sent)
+        add_backup_jobs(scheduler, backups, wrap=periodic)
     return scheduler
 
 

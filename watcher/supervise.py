@@ -6,7 +6,7 @@ backoff (0.5 s doubling to 30 s). Periodic jobs report into the same health: dow
 failed run until the next run succeeds. Store health is separate: a write refused with
 StoreUnavailable marks the store unavailable until a later store call succeeds.
 `/readyz`, the heartbeat and `healthcheck` read both. `nothing_left` is the other end of
-readiness: `run --until-idle` stops once it holds.
+readiness: `run --until-idle` stops once it holds; `final_counts` is what the stopped daemon logs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -216,3 +216,23 @@ async def nothing_left(store: StateStore, sources: Sequence[object], loops: Sequ
     if any(loop is not None and loop.in_flight for loop in loops):
         return False
     return counts.watching == 0 and counts.pending_deliveries == 0
+
+
+async def stop_when_idle(
+    stop: asyncio.Event, interval: float, store: StateStore, sources: Sequence[object], loops: Sequence[_Busy | None]
+) -> None:
+    """`run --until-idle`: set `stop` once `nothing_left` holds, checked every `interval` seconds."""
+    while not stop.is_set():
+        await asyncio.sleep(interval)
+        if await nothing_left(store, sources, loops):
+            log.info("daemon.idle")
+            stop.set()
+
+
+async def final_counts(store: StateStore, seconds: float) -> dict[str, Any]:
+    """The jobs by state and the deliveries left, for the last log line ({} if the store cannot say in time)."""
+    try:
+        counts = await asyncio.wait_for(store.counts(), seconds)
+    except (StoreUnavailable, StoreBroken, TimeoutError):
+        return {}
+    return {"jobs": dict(counts.jobs_by_state), "deliveries_left": counts.pending_deliveries}

@@ -22,13 +22,16 @@ The package holds one module per part: `signals` reads the headers into a
 `RateSignal`; `budget` holds the `RateBudget` protocol and the ticket context
 variable; `window` is the one window rule (pure functions on a frozen state) and
 `_lua` its Lua mirror; `bounded` clamps waits; `local` is `LocalRateBudget`;
-`shared` is `RedisRateBudget`.
+`shared` is `RedisRateBudget`, imported when first named (it brings the Redis client library).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from watcher.ratelimit.bounded import DEFAULT_MAX_WAIT
 from watcher.ratelimit.budget import MAX_EARLY, SAME_WINDOW, WAIT_SLICE, RateBudget
 from watcher.ratelimit.local import LocalRateBudget
-from watcher.ratelimit.shared import PROBE_POLL, RedisRateBudget
 from watcher.ratelimit.signals import (
     DEFAULT_WINDOW,
     EPOCH_THRESHOLD,
@@ -39,6 +42,9 @@ from watcher.ratelimit.signals import (
     retry_after_seconds,
 )
 from watcher.ratelimit.window import PROBE_TIMEOUT
+
+if TYPE_CHECKING:
+    from watcher.ratelimit.shared import PROBE_POLL, RedisRateBudget
 
 __all__ = [
     "DEFAULT_MAX_WAIT",
@@ -58,3 +64,12 @@ __all__ = [
     "reset_seconds",
     "retry_after_seconds",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`RedisRateBudget` and `PROBE_POLL`, from `shared` on first use."""
+    if name in ("PROBE_POLL", "RedisRateBudget"):
+        from watcher.ratelimit import shared
+
+        return getattr(shared, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

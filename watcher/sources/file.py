@@ -10,11 +10,17 @@ already, so it calls `begin` and polling starts from the store at once while the
 read (parsed in a thread, so the event loop keeps polling) and its jobs added beside it.
 `started`, which readiness and `--until-idle` read, turns True once a read has completed.
 `start` (begin, then wait for that read) is for callers that need the jobs stored first.
+
+A restart with the same file parses nothing: after a read that stored every job the file
+lists (no problem, no store outage), the store's meta keeps the file's fingerprint; a read
+that finds the same fingerprint there is done at once (hashing 5 MB takes milliseconds,
+parsing them seconds). Any change to the bytes, while running or while down, is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from watcher.errors import ConfigError, StoreUnavailable
+from watcher.errors import ConfigError, StoreBroken, StoreUnavailable
 from watcher.models import JobRef
 from watcher.sources.base import Intake, InvalidBatch, parse_batch, parse_job
 from watcher.yamlloc import JOB_FILE_MAX_BYTES, FileRefused, Problems, load_located, read_capped
@@ -36,13 +42,36 @@ ADD_BATCH = 1000
 
 def load_job_file(path: Path, notifiers: tuple[str, ...] | None = None) -> tuple[list[JobRef], list[str]]:
     """Parse a job file: the valid jobs, and every problem as FILE:LINE: jobs[i]: message."""
-    problems = Problems(str(path))
+    text, refused = read_job_file(path)
+    return ([], refused) if text is None else parse_job_text(path, text, notifiers)
+
+
+def read_job_file(path: Path) -> tuple[str | None, list[str]]:
+    """A job file's text, or None and why it cannot be read."""
     if not path.exists():
-        return [], [f"{path}:1: job file not found"]
+        return None, [f"{path}:1: job file not found"]
     try:
-        text = read_capped(path, JOB_FILE_MAX_BYTES)
+        return read_capped(path, JOB_FILE_MAX_BYTES), []
     except FileRefused as exc:
-        return [], [f"{path}:1: cannot read the job file: {exc}"]
+        return None, [f"{path}:1: cannot read the job file: {exc}"]
+
+
+def fingerprint(text: str) -> str:
+    """What identifies a job file's content: its SHA-256 and size."""
+    data = text.encode("utf-8")
+    return f"sha256:{hashlib.sha256(data).hexdigest()}:{len(data)}"
+
+
+def fingerprint_key(path: Path) -> str:
+    """The store meta key holding the fingerprint of the last file at `path` read in full."""
+    return f"job-file:{path}"
+
+
+def parse_job_text(
+    path: Path, text: str, notifiers: tuple[str, ...] | None = None
+) -> tuple[list[JobRef], list[str]]:
+    """load_job_file's parse of text already read."""
+    problems = Problems(str(path))
     # No ${VAR} expansion: whoever may edit a job file must not read the environment through a label.
     data = load_located(text, problems, expand=False)
     if problems:
@@ -161,8 +190,14 @@ class FileSource:
             signature = None
         if signature == self._signature and not force:
             return
-        # Parsing 100,000 lines takes a second or more: in a thread, so polls go on meanwhile.
-        refs, problems = await asyncio.to_thread(load_job_file, self.path, self.intake.notifiers)
+        text, seen, problems = await asyncio.to_thread(_read, self.path)
+        if seen is not None and not force and seen == await self._remembered():
+            self._signature = signature
+            log.info("source.job_file_unchanged", source=self.name)
+            return
+        refs: list[JobRef] = []
+        if text is not None:  # parsing 100,000 lines takes a second or more: in a thread, so polls go on
+            refs, problems = await asyncio.to_thread(parse_job_text, self.path, text, self.intake.notifiers)
         for problem in problems:
             log.error("source.job_file_problem", problem=problem)
         added = 0
@@ -179,6 +214,28 @@ class FileSource:
         self._signature = signature
         if added:
             log.info("source.jobs_added", source=self.name, added=added, listed=len(refs))
+        if seen is not None and not problems:  # every job it lists is stored: a restart need not parse it
+            await self._remember(seen)
+
+    async def _remember(self, seen: str) -> None:
+        """Keep the fingerprint of a file read in full; if the store cannot, a restart parses it again."""
+        try:
+            await self.intake.store.set_meta(fingerprint_key(self.path), seen)
+        except (StoreUnavailable, StoreBroken) as exc:
+            log.warning("source.fingerprint_not_kept", source=self.name, error=str(exc))
+
+    async def _remembered(self) -> str | None:
+        """The fingerprint of the last file read in full (None: none, or the store cannot say)."""
+        try:
+            return await self.intake.store.get_meta(fingerprint_key(self.path))
+        except StoreUnavailable:
+            return None
+
+
+def _read(path: Path) -> tuple[str | None, str | None, list[str]]:
+    """A job file's text and fingerprint, or (None, None, why it cannot be read)."""
+    text, refused = read_job_file(path)
+    return text, None if text is None else fingerprint(text), refused
 
 
 def check_job_file(path: Path, notifiers: tuple[str, ...]) -> list[str]:
@@ -187,4 +244,4 @@ def check_job_file(path: Path, notifiers: tuple[str, ...]) -> list[str]:
     return problems
 
 
-__all__ = ["ConfigError", "FileSource", "check_job_file", "load_job_file"]
+__all__ = ["ConfigError", "FileSource", "check_job_file", "fingerprint", "fingerprint_key", "load_job_file"]

@@ -1,15 +1,34 @@
-"""State stores: the StateStore protocol, its backends, and `open_store` for config URLs."""
+"""State stores: the StateStore protocol, its backends, and `open_store` for config URLs.
+
+Each backend is imported when first named (`watcher.store.RedisStore`) or opened: a process
+pays for the Redis client library only when it uses Redis.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from watcher.store.base import StateStore
-from watcher.store.memory import MemoryStore
-from watcher.store.redis import RedisStore
-from watcher.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from watcher.store.memory import MemoryStore
+    from watcher.store.redis import RedisStore
+    from watcher.store.sqlite import SqliteStore
 
 __all__ = ["MemoryStore", "RedisStore", "SqliteStore", "StateStore", "open_store"]
+
+_BACKENDS = {"MemoryStore": "watcher.store.memory", "RedisStore": "watcher.store.redis",
+             "SqliteStore": "watcher.store.sqlite"}
+
+
+def __getattr__(name: str) -> Any:
+    """A backend class, imported on first use."""
+    module = _BACKENDS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 _EXPECTED = (
     "expected sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:,"
@@ -26,8 +45,12 @@ def open_store(url: str) -> StateStore:
     if scheme == "memory":
         if rest.strip("/"):
             raise ValueError(f"memory:// takes no path or host: {_EXPECTED}")
+        from watcher.store.memory import MemoryStore
+
         return MemoryStore()
     if scheme == "sqlite":
+        from watcher.store.sqlite import SqliteStore
+
         return SqliteStore(_sqlite_path(rest))
     if scheme in ("redis", "rediss"):
         return _redis_store(url)
@@ -58,6 +81,8 @@ def _redis_store(url: str) -> RedisStore:
         raise ValueError("redis state store URL: give `prefix` once, and not empty")
     rest = urlencode([(key, value) for key, value in query if key != "prefix"])
     client_url = urlunsplit(parts._replace(query=rest))
+    from watcher.store.redis import RedisStore
+
     if prefixes:
         return RedisStore(client_url, prefix=prefixes[0])
     return RedisStore(client_url)
