@@ -20,15 +20,8 @@ from watcher.accounts import Account
 from watcher.clock import SystemClock
 from watcher.csvimport import parse_field_definitions, plan_import
 from watcher.errors import KeyRefused, TryLater
-from watcher.lifecycle import (
-    ImportStarted,
-    Lifecycle,
-    SendGridRefused,
-    UploadFailed,
-    error_text,
-    import_csv,
-    parse_import_started,
-)
+from watcher.lifecycle import Lifecycle, SendGridRefused, UploadFailed, import_csv
+from watcher.lifecycle_requests import ImportStarted, error_text, parse_import_started
 from watcher.net import OutboundRefused
 from watcher.ratelimit import LocalRateBudget
 from watcher.schema import Secret

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from watcher.net import OutboundPolicy
+from watcher.net import OutboundPolicy, configured_session
 from watcher.notify.errors_file import summarize_errors_file
 
 PUBLIC_IP = "192.88.99.7"
@@ -283,3 +283,16 @@ def test_every_redirect_hop_is_checked_before_it_is_followed(tls_files: Path, tm
             assert 2 == report["results"][url].get("rows"), (url, report["results"][url])
         else:
             assert why in report["results"][url].get("unavailable", ""), (url, report["results"][url])
+
+
+async def test_a_configured_session_reads_the_trust_store_when_it_is_made(serve, tls_files, monkeypatch) -> None:
+    """configured_session (the SendGrid API, the daemon's API) trusts SSL_CERT_FILE as it is when the session
+    is made, not when aiohttp was imported: a private CA set for the process works."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files / "ca.pem"))
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    url = await serve(ok, tls=tls_files)
+    async with configured_session() as session, session.get(f"{url}/v3/ping") as response:
+        assert (200, "ok") == (response.status, await response.text())

@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 
 from watcher.clock import Clock
 from watcher.config import Config
 from watcher.config_accounts import check_account
-from watcher.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
+from watcher.net import configured_session
+from watcher.ratelimit import LocalRateBudget, RateBudget
 from watcher.sendgrid import SendGridClient, SendGridSettings
-from watcher.store import RedisStore, open_store
+from watcher.store import open_store
 from watcher.store.base import StateStore
 
 
@@ -33,6 +35,7 @@ class Account:
     session: aiohttp.ClientSession
     budget: RateBudget
     client: SendGridClient
+    budget_is_shared: bool = False  # a Redis window all replicas draw from (else this process's own)
 
 
 class Accounts:
@@ -89,21 +92,25 @@ class Accounts:
         return {name: account.client for name, account in self._open.items()}
 
     def _start(self, stack: contextlib.AsyncExitStack, name: str, settings: SendGridSettings) -> Account:
-        session = aiohttp.ClientSession()
+        session = configured_session()
         stack.push_async_callback(session.close)
-        budget = self._budget(name, settings)
-        if isinstance(budget, RedisRateBudget):
-            stack.push_async_callback(budget.aclose)
+        budget = self._budget(stack, name, settings)
         client = SendGridClient(settings, session=session, budget=budget, clock=self.clock)
-        return Account(name, settings, session, budget, client)
+        return Account(name, settings, session, budget, client, not isinstance(budget, LocalRateBudget))
 
-    def _budget(self, name: str, settings: SendGridSettings) -> RateBudget:
+    def _budget(self, stack: contextlib.AsyncExitStack, name: str, settings: SendGridSettings) -> RateBudget:
         # The state URL may carry `?prefix=`, which redis-py rejects on connect: use the URL and
         # prefix the store parsed, so the budget lives in the store's namespace.
         max_rate, max_wait = settings.max_rate, self.config.polling.max_interval
-        if isinstance(self.store, RedisStore):
-            return RedisRateBudget(
-                self.store.url, key=f"{self.store.prefix}:ratelimit:{name}", max_rate=max_rate, clock=self.clock,
+        if type(self.store).__module__ == "watcher.store.redis":  # redis-py is imported only for Redis state
+            from watcher.ratelimit.shared import RedisRateBudget
+            from watcher.store.redis import RedisStore
+
+            store = cast(RedisStore, self.store)
+            shared = RedisRateBudget(
+                store.url, key=f"{store.prefix}:ratelimit:{name}", max_rate=max_rate, clock=self.clock,
                 max_wait=max_wait,
             )
+            stack.push_async_callback(shared.aclose)
+            return shared
         return LocalRateBudget(max_rate=max_rate, clock=self.clock, max_wait=max_wait)

@@ -6,13 +6,12 @@ here is an ApiError, rendered like every other one.
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from aiohttp import web
 
+from watcher.api_jobs import json_answer
 from watcher.httpinput import ApiError, batch_name, page_after, page_limit
 from watcher.models import BatchPhase
 from watcher.status import batch_view, encode_cursor, stored_batch_totals
@@ -20,9 +19,6 @@ from watcher.store.base import StateStore
 
 BATCH_STATES = frozenset(phase.value for phase in BatchPhase)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_dumps = functools.partial(json.dumps, allow_nan=False)  # as the server's answers: never NaN on the wire
-
 
 class BatchRoutes:
     """The batch handlers over a daemon's store; `require_read` refuses a request without read access,
@@ -54,7 +50,7 @@ class BatchRoutes:
             cursor = encode_cursor(page[-1].started_at, page[-1].name)
             query = urlencode({**({"state": state} if state else {}), "after": cursor, "limit": limit})
             headers = {"Link": f'</batches?{query}>; rel="next"', "X-Next-Cursor": cursor}
-        return web.json_response([batch_view(batch) for batch in page], headers=headers, dumps=_dumps)
+        return json_answer([batch_view(batch) for batch in page], headers=headers)
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:
         """GET /batches/{name}: the batch with its totals; a browser (Accept: text/html, as a link in a
@@ -67,7 +63,7 @@ class BatchRoutes:
         batch = await store.get_batch(name)
         if batch is None:
             raise ApiError(404, "batch_not_found", f"batch {name} is not known")
-        return web.json_response(batch_view(batch, totals=await stored_batch_totals(store, name)), dumps=_dumps)
+        return json_answer(batch_view(batch, totals=await stored_batch_totals(store, name)))
 
 
 def wants_page(request: web.Request) -> bool:

@@ -72,13 +72,13 @@ def choose(config: Config, name: str | None) -> BackupSettings:
 async def _backup(config: Config, settings: BackupSettings) -> int:
     from watcher.accounts import Accounts
     from watcher.backups import run_backup
-    from watcher.cli_commands import _opened
+    from watcher.cli_commands import opened
     from watcher.clock import SystemClock
     from watcher.lifecycle import Lifecycle
 
     clock = SystemClock()
     recipients = {n.name: n for n in config.notifiers}
-    async with _opened(config) as store, Accounts.open(config, clock=clock, store=store) as accounts:
+    async with opened(config) as store, Accounts.open(config, clock=clock, store=store) as accounts:
         account = accounts.get(settings.account)
         result = await run_backup(settings, account=account, lifecycle=Lifecycle(account, clock=clock), clock=clock,
                                   store=store, recipients=recipients, policy=config.polling)

@@ -10,13 +10,14 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from watcher.config import Config
 from watcher.errors import StoreBroken, StoreUnavailable
 
 if TYPE_CHECKING:
+    from watcher.models import JobState
     from watcher.store.base import StateStore
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -67,7 +68,7 @@ def keeps_nothing(state_url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _opened(config: Config) -> AsyncIterator[StateStore]:
+async def opened(config: Config) -> AsyncIterator[StateStore]:
     """The configured store, opened and closed again; its errors reach main() as they are."""
     from watcher.store import open_store
 
@@ -112,7 +113,7 @@ async def _add(
     except ValueError as exc:
         raise ValueError(f"--account: {exc}") from None
     ref = JobRef(job_id, parsed, tuple(notify) if notify else None, batch, job_kind, account)
-    async with _opened(config) as store:
+    async with opened(config) as store:
         intake = Intake(store, config.polling, SystemClock(), config.notifier_names, tuple(config.accounts))
         intake.check_notify(ref.notify)
         intake.check_account(ref.account)
@@ -141,9 +142,9 @@ def _buried(reason: str, at: float) -> str:
 
 
 async def _status(config: Config, job_id: str | None, *, as_json: bool) -> int:
-    from watcher.status import job_views, status_table
+    from watcher.status import job_views
 
-    async with _opened(config) as store:
+    async with opened(config) as store:
         if job_id is not None:
             job = await store.get_job(job_id)
             if job is None:
@@ -152,24 +153,43 @@ async def _status(config: Config, job_id: str | None, *, as_json: bool) -> int:
             jobs = [job]
         else:
             jobs = await store.list_jobs()
-        views = await job_views(store, jobs)
-    print(json.dumps(views, indent=2) if as_json else status_table(views))
+        views = await job_views(store, jobs, await _expected_finish(store))
+    print(json.dumps(views, indent=2) if as_json else _table(views))
     return EXIT_OK
 
 
 async def _status_batch(config: Config, name: str, *, as_json: bool) -> int:
-    from watcher.status import batch_line, batch_view, job_views, status_table
+    from watcher.status import batch_line, batch_view, job_views
 
-    async with _opened(config) as store:
+    async with opened(config) as store:
         batch = await store.get_batch(name)
         if batch is None:
             say(f"batch {name} is not known")
             return EXIT_RUNTIME
         jobs = await store.batch_jobs(name)
-        view, views = batch_view(batch, jobs), await job_views(store, jobs)
+        view, views = batch_view(batch, jobs), await job_views(store, jobs, await _expected_finish(store))
     text = json.dumps({"batch": view, "jobs": views}, indent=2) if as_json else batch_line(view)
-    print(text if as_json else f"{text}\n{status_table(views)}")
+    print(text if as_json else f"{text}\n{_table(views)}")
     return EXIT_OK
+
+
+async def _expected_finish(store: StateStore) -> Callable[[JobState], float | None]:
+    """A running job's expected finish, from the run times the daemon learned (stored; nothing learned: None)."""
+    from watcher.learned import LearnedSchedules
+
+    learned = LearnedSchedules(store)
+    await learned.load()
+    now = time.time()
+    return lambda job: learned.expected_finish(job, now)
+
+
+def _table(views: Sequence[dict[str, Any]]) -> str:
+    """The status table, and a line for each running job whose finish can be told: when, and the next poll."""
+    from watcher.status import status_table
+
+    notes = [f"{v['id']}: expected to finish about {v['expected_finish_at']}, next poll {v['next_poll_at']}"
+             for v in views if v.get("expected_finish_at")]
+    return "\n".join([status_table(views), *(["", *notes] if notes else [])])
 
 
 def parse_since(text: str) -> float:
@@ -204,7 +224,7 @@ async def _digest(
     if send and not recipients:
         raise ValueError("no notifier to send the digest to: configure notifiers (or a digest's notify)")
     now = time.time()
-    async with _opened(config) as store:
+    async with opened(config) as store:
         titled = name or (chosen[0].name if len(chosen) == 1 else f"last-{since[1].strip()}")
         event = await build_digest(store, name=titled, since=now - since[0], until=now)
         if send:
@@ -225,11 +245,9 @@ async def _untracked(store: StateStore, job_id: str) -> str:
 
 
 async def notify_test(config: Config, name: str | None, samples: Sequence[str] = SAMPLES["outcome"]) -> int:
-    import aiohttp
-
     from watcher.events import delivery_id
     from watcher.models import Delivery
-    from watcher.net import mask_urls_in_text
+    from watcher.net import configured_session, mask_urls_in_text
     from watcher.notify.registry import build_notifiers
     from watcher.notify.render import sample_event
     from watcher.schema import redact
@@ -240,7 +258,7 @@ async def notify_test(config: Config, name: str | None, samples: Sequence[str] =
     chosen = [notifiers[name]] if name else list(notifiers.values())
     failures = 0
     now = time.time()
-    async with aiohttp.ClientSession() as session:
+    async with configured_session() as session:
         for notifier in chosen:
             await notifier.start(session)
             try:

@@ -107,8 +107,8 @@ async def _import(config: Config, args: argparse.Namespace, measured: MeasuredFi
         started = await import_csv(lifecycle, path, plan, list_ids=args.lists)
         print(f"import {started.job_id}: started, {plan.rows:,} contacts uploaded ({account.name})")
         ref = _ref(started.job_id, labels, args.batch, JobKind.IMPORT, account.name)
-        via_api = await _track(config, ref)
-        return await _follow(config, account, ref, via_api=via_api) if args.wait else EXIT_OK
+        via_api = await track(config, ref)
+        return await follow(config, account, ref, via_api=via_api) if args.wait else EXIT_OK
 
 
 async def _export(config: Config, args: argparse.Namespace) -> int:
@@ -122,8 +122,8 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
             list_ids=args.lists, segment_ids=args.segments, file_type=args.file_type)
         print(f"export {export_id}: started ({account.name})")
         ref = _ref(export_id, {}, None, JobKind.EXPORT, account.name)
-        via_api = await _track(config, ref)
-        return await _follow(config, account, ref, via_api=via_api) if args.wait else EXIT_OK
+        via_api = await track(config, ref)
+        return await follow(config, account, ref, via_api=via_api) if args.wait else EXIT_OK
 
 
 def _accounts(config: Config) -> Any:
@@ -134,14 +134,10 @@ def _accounts(config: Config) -> Any:
 
 
 def _labels(items: list[str]) -> dict[str, str]:
+    from watcher.csvimport import parse_pairs
     from watcher.sources.base import check_label_text
 
-    labels: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--label expects K=V, got {item!r}")
-        labels[key] = value
+    labels = parse_pairs(items, "--label")
     check_label_text(labels)
     return labels
 
@@ -153,7 +149,7 @@ def _ref(job_id: str, labels: dict[str, str], batch: str | None, kind: Any, acco
 
 
 def _print_dry_run(account: Account, plan: Any, lists: list[str]) -> None:
-    from watcher.lifecycle import IMPORTS_PATH, import_request
+    from watcher.lifecycle_requests import IMPORTS_PATH, import_request
 
     body = json.dumps(import_request(plan.field_mappings, lists), indent=2)
     base = account.settings.base_url.rstrip("/")
@@ -180,18 +176,19 @@ def _daemon_headers(config: Config) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.reveal()}"} if token is not None else {}
 
 
-async def _track(config: Config, ref: JobRef) -> bool:
+async def track(config: Config, ref: JobRef) -> bool:
     """Hand the job to the daemon's API (True), or else to the store (False)."""
     import aiohttp
 
     from watcher.cli_commands import say
+    from watcher.net import configured_session
 
     url = _daemon_url(config)
     if url is not None:
         message = {"id": ref.id, "labels": dict(ref.labels), "batch": ref.batch, "kind": ref.kind.value,
                    "account": ref.account}
         try:
-            async with aiohttp.ClientSession() as session, session.post(
+            async with configured_session() as session, session.post(
                 f"{url}/jobs", json=message, headers=_daemon_headers(config), timeout=aiohttp.ClientTimeout(10)
             ) as response:
                 answer = await response.text()
@@ -226,7 +223,7 @@ async def _track_in_store(config: Config, ref: JobRef) -> None:
 # --- following ------------------------------------------------------------------------------
 
 
-async def _follow(config: Config, account: Account, ref: JobRef, *, via_api: bool) -> int:
+async def follow(config: Config, account: Account, ref: JobRef, *, via_api: bool) -> int:
     """Show the job's progress until it ends; the exit code of its outcome."""
     from watcher.heartbeat import check_health
 
@@ -277,8 +274,10 @@ def _counts(results: Any) -> str:
 async def _follow_api(config: Config, ref: JobRef, show: _Progress) -> str:
     import aiohttp
 
+    from watcher.net import configured_session
+
     url = f"{_daemon_url(config)}/jobs/{ref.id}"
-    async with aiohttp.ClientSession() as session:
+    async with configured_session() as session:
         while True:
             async with session.get(url, headers=_daemon_headers(config),
                                    timeout=aiohttp.ClientTimeout(10)) as response:

@@ -8,9 +8,11 @@ gzip-compressed on the fly (zlib, level 1: compression must not be slower than t
 from disk: a first pass measures the compressed length, because S3 refuses a chunked PUT and needs a
 Content-Length; the second pass sends it. A transient failure restarts the stream from the start.
 
-Answered URLs (upload_uri, export urls) go through watcher.net's one outbound policy, on a session
-whose resolver drops refused addresses; API requests go through the account's session, rate budget and
-key. Every failure is an exception with a one-line message.
+Answered URLs (upload_uri, export urls) go through watcher.net's one outbound policy (`open_answered`),
+on a session whose resolver drops refused addresses; API requests go through the account's session, rate
+budget and key. Every try of a request, upload or download runs in one retry loop (`_retried`); the
+bodies and answers are built and read in watcher.lifecycle_requests. Every failure is an exception with
+a one-line message.
 """
 
 from __future__ import annotations
@@ -19,27 +21,32 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
-from yarl import URL
 
 from watcher.clock import Clock
 from watcher.csvimport import FieldDefinitions, ImportPlan, is_gzip, parse_field_definitions
 from watcher.errors import KeyRefused, SendGridError, StoreUnavailable, TryLater
-from watcher.net import AnswerStatus, BodyTooLarge, OutboundPolicy, OutboundRefused, read_capped, shown_url
+from watcher.lifecycle_requests import (
+    EXPORTS_PATH,
+    FIELDS_PATH,
+    IMPORTS_PATH,
+    ImportStarted,
+    error_text,
+    export_request,
+    import_request,
+    parse_import_started,
+    s3_error,
+)
+from watcher.net import AnswerStatus, BodyTooLarge, OutboundPolicy, capped_chunks, read_capped, shown_url
 from watcher.ratelimit import RateBudget, retry_after_seconds
 from watcher.sendgrid import USER_AGENT, SendGridSettings
 from watcher.strictjson import strict_json
 
-FIELDS_PATH = "/v3/marketing/field_definitions"
-IMPORTS_PATH = "/v3/marketing/contacts/imports"
-EXPORTS_PATH = "/v3/marketing/contacts/exports"
 #: Tries of one API request, upload or download before its last failure is raised.
 ATTEMPTS = 4
 #: Waits before the 2nd, 3rd, ... try (a Retry-After overrides).
@@ -50,11 +57,7 @@ CHUNK = 256 << 10
 GZIP_LEVEL = 1
 #: Seconds an upload or download may wait for its answer's next bytes (S3 may take a while after the last).
 TRANSFER_READ_TIMEOUT = 300.0
-_MESSAGE_CHARS = 300
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Headers the request's framing owns: an answer naming one is refused rather than obeyed or dropped.
-_FRAMING = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect"})
-_S3_MESSAGE = re.compile(rb"<(Code|Message)>([^<]{1,300})</\1>")
+T = TypeVar("T")
 
 
 class LifecycleError(SendGridError):
@@ -81,8 +84,14 @@ class UrlExpired(DownloadFailed):
     """A download URL answered 403: it expired; ask GET /v3/marketing/contacts/exports/{id} for fresh URLs."""
 
 
-class _NetworkFailure(Exception):
-    """A request got no answer (timeout, refused or broken connection)."""
+class _Again(Exception):
+    """One try failed in a way another may not: `error` is raised if it was the last; `wait` is False
+    when the rate budget already holds the next try back (a 429, a Retry-After)."""
+
+    def __init__(self, error: Exception, *, wait: bool = True) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
 
 
 class AccountLike(Protocol):
@@ -92,15 +101,6 @@ class AccountLike(Protocol):
     settings: SendGridSettings
     session: aiohttp.ClientSession
     budget: RateBudget
-
-
-@dataclass(frozen=True, slots=True)
-class ImportStarted:
-    """SendGrid's answer to PUT /v3/marketing/contacts/imports."""
-
-    job_id: str
-    upload_uri: str
-    upload_headers: tuple[tuple[str, str], ...]
 
 
 class Lifecycle:
@@ -118,6 +118,18 @@ class Lifecycle:
 
     def __repr__(self) -> str:
         return f"Lifecycle(account={self.account.name!r}, base_url={self._base!r})"
+
+    async def _retried(self, one_try: Callable[[], Awaitable[T]]) -> T:
+        """`one_try` until it returns or raises other than _Again, at most ATTEMPTS times (then its error)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await one_try()
+            except _Again as again:
+                if attempt == ATTEMPTS:
+                    raise again.error from None
+                if again.wait:
+                    await self._clock.sleep(backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     # --- the API ----------------------------------------------------------------------
 
@@ -147,32 +159,27 @@ class Lifecycle:
         return export_id
 
     async def _call(self, method: str, path: str, body: Any, what: str) -> Any:
-        """One API request with retries on 429, 5xx and network failures; the answer's JSON."""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                status, headers, raw = await self._request(method, path, body)
-            except _NetworkFailure as exc:
-                failure = TryLater(f"{what}: {exc}")
-            else:
-                if 200 <= status < 300:
-                    try:
-                        return strict_json(raw)
-                    except ValueError as exc:
-                        raise TryLater(f"malformed answer to {what}: {exc}", status=status) from None
-                message = error_text(raw)
-                if status in (401, 403):
-                    raise KeyRefused(status, message)
-                if status != 429 and status < 500:
-                    raise SendGridRefused(what, status, message)
-                seconds = retry_after_seconds(headers.get("Retry-After"), self._clock.now())
-                failure = TryLater(f"{what}: HTTP {status}: {message}", retry_after=seconds, status=status)
-            if attempt == ATTEMPTS:
-                raise failure
-            if failure.retry_after is None and failure.status != 429:  # else the budget's acquire waits
-                await self._clock.sleep(backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        """One API request, retried on 429, 5xx and network failures; the answer's JSON."""
 
-    async def _request(self, method: str, path: str, body: Any) -> tuple[int, Mapping[str, str], bytes]:
+        async def one_try() -> Any:
+            status, headers, raw = await self._request(method, path, body, what)
+            if 200 <= status < 300:
+                try:
+                    return strict_json(raw)
+                except ValueError as exc:
+                    raise TryLater(f"malformed answer to {what}: {exc}", status=status) from None
+            message = error_text(raw)
+            if status in (401, 403):
+                raise KeyRefused(status, message)
+            if status != 429 and status < 500:
+                raise SendGridRefused(what, status, message)
+            seconds = retry_after_seconds(headers.get("Retry-After"), self._clock.now())
+            failure = TryLater(f"{what}: HTTP {status}: {message}", retry_after=seconds, status=status)
+            raise _Again(failure, wait=seconds is None and status != 429)  # else the budget's acquire waits
+
+        return await self._retried(one_try)
+
+    async def _request(self, method: str, path: str, body: Any, what: str) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body) of one request through the budget; a body over its cap reads as b""."""
         try:
             await self.account.budget.acquire()
@@ -192,8 +199,7 @@ class Lifecycle:
                 return response.status, response.headers, raw
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # No str(exc): aiohttp errors may carry the request, key included.
-            kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
-            raise _NetworkFailure(f"{kind} ({type(exc).__name__}) at {shown_url(self._base)}") from None
+            raise _Again(TryLater(f"{what}: {_no_answer(exc)} at {shown_url(self._base)}")) from None
         finally:
             self.account.budget.release()
 
@@ -211,109 +217,69 @@ class Lifecycle:
 
         A gzip file (an export's) goes as it is; any other is compressed on the fly.
         """
-        url = self._answered(started.upload_uri, UploadFailed)
+        url = started.upload_uri
+        self._policy.check_answered(url)  # before the file is read
         headers = dict(started.upload_headers)
         already = is_gzip(csv_path)
         size = (await asyncio.to_thread(csv_path.stat)).st_size if already else await _gzip_size(csv_path)
         headers["Content-Length"] = str(size)
         skip = () if any(name.lower() == "content-type" for name in headers) else ("Content-Type",)
-        shown = shown_url(started.upload_uri, path=True)
-        failure = ""
+        shown = shown_url(url, path=True)
+
+        async def one_try() -> int:
+            body = _file_chunks(csv_path, size) if already else _gzip_chunks(csv_path, size)
+            try:
+                async with self._policy.open_answered(session, url, method="PUT", timeout=self._transfer_timeout,
+                                                      data=body, headers=headers, skip_auto_headers=skip) as response:
+                    if 200 <= response.status < 300:
+                        return size
+                    detail = s3_error(await _error_body(response))
+                    failure = f"HTTP {response.status}{f': {detail}' if detail else ''}"
+                    if response.status != 429 and response.status < 500:
+                        raise UploadFailed(f"the upload to {shown} was refused ({failure})")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                failure = _no_answer(exc)
+            raise _Again(UploadFailed(f"the upload to {shown} failed {ATTEMPTS} times; last: {failure}"))
+
         async with self._policy.make_session(auto_decompress=False) as session:
-            for attempt in range(ATTEMPTS):
-                if attempt:
-                    await self._clock.sleep(backoff(attempt))
-                body = _file_chunks(csv_path, size) if already else _gzip_chunks(csv_path, size)
-                try:
-                    async with session.put(url, data=body, headers=headers, skip_auto_headers=skip,
-                                           allow_redirects=False, timeout=self._transfer_timeout) as response:
-                        if 200 <= response.status < 300:
-                            return size
-                        detail = _s3_error(await _error_body(response))
-                        failure = f"HTTP {response.status}{f': {detail}' if detail else ''}"
-                        if response.status != 429 and response.status < 500:
-                            raise UploadFailed(f"the upload to {shown} was refused ({failure})")
-                except aiohttp.ClientConnectorError as exc:
-                    _raise_refused(exc, started.upload_uri)
-                    failure = f"connection failed ({type(exc).__name__})"
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    failure = f"{'timed out' if isinstance(exc, TimeoutError) else 'connection failed'} "\
-                        f"({type(exc).__name__})"
-        raise UploadFailed(f"the upload to {shown} failed {ATTEMPTS} times; last: {failure}")
+            return await self._retried(one_try)
 
     async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> tuple[int, str]:
         """GET an export file into `dest` (written whole or not at all): (bytes, sha256 hex).
 
         Streamed, redirects checked hop by hop, retried from the start on transient failures;
-        UrlExpired on 403, BodyTooLarge past `max_bytes`.
+        UrlExpired on 403, BodyTooLarge past `max_bytes`, DownloadFailed at once when `dest` cannot be
+        written (a full disk is no network failure: another try cannot help).
         """
-        self._answered(url, DownloadFailed)
+        self._policy.check_answered(url)
         part = dest.with_name(f".{dest.name}.part")
-        failure = ""
+        shown = shown_url(url, path=True)
+
+        async def one_try() -> tuple[int, str]:
+            try:
+                async with self._policy.open_answered(session, url, timeout=self._transfer_timeout) as response:
+                    if response.status != 200:
+                        raise AnswerStatus(response.status, str(response.url))
+                    return await _stream_to(response, part, max_bytes, shown=dest)
+            except AnswerStatus as exc:
+                if exc.status == 403:
+                    raise UrlExpired(f"the download URL {shown} has expired (HTTP 403): ask for the export's "
+                                     "URLs again") from None
+                if exc.status != 429 and exc.status < 500:
+                    raise DownloadFailed(f"download refused: {exc}") from None
+                failure = str(exc)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                failure = _no_answer(exc)
+            raise _Again(DownloadFailed(f"the download of {shown} failed {ATTEMPTS} times; last: {failure}"))
+
         try:
             async with self._policy.make_session(auto_decompress=False) as session:
-                for attempt in range(ATTEMPTS):
-                    if attempt:
-                        await self._clock.sleep(backoff(attempt))
-                    try:
-                        size, digest = await self._fetch_to(session, url, part, max_bytes)
-                    except AnswerStatus as exc:
-                        if exc.status == 403:
-                            raise UrlExpired(f"the download URL {shown_url(url, path=True)} has expired "
-                                             "(HTTP 403): ask for the export's URLs again") from None
-                        if exc.status != 429 and exc.status < 500:
-                            raise DownloadFailed(f"download refused: {exc}") from None
-                        failure = str(exc)
-                        continue
-                    except aiohttp.ClientConnectorError as exc:
-                        _raise_refused(exc, url)
-                        failure = f"connection failed ({type(exc).__name__})"
-                        continue
-                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                        failure = f"{'timed out' if isinstance(exc, TimeoutError) else 'connection failed'} "\
-                            f"({type(exc).__name__})"
-                        continue
-                    os.replace(part, dest)
-                    return size, digest
+                result = await self._retried(one_try)
+            os.replace(part, dest)
+            return result
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-        raise DownloadFailed(f"the download of {shown_url(url, path=True)} failed {ATTEMPTS} times; last: {failure}")
-
-    async def _fetch_to(
-        self, session: aiohttp.ClientSession, url: str, part: Path, max_bytes: int | None
-    ) -> tuple[int, str]:
-        """One try: follow checked redirects, then stream the 200 body into `part`."""
-        current = url
-        for _ in range(6):  # watcher.net.MAX_REDIRECTS hops, as fetch_answered
-            self._policy.check_answered(current)
-            async with session.get(URL(current, encoded=True), allow_redirects=False,
-                                   timeout=self._transfer_timeout) as response:
-                if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                    current = str(URL(current).join(URL(response.headers["Location"])))
-                    continue
-                if response.status != 200:
-                    raise AnswerStatus(response.status, current)
-                if max_bytes is not None and (response.content_length or 0) > max_bytes:
-                    raise BodyTooLarge(max_bytes)
-                digest, size = hashlib.sha256(), 0
-                with part.open("wb") as out:
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        size += len(chunk)
-                        if max_bytes is not None and size > max_bytes:
-                            raise BodyTooLarge(max_bytes)
-                        digest.update(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-                    await asyncio.to_thread(os.fsync, out.fileno())
-                return size, digest.hexdigest()
-        raise OutboundRefused(f"too many redirects from {shown_url(url, path=True)}")
-
-    def _answered(self, url: str, error: type[LifecycleError]) -> URL:
-        """An answered URL as it is to be sent (its signature untouched), once the policy allows it."""
-        if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
-            raise error(f"SendGrid answered an unusable URL: {shown_url(url, path=True)}")
-        self._policy.check_answered(url)
-        return URL(url, encoded=True)
 
 
 async def import_csv(
@@ -330,72 +296,9 @@ def backoff(attempt: int) -> float:
     return BACKOFF[min(attempt, len(BACKOFF)) - 1]
 
 
-# --- requests and answers (pure) ------------------------------------------------------------
-
-
-def import_request(field_mappings: Sequence[str | None], list_ids: Sequence[str] = ()) -> dict[str, Any]:
-    """The ImportContact body."""
-    body: dict[str, Any] = {"file_type": "csv", "field_mappings": list(field_mappings)}
-    if list_ids:
-        body["list_ids"] = list(list_ids)
-    return body
-
-
-def export_request(list_ids: Sequence[str], segment_ids: Sequence[str], file_type: str) -> dict[str, Any]:
-    """The ExportContact body (no lists and no segments: every contact)."""
-    if file_type not in ("csv", "json"):
-        raise ValueError(f"file type must be csv or json, not {file_type!r}")
-    body: dict[str, Any] = {"file_type": file_type}
-    if list_ids:
-        body["list_ids"] = list(list_ids)
-    if segment_ids:
-        body["segment_ids"] = list(segment_ids)
-    return body
-
-
-def parse_import_started(data: Any) -> ImportStarted:
-    """The ImportContact 200 answer; TryLater when it lacks what the upload needs."""
-    if not isinstance(data, dict):
-        raise TryLater("malformed import answer: not an object")
-    job_id, uri, headers = data.get("job_id"), data.get("upload_uri"), data.get("upload_headers") or []
-    if not isinstance(job_id, str) or not job_id or not isinstance(uri, str) or not uri:
-        raise TryLater("malformed import answer: no job_id or upload_uri")
-    pairs: list[tuple[str, str]] = []
-    for item in headers if isinstance(headers, list) else [headers]:
-        name = item.get("header") if isinstance(item, dict) else None
-        value = item.get("value") if isinstance(item, dict) else None
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name) or not isinstance(value, str) \
-                or any(c in value for c in "\r\n\0"):
-            raise TryLater("malformed import answer: an upload_headers entry is no HTTP header")
-        if name.lower() in _FRAMING:
-            raise TryLater(f"malformed import answer: upload_headers sets {name}, which the upload itself sets")
-        pairs.append((name, value))
-    return ImportStarted(job_id, uri, tuple(pairs))
-
-
-def error_text(body: bytes) -> str:
-    """Every message of `{"errors": [...]}` or `{"errors": {...}}` on one line ("field: message; ...")."""
-    try:
-        data = strict_json(body)
-    except ValueError:
-        data = None
-    errors = data.get("errors") if isinstance(data, dict) else None
-    items = errors if isinstance(errors, list) else [errors]
-    texts = []
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("message"), str):
-            where = item.get("field") or item.get("parameter")
-            texts.append(f"{where}: {item['message']}" if isinstance(where, str) and where else item["message"])
-    text = " ".join("; ".join(texts).split())
-    return text[:_MESSAGE_CHARS] if text else "no message"
-
-
-def _s3_error(body: bytes) -> str:
-    """`Code: Message` of an S3 XML error, else the body's first line."""
-    found = dict(_S3_MESSAGE.findall(body))
-    if found:
-        return ": ".join(v.decode("utf-8", "replace") for k, v in sorted(found.items()))
-    return " ".join(body.decode("utf-8", "replace").split())[:_MESSAGE_CHARS]
+def _no_answer(exc: BaseException) -> str:
+    """A request that got no answer, in words; never str(exc), which may carry the request (and its key)."""
+    return f"{'timed out' if isinstance(exc, TimeoutError) else 'connection failed'} ({type(exc).__name__})"
 
 
 async def _error_body(response: aiohttp.ClientResponse) -> bytes:
@@ -405,11 +308,36 @@ async def _error_body(response: aiohttp.ClientResponse) -> bytes:
         return b""
 
 
-def _raise_refused(exc: aiohttp.ClientConnectorError, url: str) -> None:
-    """The policy's refusal from inside a connection attempt, raised as itself."""
-    refused = exc.os_error if isinstance(exc.os_error, OutboundRefused) else exc.__cause__
-    if isinstance(refused, OutboundRefused):
-        raise OutboundRefused(f"refusing {shown_url(url, path=True)}: {refused}") from None
+async def _stream_to(
+    response: aiohttp.ClientResponse, part: Path, max_bytes: int | None, *, shown: Path
+) -> tuple[int, str]:
+    """The 200 body written to `part` and synced: (bytes, sha256 hex). Reading the answer may fail as
+    the network does (OSError included); writing the file fails as DownloadFailed, never retried."""
+    digest, size = hashlib.sha256(), 0
+    fd = await _written(shown, os.open, part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        async for chunk in capped_chunks(response, max_bytes, chunk_bytes=CHUNK):
+            size += len(chunk)
+            digest.update(chunk)
+            await _written(shown, _write_all, fd, chunk)
+        await _written(shown, os.fsync, fd)
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
+
+
+async def _written(shown: Path, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` in a thread; an OSError (a full disk) as DownloadFailed naming the file."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except OSError as exc:
+        raise DownloadFailed(f"cannot write {shown}: {exc.strerror or exc}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # --- the file, streamed -----------------------------------------------------------------------

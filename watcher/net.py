@@ -9,16 +9,20 @@ Two kinds of URL (DESIGN.md, "Tombstones, safety and limits"):
   `allow_insecure`). The address check runs in the resolver of the session that connects,
   so a name that resolves differently at connect time (DNS rebinding) cannot slip through.
 
-Every HTTP client the watcher runs is built on this module.
+Every HTTP client the watcher runs is built on this module: `configured_session` for configured
+URLs, `OutboundPolicy.make_session` for answered ones, whose requests go through `open_answered`
+(streamed: uploads, downloads) or `fetch_answered` (a whole capped body: the errors file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -29,6 +33,8 @@ from yarl import URL
 
 #: Redirect hops followed for an answered URL before giving up.
 MAX_REDIRECTS = 5
+#: Bytes read at a time from a body.
+CHUNK = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MASK = "***"
 # Query parameter names whose values are credentials (signed links, API keys).
@@ -186,6 +192,8 @@ class OutboundPolicy:
 
     def answered_url_problem(self, url: str) -> str | None:
         """Why a URL from an answer may not be requested, judged before any connection."""
+        if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+            return "not a URL as sent (spaces, control or non-ASCII characters)"
         try:
             parts = urlsplit(url)
             host = parts.hostname
@@ -221,34 +229,52 @@ class OutboundPolicy:
         return aiohttp.ClientSession(connector=connector, trust_env=False, **options)
 
     async def fetch_answered(
-        self, session: aiohttp.ClientSession, url: str, *, max_bytes: int, total_timeout: float
+        self, session: aiohttp.ClientSession | None, url: str, *, max_bytes: int, total_timeout: float
     ) -> bytes:
         """GET a URL from an answer: every hop checked before it is followed, the body capped,
         everything (redirects and body) within `total_timeout` seconds.
 
         `session` should come from `make_session` of an equal policy (it then filters the
-        resolved addresses); any other session is replaced by one for this fetch.
+        resolved addresses); any other session (or None) is replaced by one for this fetch.
         Raises OutboundRefused, AnswerStatus, BodyTooLarge, TimeoutError or aiohttp.ClientError.
         """
-        async with asyncio.timeout(total_timeout):
-            if _policy_of(session) == self:
-                return await self._follow(session, url, max_bytes, total_timeout)
-            async with self.make_session() as own:
-                return await self._follow(own, url, max_bytes, total_timeout)
+        async with asyncio.timeout(total_timeout), contextlib.AsyncExitStack() as stack:
+            if session is None or _policy_of(session) != self:
+                session = await stack.enter_async_context(self.make_session())
+            timeout = aiohttp.ClientTimeout(total=total_timeout)
+            async with self.open_answered(session, url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise AnswerStatus(response.status, str(response.url))
+                return await read_capped(response, max_bytes)
 
-    async def _follow(self, session: aiohttp.ClientSession, url: str, max_bytes: int, seconds: float) -> bytes:
-        timeout = aiohttp.ClientTimeout(total=seconds)
+    @contextlib.asynccontextmanager
+    async def open_answered(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        *,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's, per request
+        method: str = "GET",
+        **options: Any,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The final answer to a request to a URL from an answer, whatever its status; released on exit.
+
+        Every hop is checked before it is sent; a GET follows up to MAX_REDIRECTS redirects, any other
+        method (a streamed body cannot be sent twice) yields its first answer. The URL is sent as it
+        is written, so a presigned signature stays byte for byte. A refusal by the session's resolver
+        (`make_session`) is raised as OutboundRefused naming the URL.
+        """
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             self.check_answered(current)
             try:
-                async with session.get(URL(current), allow_redirects=False, timeout=timeout) as response:
-                    if response.status in _REDIRECT_STATUSES:
-                        current = _next_hop(current, response)
-                        continue
-                    if response.status != 200:
-                        raise AnswerStatus(response.status, current)
-                    return await read_capped(response, max_bytes)
+                async with session.request(
+                    method, URL(current, encoded=True), allow_redirects=False, timeout=timeout, **options
+                ) as response:
+                    if method != "GET" or response.status not in _REDIRECT_STATUSES:
+                        yield response
+                        return
+                    current = _next_hop(current, response)
             except aiohttp.ClientConnectorError as exc:
                 refused = exc.os_error if isinstance(exc.os_error, OutboundRefused) else exc.__cause__
                 if isinstance(refused, OutboundRefused):
@@ -257,14 +283,36 @@ class OutboundPolicy:
         raise OutboundRefused(f"more than {MAX_REDIRECTS} redirects from {shown_url(url, path=True)}")
 
 
+def configured_session(**options: Any) -> aiohttp.ClientSession:
+    """A session for operator-configured URLs (the SendGrid API, notifiers, the daemon's own API),
+    judged when the configuration was read (`configured_url_problem`); its SSL context is fresh,
+    as `OutboundPolicy.make_session`'s."""
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context())
+    return aiohttp.ClientSession(connector=connector, trust_env=False, **options)
+
+
 def _next_hop(current: str, response: aiohttp.ClientResponse) -> str:
     location = response.headers.get("Location")
     if not location:
         raise AnswerStatus(response.status, current)
     try:
-        return str(URL(current).join(URL(location)))
+        return str(URL(current, encoded=True).join(URL(location, encoded=True)))
     except ValueError:
         raise OutboundRefused(f"redirect from {shown_url(current, path=True)} to an invalid URL") from None
+
+
+async def capped_chunks(
+    response: aiohttp.ClientResponse, max_bytes: int | None, *, chunk_bytes: int = CHUNK
+) -> AsyncIterator[bytes]:
+    """The body chunk by chunk, to stream it to disk; BodyTooLarge past `max_bytes` (declared or read)."""
+    if max_bytes is not None and (response.content_length or 0) > max_bytes:
+        raise BodyTooLarge(max_bytes)
+    size = 0
+    async for chunk in response.content.iter_chunked(chunk_bytes):
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise BodyTooLarge(max_bytes)
+        yield chunk
 
 
 async def read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -274,7 +322,7 @@ async def read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await response.content.read(min(64 * 1024, max_bytes + 1 - size))
+        chunk = await response.content.read(min(CHUNK, max_bytes + 1 - size))
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

@@ -1,22 +1,19 @@
 """The SendGrid API client: two reads, `get_import` and `get_export`, and the mapping of every answer.
 
-An answer is a Snapshot (an export's parsed by watcher.sendgrid_exports) or one of three
-exceptions: ImportNotFound (404, for either kind),
-KeyRefused (401/403) and TryLater (everything transient or malformed). Nothing
-from aiohttp or json escapes, and the API key never reaches a message, a log
-line or a repr: it is revealed only into the request headers.
+An answer is a Snapshot (an import's parsed by watcher.sendgrid_answers, an export's by
+watcher.sendgrid_exports) or one of three exceptions: ImportNotFound (404, for either kind),
+KeyRefused (401/403) and TryLater (everything transient or malformed). Nothing from aiohttp or
+json escapes, and the API key never reaches a message, a log line or a repr: it is revealed only
+into the request headers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -28,11 +25,11 @@ from watcher.clock import Clock
 from watcher.errors import ImportNotFound, KeyRefused, StoreUnavailable, TryLater
 from watcher.logs import CachedLogger, JobLog
 from watcher.models import Snapshot, validate_job_id
-from watcher.net import OutboundPolicy, base_url_problem, mask_urls_in_text
+from watcher.net import BodyTooLarge, OutboundPolicy, base_url_problem, mask_urls_in_text, read_capped
 from watcher.ratelimit import RateBudget, reset_seconds, retry_after_seconds
 from watcher.schema import Secret, redact
+from watcher.sendgrid_answers import MAX_MESSAGE_CHARS, error_message, load_json, parse_snapshot
 from watcher.sendgrid_exports import parse_export
-from watcher.strictjson import check_text
 
 
 def _package_version() -> str:
@@ -48,22 +45,9 @@ USER_AGENT = f"import-watcher/{_package_version()} (+https://github.com/import-w
 MAX_BODY_BYTES = 1 << 20
 #: Error bodies are read only this far, for their message.
 MAX_ERROR_BODY_BYTES = 64 << 10
-#: Messages taken from a body are cut to this length.
-MAX_MESSAGE_CHARS = 200
 #: Jobs the client remembers (URL, last answer): bounds its memory with 100,000 jobs.
 REMEMBERED_JOBS = 4096
 
-_COUNT_FIELDS = (
-    "requested_count",
-    "created_count",
-    "updated_count",
-    "deleted_count",
-    "errored_count",
-)
-#: Counts above this are refused: no import is that big, and beyond it floats lose integers.
-MAX_COUNT = 2**53
-_TEXT_FIELDS = ("status", "job_type", "started_at", "finished_at")
-_SCALARS = (str, int, float, bool, type(None))
 
 log = structlog.get_logger("watcher.sendgrid")
 _log = CachedLogger(log)
@@ -93,10 +77,6 @@ class SendGridSettings:
         # config reports this with a line number; here it guards every other way in.
         if problem := base_url_problem(self.base_url, allow_insecure=self.allow_insecure):
             raise ValueError(f"base_url {problem}")
-
-
-class _TooLarge(Exception):
-    """The body went past the cap."""
 
 
 class _Known:
@@ -172,7 +152,7 @@ class SendGridClient:
         return await self._get(export_id, self._known_exports, _EXPORTS_PATH, self._parse_export)
 
     def _parse_export(self, body: bytes, bound: JobLog) -> Snapshot:
-        snapshot, refused = parse_export(_load_json(body), self._policy)
+        snapshot, refused = parse_export(load_json(body), self._policy)
         for shown in refused:  # masked by parse_export; a known body is not parsed (nor logged) again
             bound.warning("sendgrid.export_url_refused", url=shown)
         return snapshot
@@ -217,9 +197,14 @@ class SendGridClient:
             ) as response:
                 self._budget.observe(response.headers, response.status)
                 cap = MAX_BODY_BYTES if response.status == 200 else MAX_ERROR_BODY_BYTES
-                body = await _read_capped(response, cap, strict=response.status == 200)
+                try:
+                    body = await read_capped(response, cap)
+                except BodyTooLarge:
+                    if response.status == 200:
+                        raise
+                    body = b""  # an error answer past its cap: no message read
                 status, answer_headers = response.status, response.headers
-        except _TooLarge:
+        except BodyTooLarge:
             self.responses["200"] += 1
             bound.debug("sendgrid.body_too_large", limit=MAX_BODY_BYTES)
             raise TryLater("malformed answer: body over 1 MiB", status=200) from None
@@ -289,122 +274,7 @@ class SendGridClient:
         return seconds
 
 
-async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, strict: bool) -> bytes:
-    """Read at most `cap` bytes; past it raise _TooLarge when strict, else cut."""
-    if response.content_length is not None and response.content_length > cap and strict:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while size <= cap:
-        chunk = await response.content.read(cap + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > cap and strict:
-        raise _TooLarge
-    return b"".join(chunks)[:cap]
-
-
 def _summary(exc: BaseException) -> str:
     text = mask_urls_in_text(redact(str(exc))).strip()
     name = type(exc).__name__
     return f"{name}: {text[:MAX_MESSAGE_CHARS]}" if text else name
-
-
-class _OutOfRange(ValueError):
-    """A JSON number no float can hold (1e400 would become Infinity)."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"not JSON ({name})")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _OutOfRange(f"number out of range ({text[:20]})")
-    return value
-
-
-#: One decoder for every answer: NaN/Infinity literals and numbers past the float range refused.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def _load_json(body: bytes) -> Any:
-    try:
-        # What json.loads does with bytes, then the one decoder.
-        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    except _OutOfRange as exc:
-        raise ValueError(str(exc)) from None
-    except ValueError as exc:  # also UnicodeDecodeError, and ints past Python's digit limit
-        raise ValueError("not JSON") from exc
-
-
-def parse_snapshot(body: bytes) -> Snapshot:
-    """A 200 body as a Snapshot; ValueError names what is malformed."""
-    data = _load_json(body)
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    for name in _TEXT_FIELDS:
-        if not isinstance(data.get(name), str | None):
-            raise ValueError(f"{name} is {type(data[name]).__name__}, expected a string")
-    results = data.get("results")
-    if results is None:
-        results = {}
-    if not isinstance(results, dict):
-        raise ValueError(f"results is {type(results).__name__}, expected an object")
-    snapshot = Snapshot(
-        status=data.get("status"),
-        job_type=data.get("job_type"),
-        results=_parse_results(results),
-        started_at=data.get("started_at"),
-        finished_at=data.get("finished_at"),
-    )
-    # A "\ud800" escape decodes to a lone surrogate, which no store or notifier can encode:
-    # refused here as a malformed answer (retried, then reported), not a crash at every poll.
-    kept = [snapshot.status, snapshot.job_type, snapshot.started_at, snapshot.finished_at]
-    for value in [*kept, *snapshot.results.keys(), *snapshot.results.values()]:
-        if isinstance(value, str):
-            check_text(value)
-    return snapshot
-
-
-def _parse_results(results: Mapping[str, Any]) -> dict[str, Any]:
-    """Known counts as int (float when fractional); unknown keys kept when plain values."""
-    parsed: dict[str, Any] = {}
-    for name, value in results.items():
-        if name in _COUNT_FIELDS:
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"results.{name} is {type(value).__name__}, expected a number")
-            if not 0 <= value <= MAX_COUNT:  # also false for NaN
-                raise ValueError(f"results.{name} is out of range ({str(value)[:20]})")
-            parsed[name] = int(value) if isinstance(value, int) or value.is_integer() else value
-        elif name == "errors_url":
-            if not isinstance(value, str | None):
-                raise ValueError(f"results.errors_url is {type(value).__name__}, expected a string")
-            if value is not None:
-                parsed[name] = value
-        elif isinstance(value, _SCALARS):
-            parsed[name] = value  # unknown keys occur; nested ones are dropped
-    return parsed
-
-
-def error_message(body: bytes) -> str | None:
-    """The first error message of `{"errors": [...]}` or `{"errors": {...}}`, if any."""
-    try:
-        data = _load_json(body)
-    except ValueError:
-        return None
-    errors = data.get("errors") if isinstance(data, dict) else None
-    if isinstance(errors, list):
-        errors = errors[0] if errors else None
-    if isinstance(errors, dict):
-        message = errors.get("message")
-        if isinstance(message, str) and message.strip():
-            return redact(message.strip())[:MAX_MESSAGE_CHARS]
-    return None

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -35,21 +34,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from watcher.api_batches import BatchRoutes
 from watcher.api_imports import ImportAccounts, ImportRoutes
+from watcher.api_jobs import Expecting, JobIntake, JobRoutes, error_response, json_answer
 from watcher.clock import Clock
 from watcher.config import ServerSettings
-from watcher.errors import InvalidJobId, StoreBroken, StoreUnavailable, WatcherError
-from watcher.httpinput import ApiError, authority, batch_name, job_request, page_after, page_limit, same_origin
-from watcher.models import WATCHING, JobRef, JobState, Outcome, validate_job_id
+from watcher.errors import StoreBroken, StoreUnavailable, WatcherError
+from watcher.httpinput import ApiError, authority, same_origin
 from watcher.net import is_loopback_host
-from watcher.status import encode_cursor, job_views, summary_view, tombstone_view
+from watcher.status import summary_view
 from watcher.store.base import StateStore
-from watcher.strictjson import strict_json
 
 log = structlog.get_logger("watcher.server")
 
 COOKIE = "import_watcher_session"
 STATIC_DIR = Path(__file__).parent / "static"
-STATES = frozenset({WATCHING, *(o.value for o in Outcome)})
 # Counting every job is a scan; open tabs (each asks every 5 s) share one count this recent.
 SUMMARY_MAX_AGE = 2.0
 STATE_CHANGING = frozenset({"POST", "DELETE"})
@@ -71,17 +68,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # --- what the server reads of the daemon (it never imports watcher.daemon) ------------------
 
 
-class _Intake(Protocol):
-    async def add(self, ref: JobRef, *, again: bool = False) -> bool: ...
-
-    def check_notify(self, notify: Sequence[str] | None) -> None: ...
-    def check_account(self, account: str | None) -> None: ...
-
-
-class _Expecting(Protocol):
-    def expected_finish(self, job: JobState, now: float) -> float | None: ...
-
-
 class _Metrics(Protocol):
     async def render(self, status: Any, /) -> bytes: ...
 
@@ -92,7 +78,7 @@ class ServedDaemon(Protocol):
     @property
     def store(self) -> StateStore: ...
     @property
-    def intake(self) -> _Intake | None: ...
+    def intake(self) -> JobIntake | None: ...
     @property
     def notifiers(self) -> Mapping[str, object]: ...
     @property
@@ -102,7 +88,7 @@ class ServedDaemon(Protocol):
     @property
     def accounts(self) -> ImportAccounts | None: ...
     @property
-    def learned(self) -> _Expecting | None: ...
+    def learned(self) -> Expecting | None: ...
 
     async def not_ready_reason(self) -> str | None:
         """None when ready; otherwise a short reason safe to show without a token."""
@@ -112,18 +98,6 @@ class ServedDaemon(Protocol):
 
 
 # --- small pure helpers ----------------------------------------------------------------------
-
-
-_dumps = functools.partial(json.dumps, allow_nan=False)  # never NaN or Infinity on the wire
-
-
-def json_answer(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
-
-
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    """The one error shape of this API."""
-    return json_answer({"error": code, "message": message}, status=status, headers=headers)
 
 
 def _same(given: str, expected: str) -> bool:
@@ -211,16 +185,11 @@ class WatcherServer:
         routes.add_get("/metrics", self.metrics_text)
         routes.add_get("/openapi.json", self.openapi)
         routes.add_get("/summary", self.summary)
-        routes.add_post("/jobs", self.add_job)
-        routes.add_get("/jobs", self.list_jobs)
-        routes.add_get("/jobs/{job_id}", self.get_job)
-        routes.add_delete("/jobs/{job_id}", self.delete_job)
-        BatchRoutes(
-            lambda: self.daemon.store,
-            require_read=functools.partial(self._require_token, read_only=True),
-            page=self.page,
-        ).register(routes)
+        readable = functools.partial(self._require_token, read_only=True)
         writable = functools.partial(self._require_token, read_only=False)
+        JobRoutes(self.daemon, require_read=readable, require_write=writable, max_body=self.settings.max_body
+                  ).register(routes)
+        BatchRoutes(lambda: self.daemon.store, require_read=readable, page=self.page).register(routes)
         ImportRoutes(self.daemon, require_write=writable).register(routes)
         routes.add_get("/", self.page)
         routes.add_get("/static/{name}", self.asset)
@@ -286,23 +255,6 @@ class WatcherServer:
         if not self._authorized(request, read_only=read_only):
             raise ApiError.refused()
 
-    async def _body(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body
-        too_large = ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        try:
-            return await request.read()  # a chunked body over client_max_size is cut off here
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
-
-    @staticmethod
-    def _job_id(request: web.Request) -> str:
-        try:
-            return validate_job_id(request.match_info["job_id"])
-        except InvalidJobId as exc:
-            raise ApiError(400, "invalid_job_id", str(exc)) from None
-
     # --- probes, metrics, description ----------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -335,88 +287,6 @@ class WatcherServer:
             if self._summary is None or not 0 <= now - self._summary[0] < SUMMARY_MAX_AGE:
                 self._summary = (now, summary_view(await self.daemon.store.counts()))
             return json_answer(self._summary[1])
-
-    # --- jobs -----------------------------------------------------------------------
-
-    async def add_job(self, request: web.Request) -> web.Response:
-        """POST /jobs: a queue message; 202 when a watch starts, 200 when known or tombstoned."""
-        self._require_token(request, read_only=False)
-        try:
-            message = strict_json(await self._body(request))
-        except ValueError as exc:
-            raise ApiError(400, "invalid_json", f"the body must be a JSON job message: {exc}") from None
-        ref, again = job_request(message)
-        intake = self.daemon.intake
-        if intake is None:  # pragma: no cover - the server starts after the intake
-            raise ApiError(503, "starting", "the daemon is starting; try again")
-        try:
-            intake.check_notify(ref.notify)
-        except ValueError as exc:
-            raise ApiError(400, "unknown_notifier", str(exc)) from None
-        try:
-            intake.check_account(ref.account)
-        except ValueError as exc:
-            raise ApiError(400, "unknown_account", str(exc)) from None
-        added = await intake.add(ref, again=again)
-        return await self._added_answer(ref.id, added)
-
-    async def _added_answer(self, job_id: str, added: bool) -> web.Response:
-        store = self.daemon.store
-        job = await store.get_job(job_id)
-        if job is not None:
-            log.info("api.job_added" if added else "api.job_known", job_id=job_id)
-            view = (await self._views([job]))[0]
-            return json_answer(view, status=202 if added else 200, headers={"Location": f"/jobs/{job_id}"})
-        tombstone = None if added else (await store.tombstones([job_id])).get(job_id)
-        if tombstone is None:  # stopped or purged between the two reads
-            raise ApiError(409, "conflict", f"job {job_id} changed meanwhile; try again")
-        log.info("api.job_tombstoned", job_id=job_id, reason=tombstone.reason.value)
-        return json_answer(tombstone_view(tombstone))
-
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        """GET /jobs?state=&batch=&limit=&after=: one page of `status --json` objects, oldest first;
-        the next page's cursor in `Link: <...>; rel="next"` and `X-Next-Cursor`."""
-        self._require_token(request, read_only=True)
-        state = request.query.get("state") or None  # `state=` is "all", as the page's "all jobs" option
-        if state is not None and state not in STATES:
-            raise ApiError(400, "invalid_state", f"state must be one of {', '.join(sorted(STATES))}")
-        batch = batch_name(request.query["batch"]) if "batch" in request.query else None
-        limit = page_limit(request.query.get("limit"))
-        after = page_after(request.query.get("after"))
-        store = self.daemon.store
-        # One more than a page: is there a next page? A batch's page reads only that batch's index.
-        jobs = await store.list_jobs(state=state, limit=limit + 1, after=after, batch=batch)
-        page = jobs[:limit]
-        headers = {}
-        if len(jobs) > limit:
-            cursor = encode_cursor(page[-1].added_at, page[-1].id)
-            filters = {**({"state": state} if state else {}), **({"batch": batch} if batch else {})}
-            query = urlencode({**filters, "after": cursor, "limit": limit})
-            headers = {"Link": f'</jobs?{query}>; rel="next"', "X-Next-Cursor": cursor}
-        return json_answer(await self._views(page), headers=headers)
-
-    async def get_job(self, request: web.Request) -> web.Response:
-        self._require_token(request, read_only=True)
-        job_id = self._job_id(request)
-        job = await self.daemon.store.get_job(job_id)
-        if job is None:
-            return error_response(404, "job_not_found", f"job {job_id} is not tracked")
-        return json_answer((await self._views([job]))[0])
-
-    async def _views(self, jobs: Sequence[JobState]) -> list[dict[str, Any]]:
-        """`status --json` objects, a running job's expected finish included when the daemon knows it."""
-        learned, now = self.daemon.learned, self.daemon.clock.now()
-        expected = None if learned is None else functools.partial(learned.expected_finish, now=now)
-        return await job_views(self.daemon.store, jobs, expected)
-
-    async def delete_job(self, request: web.Request) -> web.Response:
-        """Stop watching: the job and its pending deliveries go, nobody is notified, a tombstone stays."""
-        self._require_token(request, read_only=False)
-        job_id = self._job_id(request)
-        if not await self.daemon.store.remove_job(job_id, now=self.daemon.clock.now()):
-            return error_response(404, "job_not_found", f"job {job_id} is not tracked")
-        log.info("api.job_removed", job_id=job_id)
-        return web.Response(status=204)
 
     # --- status page ----------------------------------------------------------------
 

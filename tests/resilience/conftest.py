@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from watcher.models import Delivery, JobState
-from watcher.sendgrid import parse_snapshot
+from watcher.sendgrid_answers import parse_snapshot
 from watcher.store import open_store
 from watcher.testing.fake_sendgrid import FakeSendGrid
 

@@ -70,12 +70,7 @@ async def summarize_errors_file(
     try:
         if not url:
             raise _Unavailable("no errors file URL")
-        rules.check_answered(url)
-        if session is None:
-            async with rules.make_session() as own:
-                body = await rules.fetch_answered(own, url, max_bytes=max_bytes, total_timeout=timeout)
-        else:
-            body = await rules.fetch_answered(session, url, max_bytes=max_bytes, total_timeout=timeout)
+        body = await rules.fetch_answered(session, url, max_bytes=max_bytes, total_timeout=timeout)
         return _summarize(_gunzip(body, max_bytes), top=top, sample_rows=sample_rows)
     except (_Unavailable, OutboundRefused, AnswerStatus) as exc:
         why = str(exc)
