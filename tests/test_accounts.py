@@ -117,6 +117,34 @@ def test_empty_accounts_and_unreadable_key_file(tmp_path: Path) -> None:
     assert problem.startswith(f"{path}:4: sendgrid.accounts.a.api_key_file: cannot read secret file ")
 
 
+def test_control_characters_in_a_key_or_on_behalf_of_are_located_problems(tmp_path: Path) -> None:
+    """A CR/LF (or any control character) in an API key, a key file or on_behalf_of would break every
+    request's headers: each is refused at its key, and the key itself is never shown."""
+    two_lines = tmp_path / "two-lines.key"
+    two_lines.write_text("SG.first-line\nSG.second-line\n", encoding="utf-8")  # the last newline is stripped
+    path = write(tmp_path, f"""\
+        sendgrid:
+          accounts:
+            a: {{api_key: "SG.key\\r\\nX-Injected: 1"}}
+            b: {{api_key_file: {two_lines}}}
+            c: {{api_key: SG.fine, on_behalf_of: "sub\\r\\nX-Injected: 1"}}
+            d: {{api_key: SG.fine, on_behalf_of: "sub\\x7f"}}
+        """)
+    problems = problems_of(path)
+    header = "must not contain control characters (a line break, a tab): it is sent in an HTTP header"
+    assert [
+        f"{path}:3: sendgrid.accounts.a.api_key: the API key {header}",
+        f"{path}:4: sendgrid.accounts.b.api_key: the API key {header}",
+        f"{path}:5: sendgrid.accounts.c.on_behalf_of: on_behalf_of {header}",
+        f"{path}:6: sendgrid.accounts.d.on_behalf_of: on_behalf_of {header}",
+    ] == problems
+    assert not any("SG.key" in p or "first-line" in p for p in problems)
+    single = tmp_path / "one-line.key"
+    single.write_text("SG.one-line\n", encoding="utf-8")
+    config = load_config(write(tmp_path, f"sendgrid:\n  api_key_file: {single}\n"), env={})
+    assert "SG.one-line" == config.sendgrid.api_key.reveal()
+
+
 def test_a_backup_names_a_configured_account(tmp_path: Path) -> None:
     """`backups:` is accepted and checked against the configured account names."""
     text = accounts_text("https://a.example", "https://b.example", f"""\

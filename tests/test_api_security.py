@@ -168,20 +168,23 @@ async def test_unknown_route_with_a_form_post_is_still_404() -> None:
         assert (404, "not_found") == (response.status, (await response.json())["error"])
 
 
-@pytest.mark.parametrize(("content_type", "body"), [
-    ("multipart/form-data", b"x"),  # no boundary
-    ("multipart/form-data; boundary=b", b"garbage"),  # no starting boundary
-    ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="list"\r\n\r\nxx'),  # cut off
-    ("multipart/form-data; boundary=b", b"--b\r\nBad header\r\n\r\nxx\r\n--b--\r\n"),  # a header without a colon
-    ("multipart/form-data; boundary=" + "b" * 100, b"--b"),  # a boundary over 70 characters
+@pytest.mark.parametrize(("content_type", "body", "problem"), [
+    ("multipart/form-data", b"x", "boundary missed"),  # no boundary
+    ("multipart/form-data; boundary=b", b"garbage", "Could not find starting boundary"),
+    ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="list"\r\n\r\nxx',
+     "the body ends inside field list"),  # cut off
+    ("multipart/form-data; boundary=b", b"--b\r\nBad header\r\n\r\nxx\r\n--b--\r\n",
+     "Invalid HTTP header: b'Bad header'"),  # a header without a colon
+    ("multipart/form-data; boundary=" + "b" * 100, b"--b", "is too long (70 chars max)"),  # over 70 characters
 ])
-async def test_malformed_multipart_imports_are_a_400_not_a_500(content_type: str, body: bytes) -> None:
+async def test_malformed_multipart_imports_are_a_400_not_a_500(content_type: str, body: bytes, problem: str) -> None:
     """POST /imports reads a multipart body as it streams: every way aiohttp finds it malformed is one
-    clear 400 `invalid_form`, never the handler's crash."""
+    clear 400 `invalid_form` that names the problem, never the handler's crash."""
     async with serving_api() as (server, _), aiohttp.ClientSession() as http:
         with capture_logs() as logs:
             async with http.post(f"{server.url}/imports", data=body,
                                  headers={**bearer(), "Content-Type": content_type}) as response:
-                answer = (response.status, (await response.json())["error"])
-    assert (400, "invalid_form") == answer
+                answer = await response.json()
+    assert (400, "invalid_form") == (response.status, answer["error"])
+    assert problem in answer["message"] and "\n" not in answer["message"], answer["message"]
     assert [] == [e for e in logs if e["event"] == "http.handler_failed"]

@@ -8,14 +8,17 @@ import gzip
 import hashlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.helpers import config_text, fill, make_config, mounted_tmpfs, serve_app
+from watcher import backup_dirs
 from watcher.accounts import Accounts
 from watcher.backup_dirs import MANIFEST, complete_backups, stamp, verify
 from watcher.backups import BackupResult, run_backup
@@ -32,13 +35,6 @@ CONTACTS = [
     {"email": "grace@example.com", "first_name": "Grace", "country": "US"},
 ]
 T0 = 1_800_000_000.0
-
-
-class NoWaitClock(SystemClock):
-    """The real time, but retries do not wait: a refused write is refused again at once."""
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -79,14 +75,14 @@ def take(store: SqliteStore) -> Take:
     """Run one backup of the config's first entry, as the CLI and the schedule do."""
 
     async def run(config: Config, *, now: float | None = None, clock: Any = None,
-                  settings: BackupSettings | None = None) -> BackupResult:
+                  settings: BackupSettings | None = None, **options: Any) -> BackupResult:
         clock = clock or SystemClock()
         chosen = settings or config.backups[0]
         async with Accounts.open(config, clock=clock, store=store) as accounts:
             account = accounts.get(chosen.account)
             return await run_backup(chosen, account=account, lifecycle=Lifecycle(account, clock=clock), clock=clock,
                                     store=store, recipients={n.name: n for n in config.notifiers}, now=now,
-                                    policy=config.polling)
+                                    policy=config.polling, **options)
 
     return run
 
@@ -200,20 +196,25 @@ async def test_rotation_keeps_the_newest_and_only_stale_temporary_directories_go
 async def test_a_full_disk_fails_the_backup_and_leaves_nothing_half_written(
     tmp_path: Path, fake: FakeSendGrid, store: SqliteStore, take: Take
 ) -> None:
-    """No space left: backup.failed saying so, the temporary directory removed, no backup directory."""
+    """No space left: backup.failed saying so at once (a full disk is no network failure: the download is
+    not tried again), the temporary directory removed, no backup directory."""
     with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         config = backup_config(tmp_path, fake.base_url, disk)
         (disk / "nightly").mkdir()
         filler = fill(disk)
         try:
-            result = await take(config, now=T0, clock=NoWaitClock())
+            started = time.monotonic()
+            result = await take(config, now=T0)  # the real clock: a retry would wait a second or more
             assert result.reason is not None and result.path is None
+            assert time.monotonic() - started < 1.0
             assert [] == [p.name for p in (disk / "nightly").iterdir()]
         finally:
             os.unlink(filler)
+    assert 1 == fake.requests_by_route["GET /_exports/{id}/{name}"]
     [delivery] = await store.list_deliveries()
     assert "backup.failed" == delivery.event_type
-    assert "disk full" in delivery.event["data"]["reason"]
+    reason = delivery.event["data"]["reason"]
+    assert "cannot write " in reason and "No space left on device (disk full)" in reason and "\n" not in reason
 
 
 async def test_a_destination_that_cannot_be_written_fails_the_backup(
@@ -225,3 +226,76 @@ async def test_a_destination_that_cannot_be_written_fails_the_backup(
     assert result.reason is not None and result.reason.startswith(f"cannot write {tmp_path / 'backups'}")
     [delivery] = await store.list_deliveries()
     assert ("backup.failed", result.reason) == (delivery.event_type, delivery.event["data"]["reason"])
+
+
+async def test_two_backups_of_the_same_second_never_destroy_each_other(
+    tmp_path: Path, fake: FakeSendGrid, store: SqliteStore
+) -> None:
+    """Run A is downloading when run B of the same second starts and completes: B is the backup, A fails
+    saying so, and neither removed the other's files (each writes into a temporary directory of its own)."""
+    config = backup_config(tmp_path, fake.base_url, tmp_path / "backups")
+    clock = SystemClock()
+    a_downloading, b_done = asyncio.Event(), asyncio.Event()
+
+    class HeldLifecycle(Lifecycle):
+        async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> tuple[int, str]:
+            a_downloading.set()
+            await b_done.wait()
+            return await super().download(url, dest, max_bytes=max_bytes)
+
+    async with Accounts.open(config, clock=clock, store=store) as accounts:
+        account = accounts.get(None)
+
+        def run(lifecycle: Lifecycle) -> Awaitable[BackupResult]:
+            return run_backup(config.backups[0], account=account, lifecycle=lifecycle, clock=clock, store=store,
+                              recipients={n.name: n for n in config.notifiers}, now=T0, policy=config.polling)
+
+        a = asyncio.create_task(run(HeldLifecycle(account, clock=clock)))
+        await asyncio.wait_for(a_downloading.wait(), 10)
+        b = await run(Lifecycle(account, clock=clock))
+        b_done.set()
+        a_result = await a
+    home = tmp_path / "backups" / "nightly"
+    assert (None, home / stamp(T0)) == (b.reason, b.path)
+    assert a_result.reason is not None and "already exists (another backup of the same second)" in a_result.reason
+    assert [stamp(T0)] == [p.name for p in home.iterdir()]  # A's temporary directory is gone, B's backup whole
+    verify(home / stamp(T0))
+    events = sorted(d.event_type for d in await store.list_deliveries())
+    assert ["backup.failed", "backup.succeeded"] == events
+
+
+async def test_odd_names_and_failing_housekeeping_never_cost_the_notification(
+    tmp_path: Path, fake: FakeSendGrid, store: SqliteStore, take: Take, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A temporary-looking directory whose name is no real time is left alone; rotation failing is
+    logged: the backup is written and backup.succeeded queued either way."""
+    config = backup_config(tmp_path, fake.base_url, tmp_path / "backups")
+    home = tmp_path / "backups" / "nightly"
+    # No real time, or not ASCII digits: not names this watcher gives; left alone.
+    odd = [home / ".20261399T000000Z.tmp", home / ".20270115T080000Z.x-y.tmp", home / ".２０２００１０１T000000Z.tmp"]
+    for path in odd:
+        path.mkdir(parents=True)
+    with capture_logs() as logs:
+        first = await take(config, now=T0)
+    assert first.reason is None and all(p.exists() for p in odd)
+    assert [] == [e for e in logs if e["event"] == "backup.housekeeping_failed"]
+
+    def broken(directory: Path, keep: int) -> list[Path]:
+        raise PermissionError(13, "Permission denied", str(directory))
+
+    monkeypatch.setattr(backup_dirs, "rotate", broken)
+    with capture_logs() as logs:
+        second = await take(config, now=T0 + 60)
+    assert second.reason is None and second.path is not None and second.path.exists()
+    assert ["backup.succeeded", "backup.succeeded"] == [d.event_type for d in await store.list_deliveries()]
+    [warning] = [e for e in logs if e["event"] == "backup.housekeeping_failed"]
+    assert ("rotate", "PermissionError") == (warning["step"], warning["error"].split(":")[0])
+
+
+async def test_an_export_file_over_the_cap_fails_the_backup(
+    tmp_path: Path, fake: FakeSendGrid, store: SqliteStore, take: Take
+) -> None:
+    """A file larger than the per-file cap (5 GB by default; 10 bytes here) fails the run, nothing kept."""
+    result = await take(backup_config(tmp_path, fake.base_url, tmp_path / "backups"), now=T0, max_file_bytes=10)
+    assert result.reason is not None and "is larger than 10 bytes, the most a backup downloads" in result.reason
+    assert [] == list((tmp_path / "backups" / "nightly").iterdir())

@@ -170,6 +170,8 @@ async def test_the_scheduler_holds_each_backup_on_its_cron_trigger_and_a_catch_u
         ("{name: b, schedule: '0 8 * * *', destination: /tmp/b, file_type: xml}", "backups[0].file_type: expected"),
         ("{name: '..', schedule: '0 8 * * *', destination: /tmp/b}", "backups[0].name: expected 1 to 64"),
         ("{name: b, schedule: '0 8 * * *'}", "backups[0].destination: expected the directory"),
+        ("{name: b, schedule: '0 8 * * *', destination: ~nosuchuser-iw/x}",
+         "backups[0].destination: cannot expand '~nosuchuser-iw': no such user, or no home directory"),
         ("{name: b, schedule: '0 8 * * *', destination: /tmp/b, lists: [a/b]}", "backups[0].lists: expected"),
         ("{name: b, schedule: '0 8 * * *', destination: /tmp/b, every: day}", "backups[0].every: unknown key"),
     ],

@@ -204,3 +204,16 @@ def test_notify_test_hides_passwords_and_respects_the_log_level(tmp_path: Path) 
     assert (1, False, False) == (loud.returncode, CANARY in loud.stdout + loud.stderr, "Traceback" in loud.stderr)
     assert "notify.webhook_failed" in loud.stderr
     assert "hook: FAILED: " in loud.stdout
+
+
+def test_fake_sendgrid_that_cannot_listen_is_one_line() -> None:
+    """`fake-sendgrid` on a port in use, an address not of this machine, or a port out of range: one line."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        assert_refused(cli("fake-sendgrid", "--port", port, timeout=10), 1,
+                       f"cannot listen on 127.0.0.1 port {port}: Address already in use")
+    assert_refused(cli("fake-sendgrid", "--host", "192.0.2.1", "--port", "0", timeout=10), 1,
+                   "cannot listen on 192.0.2.1 port 0: Cannot assign requested address")
+    for port in ("99999", "-1"):
+        assert_refused(cli("fake-sendgrid", "--port", port, timeout=10), 2,
+                       f"--port {port}: expected a port number from 0 (any free one) to 65535")

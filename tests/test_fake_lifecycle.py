@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
 import json
+import logging
 import random
+import socket
+import struct
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -415,3 +420,25 @@ def test_csv_stream_parses_records_split_anywhere() -> None:
             records += stream.feed(data[at:at + step])
             at += step
         assert expected == records + stream.feed(b"", final=True), seed
+
+
+async def test_a_client_leaving_mid_download_is_no_server_error(
+    fake: FakeSendGrid, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that resets the connection right after asking for an export file leaves no
+    "Error handling request" traceback behind; the next download is whole."""
+    fake.add_contacts([{"email": f"user{i}@example.com"} for i in range(50)])
+    fake.set_lifecycle(export_seconds=0)
+    _, created = await call(http, "POST", f"{fake.base_url}{EXPORTS}", json={})
+    _, body = await call(http, "GET", f"{fake.base_url}{EXPORTS}/{created['id']}")
+    url = urlsplit(body["urls"][0])
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        _, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+        await writer.drain()
+        writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                             struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not a polite close
+        status, data, _ = await download(body["urls"][0])  # served after the first request was handled
+    assert (200, 51) == (status, len(zlib.decompress(data, wbits=31).splitlines()))
+    assert [] == [r.getMessage() for r in caplog.records if "Error handling request" in r.getMessage()]

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
-from tests.helpers import serve_app
+from tests.helpers import eventually, mounted_tmpfs, serve_app
+from watcher import api_imports
 from watcher.accounts import Account
-from watcher.api_imports import ImportRoutes
+from watcher.api_imports import UPLOAD_PREFIX, ImportRoutes
 from watcher.clock import SystemClock
 from watcher.httpinput import ApiError
 from watcher.models import JobKind
@@ -55,11 +61,13 @@ async def errors(request: web.Request, handler: object) -> web.StreamResponse:
     try:
         return await handler(request)  # type: ignore[operator]
     except ApiError as exc:  # as the server's middleware renders them
-        return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+        return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status, headers=exc.headers)
 
 
 @contextlib.asynccontextmanager
-async def api(fake: FakeSendGrid, tmp_path: Path, max_upload: int = 1 << 20) -> AsyncIterator[tuple[str, Daemon]]:
+async def api(
+    fake: FakeSendGrid, tmp_path: Path, max_upload: int = 1 << 20, max_uploads: int = 4
+) -> AsyncIterator[tuple[str, Daemon]]:
     settings = SendGridSettings(api_key=Secret(DEFAULT_API_KEY), base_url=fake.base_url, allow_private=True,
                                 allow_insecure=True)
     clock = SystemClock()
@@ -71,7 +79,8 @@ async def api(fake: FakeSendGrid, tmp_path: Path, max_upload: int = 1 << 20) -> 
         daemon = Daemon(store, Intake(store, PollPolicy(), clock, ()), clock,
                         Accounts(Account("main", settings, session, budget, client)))
         app = web.Application(middlewares=[errors])
-        ImportRoutes(daemon, require_write=require_write, max_upload=max_upload, temp_dir=tmp_path).register(app.router)
+        ImportRoutes(daemon, require_write=require_write, max_upload=max_upload, temp_dir=tmp_path,
+                     max_uploads=max_uploads).register(app.router)
         runner, port = await serve_app(app)
         try:
             yield f"http://127.0.0.1:{port}", daemon
@@ -139,3 +148,98 @@ async def test_post_exports_starts_and_tracks_an_export(tmp_path: Path) -> None:
             assert 400 == response.status
         job = await daemon.store.get_job(view["id"])
     assert (JobKind.EXPORT, "main", {"k": "v"}) == (job.kind, job.account, dict(job.labels))
+
+
+async def test_post_imports_refuses_gzip_bombs_quickly(tmp_path: Path) -> None:
+    """A few kB of gzip holding 8 MB of one line of commas, or of blank lines: 400 with one line, no import."""
+    def bomb(filler: bytes) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        chunks = [compressor.compress(b"email\n")]
+        chunks += [compressor.compress(filler * (1 << 20)) for _ in range(8)]
+        return b"".join([*chunks, compressor.compress(b"\na@example.com\n"), compressor.flush()])
+
+    async with FakeSendGrid() as fake, api(fake, tmp_path, max_upload=1 << 30) as (url, _), \
+            aiohttp.ClientSession() as http:
+        for filler, refusal in ((b",", "the record at line 2 is longer than"), (b"\n", "more than 1,000,000 blank")):
+            started = time.monotonic()
+            async with http.post(f"{url}/imports", headers={"Authorization": TOKEN}, data=form(bomb(filler))) as response:
+                answer = await response.json()
+            assert (400, "invalid_csv") == (response.status, answer["error"]), answer
+            assert refusal in answer["message"] and "\n" not in answer["message"]
+            assert time.monotonic() - started < 10
+        assert {} == dict(fake.imports.uploads)
+
+
+async def test_post_imports_past_the_concurrent_uploads_is_503_busy(tmp_path: Path) -> None:
+    """While MAX_UPLOADS bodies are being received, another POST /imports is 503 `busy` with a Retry-After."""
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nemail\r\n'
+        await release.wait()
+        yield b"a@example.com\r\n\r\n--b--\r\n"
+
+    async with FakeSendGrid() as fake, api(fake, tmp_path, max_uploads=1) as (url, _), \
+            aiohttp.ClientSession() as http:
+        first = asyncio.create_task(http.post(f"{url}/imports", data=slow_body(), headers={
+            "Authorization": TOKEN, "Content-Type": "multipart/form-data; boundary=b"}))
+        await eventually(lambda: list(tmp_path.iterdir()), what="the first upload's temporary file")
+        async with http.post(f"{url}/imports", headers={"Authorization": TOKEN},
+                             data=form(b"email\na@example.com\n")) as response:
+            busy = (response.status, (await response.json())["error"], response.headers.get("Retry-After"))
+        release.set()
+        async with await first as response:
+            assert 202 == response.status, await response.text()
+        async with http.post(f"{url}/imports", headers={"Authorization": TOKEN},
+                             data=form(b"email\na@example.com\n")) as response:
+            assert 202 == response.status  # the slot is free again
+    assert (503, "busy", "30") == busy
+
+
+async def test_post_imports_without_free_space_is_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary directory with less room than the declared body and the margin: 507, nothing written."""
+    real = os.statvfs(tmp_path)
+    free_blocks = api_imports.FREE_MARGIN // real.f_frsize + 2  # room for the margin and a small body
+
+    def statvfs(path: object) -> os.statvfs_result:
+        return os.statvfs_result((*real[:4], free_blocks, *real[5:]))
+
+    monkeypatch.setattr(api_imports.os, "statvfs", statvfs)
+    async with FakeSendGrid() as fake, api(fake, tmp_path) as (url, _), aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/imports", headers={"Authorization": TOKEN},
+                             data=form(b"email\n" + b"a@example.com\n" * 4000)) as response:
+            answer = await response.json()
+        assert (507, "no_space") == (response.status, answer["error"])
+        assert "not enough free space" in answer["message"]
+        async with http.post(f"{url}/imports", headers={"Authorization": TOKEN},
+                             data=form(b"email\na@example.com\n")) as response:
+            assert 202 == response.status, await response.text()  # a small one fits
+        assert 1 == len(fake.imports.uploads)
+    assert [] == list(tmp_path.iterdir())
+
+
+def test_stale_temporary_uploads_are_removed_at_start(tmp_path: Path) -> None:
+    """Uploads a killed daemon left over a day ago are removed; fresh ones and other files stay."""
+    old, fresh = tmp_path / f"{UPLOAD_PREFIX}abc_1234.csv", tmp_path / f"{UPLOAD_PREFIX}def_5678.csv"
+    other = tmp_path / "import-contacts.csv"  # someone's own file, whatever its age
+    for path in (old, fresh, other):
+        path.write_text("email\n")
+    day_ago = time.time() - 86400 - 60
+    os.utime(old, (day_ago, day_ago))
+    os.utime(other, (day_ago, day_ago))
+    ImportRoutes(None, require_write=require_write, temp_dir=tmp_path)  # type: ignore[arg-type]
+    assert {fresh.name, other.name} == {p.name for p in tmp_path.iterdir()}
+
+
+async def test_post_imports_filling_the_disk_is_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills while the body is stored (the free-space check passed): 507, the file removed."""
+    real = os.statvfs(tmp_path)
+    monkeypatch.setattr(api_imports.os, "statvfs", lambda path: os.statvfs_result((*real[:4], 1 << 40, *real[5:])))
+    with mounted_tmpfs(tmp_path / "small", "64k") as small:
+        async with FakeSendGrid() as fake, api(fake, small) as (url, _), aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/imports", headers={"Authorization": TOKEN},
+                                 data=form(b"email\n" + b"a@example.com\n" * 20_000)) as response:
+                answer = await response.json()
+            assert (507, "no_space") == (response.status, answer["error"])
+            assert "No space left on device" in answer["message"]
+        assert [] == list(small.iterdir())

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
+import time
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import config_text
-from watcher import cli
+from watcher import cli, csvimport
 from watcher.csvimport import (
     MAX_BYTES,
     MAX_HEADER_CHARS,
@@ -136,6 +140,46 @@ def test_a_header_over_one_megabyte_is_refused(tmp_path: Path) -> None:
         measure_csv(path)
 
 
+def gzip_bomb(tmp_path: Path, filler: bytes, megabytes: int, start: bytes = b"") -> Path:
+    """A small .csv.gz holding a header, `start`, `megabytes` MB of `filler` repeated, and one contact."""
+    path = tmp_path / "bomb.csv.gz"
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(b"email\n" + start)
+        for _ in range(megabytes):
+            out.write(filler * ((1 << 20) // len(filler)))
+        out.write(b"\na@example.com\n")
+    return path
+
+
+@pytest.mark.parametrize(("start", "filler", "refusal"), [
+    (b"", b",", "record at line 2 is longer than 1,048,576 characters"),  # one wide line
+    (b'a@example.com,"', b'x",' + b"," * 1000 + b'"\n', "record at line 2 is longer than"),  # over quoted lines
+    (b"", b"\n", "more than 100,000 blank lines"),
+])
+def test_a_gzip_bomb_is_refused_in_bounded_memory_and_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: bytes, filler: bytes, refusal: str
+) -> None:
+    """8 MB of commas, of quoted lines or of blank lines in a few kB of gzip: refused early, in little memory
+    (the blank line cap is lowered here: a million lines under tracemalloc take seconds)."""
+    monkeypatch.setattr(csvimport, "MAX_BLANK_LINES", 100_000)
+    path = gzip_bomb(tmp_path, filler, 8, start)
+    started = time.monotonic()
+    tracemalloc.start()
+    try:
+        with pytest.raises(PlanError, match=refusal):
+            measure_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20 and time.monotonic() - started < 10, (peak, time.monotonic() - started)
+
+
+def test_a_gzip_bomb_of_blank_lines_is_refused_by_its_size(tmp_path: Path) -> None:
+    """Blank lines count towards the byte limit like any line: the size is checked on every read."""
+    with pytest.raises(PlanError, match=r"larger than 0\.0001 GB"):
+        measure_csv(gzip_bomb(tmp_path, b"\n", 1), max_bytes=100_000)
+
+
 def test_not_utf8_and_empty_files_are_one_line_errors(tmp_path: Path) -> None:
     """Latin-1 bytes and a header-only file are refused with a message, not a traceback."""
     latin = tmp_path / "latin.csv"
@@ -193,3 +237,14 @@ async def test_dry_run_prints_the_mapping_and_request_and_sends_nothing(
     assert "PUT " + fake.base_url + "/v3/marketing/contacts/imports" in out
     assert '"field_mappings": [\n    "_rf2_T",\n    "_rf0_T",\n    "e1_T"\n  ]' in out and '"l1"' in out
     assert not (tmp_path / "state.db").exists()
+
+
+def test_a_gzip_file_is_closed_once_measured(tmp_path: Path) -> None:
+    """Reading an export's .csv.gz closes the file under the gzip stream too (no ResourceWarning)."""
+    path = tmp_path / "contacts.csv.gz"
+    path.write_bytes(gzip.compress(b"email\na@example.com\n"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert 1 == measure_csv(path).rows
+        gc.collect()
+    assert [] == [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -88,24 +90,41 @@ async def test_a_restore_brings_back_the_contacts_of_a_backup(
     assert f"as batch restore:nightly:{path.name}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("damage", ["altered", "missing"])
+@pytest.mark.parametrize(("damage", "expected"), [
+    ("altered", "does not match its manifest"),
+    ("missing", "missing or unreadable"),
+    ("longer", "does not match its manifest"),
+    ("fifo", "is not a regular file"),  # opening it would wait for a writer forever
+    ("dev_zero", "is a symbolic link"),  # reading it would never end
+    ("symlink", "is a symbolic link"),  # to a file with the same bytes: still not the backup's own file
+])
 async def test_a_damaged_backup_is_refused_before_anything_is_sent(
-    tmp_path: Path, fake: FakeSendGrid, capsys: pytest.CaptureFixture[str], damage: str
+    tmp_path: Path, fake: FakeSendGrid, capsys: pytest.CaptureFixture[str], damage: str, expected: str
 ) -> None:
-    """One altered byte or a missing file: one clear line, exit 1, and not one import request."""
+    """An altered byte, a missing or longer file, a FIFO, a symlink: one clear line at once, exit 1, and
+    not one import request."""
     config = restore_config(tmp_path, fake.base_url)
     path = await backup(config)
     [victim] = [p for p in path.iterdir() if p.name != MANIFEST]
+    data = victim.read_bytes()
     if damage == "altered":
-        data = bytearray(victim.read_bytes())
-        data[-5] ^= 0x01
-        victim.write_bytes(bytes(data))
+        victim.write_bytes(data[:-5] + bytes([data[-5] ^ 0x01]) + data[-4:])
+    elif damage == "longer":
+        victim.write_bytes(data + b"\0" * 10)
     else:
         victim.unlink()
+        if damage == "fifo":
+            os.mkfifo(victim)
+        elif damage == "dev_zero":
+            victim.symlink_to("/dev/zero")
+        elif damage == "symlink":
+            (tmp_path / "elsewhere.csv.gz").write_bytes(data)
+            victim.symlink_to(tmp_path / "elsewhere.csv.gz")
     capsys.readouterr()
+    started = time.monotonic()
     assert 1 == await restore(config, path)
+    assert time.monotonic() - started < 5
     err = capsys.readouterr().err
-    expected = "does not match its manifest" if damage == "altered" else "missing or unreadable"
     assert err.startswith("import-watcher: refusing to restore: ") and expected in err and err.count("\n") == 1
     assert not any("imports" in route for route in fake.requests_by_route), fake.requests_by_route
 

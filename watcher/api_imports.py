@@ -1,11 +1,14 @@
 """The API's routes that start contact jobs: POST /imports (multipart: the CSV plus the import's options)
 and POST /exports (JSON), registered by WatcherServer; both answer 202 with the tracked job's view.
 
-POST /imports streams the file part to a temporary file under a size cap (413 past it), then does what
+POST /imports streams the file part to a temporary file under a size cap (413 past it), at most
+MAX_UPLOADS at a time (503 `busy` past it) and only when the temporary directory has room for the declared
+body and a margin (507 otherwise; a disk that fills anyway is a 507 too), then does what
 `import-watcher import` does: checks the limits and maps the columns (400 with one line when they do
 not fit), starts the import, uploads the file and tracks the job. The other parts are the command's
 options as text fields: `list`, `map` (COLUMN=FIELD), `skip`, `label` (K=V), each repeatable, and
-`batch`, `account`. A multipart body is what an HTML form can send without a CORS preflight, so on top
+`batch`, `account`. Temporary files a killed daemon left (older than a day) are removed when the
+routes are built. A multipart body is what an HTML form can send without a CORS preflight, so on top
 of the server's guard (token, Origin) a request that a browser marks as cross-site is refused here.
 """
 
@@ -13,8 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +29,7 @@ from typing import Any, Protocol
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from watcher.api_jobs import JobIntake, json_answer
 from watcher.clock import Clock
 from watcher.csvimport import MAX_BYTES, PlanError, measure_csv, parse_pairs, plan_import
 from watcher.errors import KeyRefused, TryLater
@@ -38,12 +46,16 @@ from watcher.strictjson import strict_json
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 1000
 MAX_EXPORT_BODY = 64 << 10
+#: Uploads received (and imported) at once: each may hold up to max_upload bytes of temporary disk.
+MAX_UPLOADS = 4
+#: Free space kept in the temporary directory beyond an upload's declared length.
+FREE_MARGIN = 64 << 20
+#: A temporary upload older than this belongs to no request (a killed daemon's): removed at start.
+STALE_UPLOAD_SECONDS = 86400.0
+UPLOAD_PREFIX = "import-watcher-upload-"
+_UPLOAD_NAME = re.compile(re.escape(UPLOAD_PREFIX) + r"[A-Za-z0-9_]+\.csv", re.ASCII)
 _LISTED = ("list", "map", "skip", "label")
 _SINGLE = ("batch", "account")
-
-
-class _Intake(Protocol):
-    async def add(self, ref: JobRef, *, again: bool = False) -> bool: ...
 
 
 class ImportAccounts(Protocol):
@@ -61,7 +73,7 @@ class StartingDaemon(Protocol):
     @property
     def store(self) -> StateStore: ...
     @property
-    def intake(self) -> _Intake | None: ...
+    def intake(self) -> JobIntake | None: ...
     @property
     def clock(self) -> Clock: ...
     @property
@@ -72,11 +84,14 @@ class ImportRoutes:
     """POST /imports and POST /exports; `require_write` refuses a request without write access."""
 
     def __init__(self, daemon: StartingDaemon, *, require_write: Callable[[web.Request], None],
-                 max_upload: int = MAX_BYTES, temp_dir: Path | None = None) -> None:
+                 max_upload: int = MAX_BYTES, temp_dir: Path | None = None, max_uploads: int = MAX_UPLOADS) -> None:
         self._daemon = daemon
         self._require_write = require_write
         self._max_upload = max_upload
-        self._temp_dir = temp_dir
+        self._temp_dir = temp_dir or Path(tempfile.gettempdir())
+        self._max_uploads = max_uploads
+        self._uploads = 0  # requests holding a temporary file now; at most max_uploads
+        remove_stale_uploads(self._temp_dir, now=time.time())
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_post("/imports", self.post_import)
@@ -88,19 +103,41 @@ class ImportRoutes:
         _refuse_cross_site(request)
         if request.content_type != "multipart/form-data":
             raise ApiError(415, "unsupported_media_type", "POST /imports needs multipart/form-data (the CSV as `file`)")
-        fd, name = tempfile.mkstemp(prefix="import-", suffix=".csv", dir=self._temp_dir)
-        os.close(fd)
-        path = Path(name)
+        if self._uploads >= self._max_uploads:
+            raise ApiError(503, "busy", f"{self._max_uploads} imports are being uploaded; try again later",
+                           {"Retry-After": "30"})
+        self._check_room(request.content_length)
+        self._uploads += 1
+        path: Path | None = None
         try:
+            fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".csv", dir=self._temp_dir)
+            os.close(fd)
+            path = Path(name)
             try:
                 fields = await self._receive(request, path)
             except (ValueError, HttpProcessingError) as exc:  # aiohttp's word on a malformed body
-                message = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-                raise ApiError(400, "invalid_form", f"malformed multipart body: {message}") from None
+                raise ApiError(400, "invalid_form", f"malformed multipart body: {_problem(exc)}") from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                raise ApiError(507, "no_space", f"cannot store the upload: {exc.strerror or exc}") from None
             return await self._import(path, fields)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            self._uploads -= 1
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def _check_room(self, declared: int | None) -> None:
+        """507 when the temporary directory cannot hold the declared body and FREE_MARGIN."""
+        try:
+            found = os.statvfs(self._temp_dir)
+        except OSError as exc:
+            raise ApiError(507, "no_space", f"cannot use the temporary directory: {exc.strerror or exc}") from None
+        free = found.f_bavail * found.f_frsize
+        if free < min(declared or 0, self._max_upload) + FREE_MARGIN:
+            raise ApiError(507, "no_space", f"not enough free space for the upload ({free:,} bytes free in the "
+                                            "temporary directory)")
 
     async def _receive(self, request: web.Request, path: Path) -> dict[str, list[str]]:
         """The text parts by name; the `file` part streamed into `path` under the size cap."""
@@ -117,9 +154,7 @@ class ImportRoutes:
                 got_file = True
                 await self._save(part, path)
             elif part.name in _LISTED or (part.name in _SINGLE and part.name not in fields):
-                raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
-                if len(raw) > MAX_FIELD_BYTES or not part.at_eof():
-                    raise ApiError(400, "invalid_form", f"field {part.name} is longer than {MAX_FIELD_BYTES} bytes")
+                raw = await _read_field(part)
                 try:
                     fields.setdefault(part.name, []).append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
@@ -212,7 +247,20 @@ class ImportRoutes:
         store = self._daemon.store
         job = await store.get_job(ref.id)
         view = (await job_views(store, [job]))[0] if job is not None else {"id": ref.id, "state": "watching"}
-        return web.json_response(view, status=202, headers={"Location": f"/jobs/{ref.id}"})
+        return json_answer(view, status=202, headers={"Location": f"/jobs/{ref.id}"})
+
+
+async def _read_field(part: BodyPartReader) -> bytes:
+    """A text part whole, at most MAX_FIELD_BYTES; 400 when it is longer or the body ends inside it."""
+    raw = b""
+    while not part.at_eof():
+        chunk = await part.read_chunk(MAX_FIELD_BYTES + 1 - len(raw))
+        if not chunk and not part.at_eof():
+            raise ApiError(400, "invalid_form", f"the body ends inside field {part.name} (no closing boundary)")
+        raw += chunk
+        if len(raw) > MAX_FIELD_BYTES:
+            raise ApiError(400, "invalid_form", f"field {part.name} is longer than {MAX_FIELD_BYTES} bytes")
+    return raw
 
 
 @contextlib.asynccontextmanager
@@ -228,6 +276,26 @@ async def _sendgrid_errors() -> Any:
         raise ApiError(503, "sendgrid_unavailable", str(exc), {"Retry-After": "30"}) from None
     except (LifecycleError, OutboundRefused) as exc:
         raise ApiError(502, "upload_failed", str(exc)) from None
+
+
+def remove_stale_uploads(directory: Path, *, now: float) -> list[Path]:
+    """Delete this user's temporary uploads in `directory` older than STALE_UPLOAD_SECONDS: the ones removed."""
+    gone = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if (_UPLOAD_NAME.fullmatch(entry.name) and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid()
+                        and now - info.st_mtime > STALE_UPLOAD_SECONDS):
+                    os.unlink(entry.path)
+                    gone.append(Path(entry.path))
+    return gone
+
+
+def _problem(exc: ValueError | HttpProcessingError) -> str:
+    """aiohttp's words on a malformed body, one line (an HttpProcessingError's str() starts with its status)."""
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return " ".join(str(text).split())[:160] or type(exc).__name__
 
 
 def _refuse_cross_site(request: web.Request) -> None:

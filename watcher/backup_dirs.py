@@ -1,20 +1,28 @@
 """A backup's place on disk: dated directories, the manifest, verification and rotation.
 
 Layout: `<destination>/<name>/<UTC timestamp>/` holds the export's files and `manifest.json`;
-a backup being written is `<destination>/<name>/.<UTC timestamp>.tmp/`, renamed when complete.
+a backup being written is `<destination>/<name>/.<UTC timestamp>.<random>.tmp/` (unique: two runs of the
+same second never share one), renamed when complete.
 Invariant: a directory named by a timestamp (no leading dot) is a complete backup; only the final
 rename creates one, so a crash or a full disk leaves a hidden temporary directory, never a half
 backup that looks complete.
+
+A backup directory is read as untrusted (it may have been tampered with): a listed file is opened
+without following a symlink and without blocking, must be a regular file, and is read no further
+than its listed size plus one byte.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
+import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,10 +33,11 @@ from watcher.strictjson import strict_json
 
 MANIFEST = "manifest.json"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-STAMP = re.compile(r"\d{8}T\d{6}Z")
-TMP = re.compile(r"\.(\d{8}T\d{6}Z)\.tmp")
+STAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+#: A run's temporary directory: `.<stamp>.<mkdtemp's random part>.tmp` (older runs: `.<stamp>.tmp`).
+TMP = re.compile(r"\.([0-9]{8}T[0-9]{6}Z)(?:\.[A-Za-z0-9_]+)?\.tmp")
 #: Files in a backup are named by the watcher, so a manifest naming anything else is not ours.
-FILE_NAME = re.compile(r"contacts-\d{3}\.(csv|json)(\.gz)?")
+FILE_NAME = re.compile(r"contacts-[0-9]{3}\.(csv|json)(\.gz)?")
 #: A manifest is a few hundred bytes per file; anything far larger is not one.
 MAX_MANIFEST_BYTES = 1 << 20
 _CHUNK = 1 << 20
@@ -39,12 +48,18 @@ def stamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime(STAMP_FORMAT)
 
 
-def stamp_time(name: str) -> float:
-    return datetime.strptime(name, STAMP_FORMAT).replace(tzinfo=UTC).timestamp()
+def stamp_time(name: str) -> float | None:
+    """The time a directory name stands for; None when it is no real time (`20261399T000000Z`)."""
+    try:
+        return datetime.strptime(name, STAMP_FORMAT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
-def tmp_dir(directory: Path, run: str) -> Path:
-    return directory / f".{run}.tmp"
+def make_tmp_dir(directory: Path, run: str) -> Path:
+    """A new temporary directory for run `run` under `directory` (created), unique to the caller."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{run}.", suffix=".tmp", dir=directory))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +149,20 @@ def _manifest(data: Any) -> Manifest:
                     count if isinstance(count, int) and not isinstance(count, bool) else None, tuple(files))
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
-    """Bytes and SHA-256 of a file, read in chunks."""
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as source:
-        while chunk := source.read(_CHUNK):
+def file_sha256(path: Path, *, max_bytes: int) -> tuple[int, str]:
+    """Bytes and SHA-256 of the regular file at `path` (not through a symlink), reading at most
+    `max_bytes`; BadBackup when it is anything else (a FIFO, a device, a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadBackup(f"{path}: is a symbolic link, not a file the backup wrote") from None
+        raise
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadBackup(f"{path}: is not a regular file")
+        digest, size = hashlib.sha256(), 0
+        while size < max_bytes and (chunk := source.read(min(_CHUNK, max_bytes - size))):
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
@@ -150,7 +174,7 @@ def verify(directory: Path) -> Manifest:
     for item in manifest.files:
         path = directory / item.name
         try:
-            size, digest = file_sha256(path)
+            size, digest = file_sha256(path, max_bytes=item.bytes + 1)  # one more tells a longer file
         except OSError as exc:
             raise BadBackup(f"{path}: missing or unreadable ({exc.strerror or exc})") from None
         if (size, digest) != (item.bytes, item.sha256):
@@ -187,7 +211,8 @@ def remove_stale(directory: Path, *, now: float, older_than: float, running: Col
     gone = []
     for path in entries:
         match = TMP.fullmatch(path.name)
-        if match and path not in running and now - stamp_time(match.group(1)) > older_than:
+        started = stamp_time(match.group(1)) if match else None  # a name that is no time is not ours
+        if started is not None and path not in running and now - started > older_than:
             shutil.rmtree(path, ignore_errors=True)
             gone.append(path)
     return gone

@@ -39,7 +39,7 @@ async def restore(config: Config, directory: Path, *, list_ids: Sequence[str] = 
     """The `restore` command: verify, plan every file, import each, track them as one batch; with
     `wait`, follow each import to its end (exit 1 unless every one completed)."""
     from watcher.accounts import Accounts
-    from watcher.cli_jobs import _follow, _track
+    from watcher.cli_jobs import follow, track
     from watcher.clock import SystemClock
     from watcher.csvimport import PlanError, plan_import
     from watcher.errors import WatcherError
@@ -71,7 +71,7 @@ async def restore(config: Config, directory: Path, *, list_ids: Sequence[str] = 
                 print(f"{path.name}: {plan.rows:,} contacts, import {job.job_id} started")
                 ref = JobRef(job.job_id, {"restore": manifest.backup}, batch=batch, kind=JobKind.IMPORT,
                              account=manifest.account)
-                started.append((ref, await _track(config, ref)))
+                started.append((ref, await track(config, ref)))
                 rows += plan.rows
         except PlanError as exc:
             say(f"refusing to restore {directory}: {exc}")
@@ -82,5 +82,5 @@ async def restore(config: Config, directory: Path, *, list_ids: Sequence[str] = 
         print(f"restoring {rows:,} contacts from {directory} as batch {batch}")
         if not wait:
             return EXIT_OK
-        codes = [await _follow(config, account, ref, via_api=via_api) for ref, via_api in started]
+        codes = [await follow(config, account, ref, via_api=via_api) for ref, via_api in started]
     return max(codes, default=EXIT_OK)

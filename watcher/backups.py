@@ -5,10 +5,12 @@ The export is watched with the poll policy every job has (`policy.decide`: propo
 backup has no later to wait for. Its download URLs expire (S3 presigned links): one that has
 expired is replaced by re-reading the export, which hands out fresh ones, a few times at most.
 
-Files go into a hidden temporary directory, fsynced, which is renamed into place with the manifest
-in it (see watcher.backup_dirs); any failure, a full disk included, removes it and reports
-`backup.failed` with its reason. Rotation runs only after a success, so a failing schedule never
-eats the backups it has.
+Files go into a hidden temporary directory of this run's own, fsynced, which is renamed into place with
+the manifest in it (see watcher.backup_dirs); any failure, a full disk included, removes it (and nothing
+else: a run of the same second keeps its files) and reports `backup.failed` with its reason. Each file is
+capped at MAX_FILE_BYTES. Rotation runs only after a success, so a failing schedule never eats the backups
+it has; housekeeping (rotation, stale temporary directories) failing is logged and never costs the run
+its notification.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -45,6 +47,9 @@ MAX_URL_REFRESHES = 3
 STALE_AFTER = 86400.0
 #: The running backups' temporary directories in this process: never removed as stale.
 _RUNNING: set[Path] = set()
+#: The most one downloaded export file may hold: the import limit (a larger file could not be restored).
+MAX_FILE_BYTES = 5_000_000_000
+T = TypeVar("T")
 
 
 class ExportReader(Protocol):
@@ -110,6 +115,7 @@ async def run_backup(
     now: float | None = None,
     policy: PollPolicy | None = None,
     draw: Callable[[], float] = random.random,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> BackupResult:
     """Take one backup now (`now` names it; default: the clock), rotate, and queue its notification."""
     started = clock.now() if now is None else now
@@ -118,28 +124,39 @@ async def run_backup(
     directory = settings.directory
     bound = log.bind(backup=settings.name, run=run, account=account.name)
     try:
-        path, manifest, digest = await _take(settings, account, lifecycle, clock, policy, draw, started, run)
+        path, manifest, digest = await _take(settings, account, lifecycle, clock, policy, draw, started, run,
+                                             max_file_bytes)
     except BackupFailed as exc:
         result = BackupResult(settings.name, run, reason=str(exc))
         event = backup_failed_event(backup=settings.name, reason=str(exc), at=clock.now())
         bound.warning("backup.failed", reason=str(exc))
     else:
-        removed = tuple(dirs.rotate(directory, settings.keep))
+        removed = _housekeeping(bound, "rotate", lambda: tuple(dirs.rotate(directory, settings.keep))) or ()
         result = BackupResult(settings.name, run, path, manifest, digest, removed=removed)
         event = backup_succeeded_event(backup=settings.name, path=str(path), files=len(manifest.files),
                                        size=manifest.size, contact_count=manifest.contact_count, sha256=digest,
                                        at=clock.now())
         bound.info("backup.succeeded", path=str(path), files=len(manifest.files), bytes=manifest.size,
                    contact_count=manifest.contact_count, rotated=[p.name for p in removed])
-    dirs.remove_stale(directory, now=started, older_than=STALE_AFTER + policy.deadline, running=_RUNNING)
     deliveries = backup_deliveries(event, notify=settings.notify, recipients=recipients, now=clock.now(), run=run)
     written = await store.add_deliveries(deliveries) if deliveries else 0
+    _housekeeping(bound, "remove_stale", lambda: dirs.remove_stale(
+        directory, now=started, older_than=STALE_AFTER + policy.deadline, running=_RUNNING))
     return dataclasses.replace(result, deliveries=written)
+
+
+def _housekeeping(bound: Any, step: str, action: Callable[[], T]) -> T | None:
+    """`action()`, or None with a warning when it fails: tidying never fails the run that tidies."""
+    try:
+        return action()
+    except Exception as exc:  # any failure: the backup itself is written and must be notified
+        bound.warning("backup.housekeeping_failed", step=step, error=f"{type(exc).__name__}: {exc}")
+        return None
 
 
 async def _take(
     settings: BackupSettings, account: BackupAccount, lifecycle: ExportLifecycle, clock: Clock,
-    policy: PollPolicy, draw: Callable[[], float], started: float, run: str,
+    policy: PollPolicy, draw: Callable[[], float], started: float, run: str, max_file_bytes: int,
 ) -> tuple[Path, Manifest, str]:
     try:
         export_id = await lifecycle.start_export(list_ids=settings.lists, segment_ids=settings.segments,
@@ -149,27 +166,44 @@ async def _take(
     snapshot = await watch_export(account.client, export_id, clock=clock, policy=policy, draw=draw)
     final = settings.directory / run
     if final.exists():
-        raise BackupFailed(f"{final} already exists (a backup of the same second)")
-    tmp = dirs.tmp_dir(settings.directory, run)
+        raise BackupFailed(f"{final} already exists (another backup of the same second)")
+    try:
+        tmp = dirs.make_tmp_dir(settings.directory, run)  # this run's own: the only one it ever removes
+    except OSError as exc:
+        raise BackupFailed(f"cannot write {settings.directory}{_disk_full(exc)}: {exc.strerror or exc}") from None
     _RUNNING.add(tmp)
     try:
-        tmp.mkdir(parents=True)
-        files = await _download_all(account.client, lifecycle, export_id, snapshot, tmp, settings.file_type)
+        files = await _download_all(account.client, lifecycle, export_id, snapshot, tmp, settings.file_type,
+                                    max_file_bytes)
         manifest = Manifest(settings.name, export_id, account.name, iso(started) or "",
                             _contact_count(snapshot), tuple(files))
         digest = dirs.write_manifest(tmp, manifest)
         dirs.fsync_dir(tmp)
-        os.rename(tmp, final)  # the one step that makes it a backup
+        _rename(tmp, final)  # the one step that makes it a backup
         dirs.fsync_dir(settings.directory)
     except BaseException as exc:
         dirs.discard(tmp)
         if isinstance(exc, OSError):
-            full = " (disk full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            raise BackupFailed(f"cannot write {tmp}{full}: {exc.strerror or exc}") from None
+            raise BackupFailed(f"cannot write {tmp}{_disk_full(exc)}: {exc.strerror or exc}") from None
         raise
     finally:
         _RUNNING.discard(tmp)
     return final, manifest, digest
+
+
+def _rename(tmp: Path, final: Path) -> None:
+    """Rename the complete temporary directory to its final name; a backup already there (a run of the
+    same second finished first) is never replaced: rename cannot replace a directory that holds files."""
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise BackupFailed(f"{final} already exists (another backup of the same second)") from None
+        raise
+
+
+def _disk_full(exc: OSError) -> str:
+    return " (disk full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
 
 
 async def watch_export(
@@ -220,7 +254,7 @@ def _contact_count(snapshot: Snapshot) -> int | None:
 
 async def _download_all(
     client: ExportReader, lifecycle: ExportLifecycle, export_id: str, snapshot: Snapshot, into: Path,
-    file_type: str,
+    file_type: str, max_file_bytes: int,
 ) -> list[BackupFile]:
     """Download every URL of the ready export into `into`, in order; expired URLs are replaced by
     re-reading the export, at most MAX_URL_REFRESHES times."""
@@ -233,7 +267,7 @@ async def _download_all(
         index = len(files)
         part = into / f".part-{index + 1:03d}"
         try:
-            size, digest = await lifecycle.download(urls[index], part)
+            size, digest = await lifecycle.download(urls[index], part, max_bytes=max_file_bytes)
         except UrlExpired:
             part.unlink(missing_ok=True)
             refreshes += 1
@@ -242,7 +276,10 @@ async def _download_all(
                                    f"({MAX_URL_REFRESHES} refreshes)") from None
             urls = await _fresh_urls(client, export_id, len(urls))
             continue
-        except (WatcherError, ValueError, OutboundRefused, BodyTooLarge) as exc:
+        except BodyTooLarge:
+            raise BackupFailed(f"file {index + 1} of the export {export_id} is larger than {max_file_bytes:,} "
+                               "bytes, the most a backup downloads") from None
+        except (WatcherError, ValueError, OutboundRefused) as exc:
             raise BackupFailed(f"downloading file {index + 1} of the export {export_id} failed: {exc}"
                                f"{_full(into)}") from None
         name = f"contacts-{index + 1:03d}.{file_type}{'.gz' if is_gzip(part) else ''}"

@@ -12,8 +12,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from watcher.schedules import _zone_ok as zone_ok
-from watcher.schedules import cron_trigger
+from watcher.schedules import cron_trigger, zone_ok
 from watcher.yamlloc import Path_, Problems
 
 #: A backup's name is a directory name under its destination: no colon, no separator, not `.` or `..`.
@@ -95,19 +94,30 @@ def _parse_backup(
     file_type = raw.get("file_type", "csv")
     if file_type not in FILE_TYPES:
         problems.add((*path, "file_type"), f"expected csv or json, got {file_type!r}")
-    destination = raw.get("destination")
-    if not isinstance(destination, str) or not destination or "\0" in destination:
-        problems.add((*path, "destination"), "expected the directory backups are written under")
+    where = _destination(raw.get("destination"), (*path, "destination"), problems)
     keep = raw.get("keep", DEFAULT_KEEP)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         problems.add((*path, "keep"), f"expected a whole number of backups to keep, at least 1, got {keep!r}")
     notify = _notify(raw.get("notify"), (*path, "notify"), problems, notifier_names)
-    if len(problems.messages) > before:
+    if len(problems.messages) > before or where is None:
         return None
-    # Relative paths are relative to the working directory, as everywhere in the configuration.
-    where = Path(str(destination)).expanduser().absolute()
     return BackupSettings(str(name), str(schedule), where, str(zone), account, lists, segments, str(file_type),
                           int(keep), notify)
+
+
+def _destination(raw: Any, path: Path_, problems: Problems) -> Path | None:
+    """The destination as an absolute path: `~` and `~user` expanded; relative to the working directory,
+    as everywhere in the configuration."""
+    if not isinstance(raw, str) or not raw or "\0" in raw:
+        problems.add(path, "expected the directory backups are written under")
+        return None
+    try:
+        return Path(raw).expanduser().absolute()
+    except RuntimeError:  # ~nosuchuser
+        problems.add(path, f"cannot expand {raw.split('/')[0]!r}: no such user, or no home directory")
+    except OSError as exc:  # a working directory that is gone
+        problems.add(path, f"cannot resolve {raw!r}: {exc.strerror or exc}")
+    return None
 
 
 def _schedule(raw: Any, path: Path_, problems: Problems) -> str | None:

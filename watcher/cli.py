@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake = commands.add_parser("fake-sendgrid", help="serve the bundled fake SendGrid API",
                                description="serve the bundled fake SendGrid API, for your own tests")
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    fake.add_argument("--port", type=int, default=3030, help="port to listen on (default: 3030)")
+    fake.add_argument("--port", type=int, default=3030, help="port to listen on, 0 for any free one (default: 3030)")
     return parser
 
 
@@ -250,9 +250,18 @@ def _healthcheck(config: Config) -> int:
 def _fake_sendgrid(host: str, port: int) -> int:
     from watcher.testing.fake_sendgrid import serve
 
+    if not 0 <= port <= 65535:
+        say(f"--port {port}: expected a port number from 0 (any free one) to 65535")
+        return EXIT_USAGE
+
     def ready(url: str) -> None:
         print(f"fake SendGrid listening on {url} (API key: SG.fake-key)", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, port, on_ready=ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(host, port, on_ready=ready))
+    except OSError as exc:  # the port in use, an address not of this machine, a host that does not resolve
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)  # gaierror: < 0
+        say(f"cannot listen on {host} port {port}: {reason}")
+        return EXIT_RUNTIME
     return EXIT_OK

@@ -4,6 +4,8 @@ Two forms, exactly one of them: `api_key` / `base_url` / `on_behalf_of` at the t
 section (one account, named "default"), or `accounts: {name: {api_key, base_url, on_behalf_of}}`.
 The other keys (request_timeout, max_concurrency, max_rate, allow_insecure, allow_private) are
 shared by every account. The first account is the default: a job that names none is its.
+The API key and on_behalf_of go into request headers, so a control character in either (a line
+break left in a key file, say) is a problem here, not a failing request on every poll.
 """
 
 from __future__ import annotations
@@ -21,10 +23,28 @@ from watcher.yamlloc import Path_
 #: The name of the one account of a config that gives api_key at the top of `sendgrid:`.
 DEFAULT_ACCOUNT = "default"
 
+
+def _header_text(value: Any, what: str) -> str:
+    """A string that can be sent in an HTTP header: no character below 0x20, nor DEL."""
+    text = s.string(value)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{what} must not contain control characters (a line break, a tab): "
+                         "it is sent in an HTTP header")
+    return text
+
+
+def _api_key(value: Any) -> s.Secret:
+    return s.Secret(_header_text(value, "the API key"))  # the message never shows the key
+
+
+def _on_behalf_of(value: Any) -> str | None:
+    return None if value is None else _header_text(value, "on_behalf_of")
+
+
 ACCOUNT_FIELDS = (
-    Field("api_key", s.secret, required=True, secret=True),
+    Field("api_key", _api_key, required=True, secret=True),
     Field("base_url", s.url("https", "http"), default="https://api.sendgrid.com"),
-    Field("on_behalf_of", s.optional_string),
+    Field("on_behalf_of", _on_behalf_of),
 )
 SHARED_FIELDS = (
     Field("request_timeout", s.duration(0.001), default=10.0),

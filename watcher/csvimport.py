@@ -12,6 +12,10 @@ custom field names) match field names case-insensitively, and with `export_file=
 import cannot set (read-only fields such as CONTACT_ID, CREATED_AT, UPDATED_AT, and columns the
 export adds that are no field at all, such as LIST_IDS) are skipped instead of refused.
 Gzip files (as exports are) are read through gzip; `bytes` is then the uncompressed size.
+
+A small gzip file can hold gigabytes, so reading is bounded whatever the file holds: every byte read is
+counted (past the byte limit the read stops), a record (a line, or lines joined by quotes) longer than
+MAX_RECORD_CHARS is refused before it is held whole, and so are more than MAX_BLANK_LINES blank lines.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from typing import IO, Any, cast
 #: The documented import limits (PUT /v3/marketing/contacts/imports): "up to one million contacts or 5GB".
 MAX_ROWS = 1_000_000
 MAX_BYTES = 5_000_000_000
-#: A header longer than this is refused (it is no contacts header, and it would be held in memory).
-MAX_HEADER_CHARS = 1 << 20
+#: A record (the header, a row) longer than this is refused: no contact is that long, and csv holds it whole.
+MAX_RECORD_CHARS = 1 << 20
+MAX_HEADER_CHARS = MAX_RECORD_CHARS
+#: Blank lines are no contacts, yet each costs a read: a file with more of them is no contacts file.
+MAX_BLANK_LINES = MAX_ROWS
 #: Fields that identify a contact: an import needs at least one of them.
 IDENTIFIERS = ("email", "phone_number_id", "external_id", "anonymous_id")
 GZIP_MAGIC = b"\x1f\x8b"
 _SHOWN_NAMES = 40  # known field names listed in an unknown-column error
-_SIZE_CHECK_ROWS = 4096  # a gzip file's uncompressed size is checked this often while counting
 
 
 class PlanError(ValueError):
@@ -119,17 +125,15 @@ class ImportPlan:
         return "\n".join(lines)
 
 
-def open_text(path: Path) -> io.TextIOWrapper:
-    """The file as text for the csv module: utf-8 with an optional BOM, gunzipped when it is gzip."""
-    raw = path.open("rb")
-    try:
-        gzipped = raw.read(2) == GZIP_MAGIC
-        raw.seek(0)
-        binary: IO[bytes] = gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[assignment]
-        return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
-    except BaseException:
-        raw.close()
-        raise
+def open_text(path: Path, max_bytes: int | None = None) -> io.TextIOWrapper:
+    """The file as text for the csv module: utf-8 with an optional BOM, gunzipped when it is gzip.
+
+    With `max_bytes`, reading past that many (uncompressed) bytes raises PlanError.
+    """
+    # gzip.open owns the file it opens: closing the text closes it (a GzipFile over a file object would not).
+    binary = gzip.open(path, "rb") if is_gzip(path) else path.open("rb")  # noqa: SIM115 - the text closes it
+    counted = io.BufferedReader(_Counted(cast(IO[bytes], binary), path, max_bytes))
+    return io.TextIOWrapper(counted, encoding="utf-8-sig", newline="")
 
 
 def is_gzip(path: Path) -> bool:
@@ -137,21 +141,58 @@ def is_gzip(path: Path) -> bool:
         return file.read(2) == GZIP_MAGIC
 
 
-def _capped_lines(text: IO[str], cap: int) -> Iterator[str]:
-    """Lines for csv.reader; a record still unfinished after `cap` characters raises PlanError."""
-    used = 0
-    while line := text.readline(cap + 1 - used):
-        used += len(line)
-        if used > cap:
-            raise PlanError(f"the header is longer than {cap} characters: is this a contacts CSV?")
-        yield line
+class _Counted(io.RawIOBase):
+    """The bytes of `source` (a file, or a gzip file's content), counted as they are read: `count`;
+    a read that brings the count past `limit` raises PlanError, so no bomb is read further."""
+
+    def __init__(self, source: IO[bytes], path: Path, limit: int | None) -> None:
+        super().__init__()
+        self._source, self._path, self._limit = source, path, limit
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got = self._source.readinto(buffer)  # type: ignore[attr-defined]  # every binary file has it
+        self.count += got
+        if self._limit is not None and self.count > self._limit:
+            raise _too_big(self._path, self._limit)
+        return int(got)
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
+
+
+class _Records:
+    """The text's lines for csv.reader, at most `cap` characters per record (a record may span quoted
+    lines): the caller calls `next_record()` after each record. PlanError names the record past the cap,
+    `what` (default: the record at line N)."""
+
+    def __init__(self, text: IO[str], cap: int, prefix: str, what: str | None = None) -> None:
+        self._text, self._cap, self._prefix, self._what = text, cap, prefix, what
+        self._used, self._line, self._start = 0, 0, 1
+
+    def next_record(self) -> None:
+        self._used, self._start = 0, self._line + 1
+
+    def __iter__(self) -> Iterator[str]:
+        while line := self._text.readline(self._cap + 1 - self._used):
+            self._used += len(line)
+            self._line += 1
+            if self._used > self._cap:
+                what = self._what or f"the record at line {self._start:,}"
+                raise PlanError(f"{self._prefix}{what} is longer than {self._cap:,} characters: "
+                                "is this a contacts CSV?")
+            yield line
 
 
 def read_header(path: Path) -> list[str]:
     """The first record of the CSV; PlanError when missing, unreadable or over MAX_HEADER_CHARS."""
     try:
         with open_text(path) as text:
-            header = next(csv.reader(_capped_lines(text, MAX_HEADER_CHARS)), None)
+            header = next(csv.reader(_Records(text, MAX_HEADER_CHARS, "", "the header")), None)
     except (UnicodeDecodeError, csv.Error, OSError, EOFError) as exc:  # gzip errors are OSErrors
         raise PlanError(f"{path.name}: cannot read the CSV header: {_one_line(exc)}") from None
     if not header or not any(column.strip() for column in header):
@@ -160,24 +201,27 @@ def read_header(path: Path) -> list[str]:
 
 
 def count_rows(path: Path, *, limit: int = MAX_ROWS, max_bytes: int = MAX_BYTES) -> tuple[int, int]:
-    """(data rows, uncompressed bytes), streaming; PlanError as soon as either limit is passed."""
-    rows = -1  # the header is no contact
+    """(data rows, uncompressed bytes), streaming; PlanError as soon as a limit is passed: rows, bytes
+    (checked on every read), a record's length, blank lines."""
+    rows, blank = -1, 0  # the header is no contact
     try:
-        with open_text(path) as text:
-            binary = cast(IO[bytes], text.buffer)
-            for record in csv.reader(text):
+        with open_text(path, max_bytes) as text:
+            lines = _Records(text, MAX_RECORD_CHARS, f"{path.name}: ")
+            for record in csv.reader(lines):
                 if record:
                     rows += 1
                     if rows > limit:
                         raise PlanError(f"{path.name}: more than {limit:,} rows: SendGrid imports at most "
                                         f"{limit:,} contacts per file; split it")
-                    if not rows % _SIZE_CHECK_ROWS and binary.tell() > max_bytes:
-                        raise _too_big(path, max_bytes)
-            size = binary.tell()  # bytes read: of the file, or uncompressed from a gzip file
+                else:
+                    blank += 1
+                    if blank > MAX_BLANK_LINES:
+                        raise PlanError(f"{path.name}: more than {MAX_BLANK_LINES:,} blank lines: is this a "
+                                        "contacts CSV?")
+                lines.next_record()
+            size = cast(_Counted, cast(io.BufferedReader, text.buffer).raw).count
     except (UnicodeDecodeError, csv.Error, OSError, EOFError) as exc:  # gzip errors are OSErrors
         raise PlanError(f"{path.name}: not a readable CSV: {_one_line(exc)}") from None
-    if size > max_bytes:
-        raise _too_big(path, max_bytes)
     return max(rows, 0), size
 
 

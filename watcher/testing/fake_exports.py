@@ -185,16 +185,19 @@ class Exports:
                 or int(index_text) >= len(export.files):
             return no_such_key()
         response = web.StreamResponse(headers={"Content-Type": "application/gzip"})
-        await response.prepare(request)
-        packer = zlib.compressobj(wbits=31)  # gzip
-        batch: list[str] = []
-        for line in export.file_lines(int(index_text)):
-            batch.append(line)
-            if len(batch) >= _ROWS_PER_WRITE:
-                await response.write(packer.compress("".join(batch).encode()))
-                batch.clear()
-        await response.write(packer.compress("".join(batch).encode()) + packer.flush())
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            packer = zlib.compressobj(wbits=31)  # gzip
+            batch: list[str] = []
+            for line in export.file_lines(int(index_text)):
+                batch.append(line)
+                if len(batch) >= _ROWS_PER_WRITE:
+                    await response.write(packer.compress("".join(batch).encode()))
+                    batch.clear()
+            await response.write(packer.compress("".join(batch).encode()) + packer.flush())
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away mid-download, as clients do: nothing to answer
+            pass
         return response
 
 
