@@ -31,6 +31,7 @@ BENCHMARKS = {
     "policy": "benchmarks.policy_sim",
     "policy_limit": "benchmarks.policy_limit",
     "policy_budget": "benchmarks.policy_budget",
+    "policy_daemon": "benchmarks.policy_daemon",
 }
 
 

@@ -273,6 +273,33 @@ async def test_a_tighter_target_polls_sooner() -> None:
     assert share is not None and tight is not None and tight < share
 
 
+
+async def test_one_plan_per_summary_whatever_each_jobs_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs added a fraction of a second after SendGrid's whole-second started_at (as every real one is)
+    get their waits from one plan per summary: solving it per job blocked the daemon's event loop and
+    made every poll late (1.9x the limit against the fake SendGrid, 1.1x in the simulator)."""
+    import watcher.optimal
+
+    solved: list[float] = []
+    plan_for = watcher.optimal.plan_for
+
+    def counted(problem: watcher.optimal.Problem, target_s: float, iterations: int = 12) -> watcher.optimal.Plan:
+        solved.append(target_s)
+        return plan_for(problem, target_s, iterations)
+
+    monkeypatch.setattr(watcher.optimal, "plan_for", counted)
+    store = MemoryStore()
+    await store.open()
+    learned = LearnedSchedules(store, flush_every=100, flush_after=1e9)
+    await feed(learned, lognormal(100, median=47.0, seed=17))  # a summary no other test has solved
+    waits = []
+    for k in range(20):
+        job = replace(running(), id=f"r{k}", added_at=ADDED + 0.05 * k)  # started_at: ADDED
+        waits.append(learned.wait_for(job, ADDED + 600.0, POLICY))
+    assert 1 == len(solved)
+    assert all(w is not None and 5.0 <= w <= 300.0 for w in waits)
+    assert max(w for w in waits if w is not None) - min(w for w in waits if w is not None) < 5.0
+
 async def test_first_wait_uses_the_account_and_keeps_the_404_grace() -> None:
     """A new job's first poll follows its account's run times, from initial_delay to not_found_grace."""
     store = MemoryStore()

@@ -9,10 +9,18 @@ its samples as the newest (the only difference to a single writer is that order 
 A stored value that cannot be read is logged and replaced, never trusted.
 
 Schedules are computed from the summary as last read or written (not from each new
-sample), so a plan is recomputed at most once per flush. `wait_for` is a pure reading:
-the engine asks it after a poll that saw the job running and hands the answer to
-`watcher.policy.decide`, which jitters and clamps it, and falls back to the proportional
-policy when it is None. `expected_finish` is what `status` and the page show.
+sample), so a plan is recomputed at most once per flush. The engine asks `wait_for` after
+a poll that saw the job running and hands the answer to `watcher.policy.decide`, which
+jitters and clamps it, and falls back to the proportional policy when it is None.
+`expected_finish` is what `status` and the page show.
+
+A scarce rate budget (`max_rate`) stretches the schedules by one price of delay per account
+(`watcher.stretch`): `wait_for` also notes each running job it saw (its kind, start and
+wait; forgotten at its outcome or once overdue long), and `update_price`, run periodically
+by the daemon, prices a random sample of them so that what they would ask at that price
+fits the rate (times this replica's share of the running jobs when replicas share the
+budget). So the engine stays as it is, the estimate costs no store read but one count, and
+a job stops being stretched the moment the price falls back to None (the budget suffices).
 
 A job's kind is (its account, the `job_type` SendGrid reports, the size band of
 `requested_count`); its run time runs from SendGrid's `started_at` (or when it was added)
@@ -21,11 +29,15 @@ to `finished_at` (or when the watcher saw it end).
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import structlog
 
+from watcher.clock import Clock, SystemClock
 from watcher.errors import StoreUnavailable
 from watcher.events import parse_iso
 from watcher.learning import (
@@ -43,12 +55,16 @@ from watcher.models import EXPORT_TERMINAL_STATUSES, TERMINAL_STATUSES, JobState
 from watcher.optimal import next_poll_after
 from watcher.policy import PollPolicy
 from watcher.store.base import StateStore
+from watcher.stretch import demand, price_for, priced_wait, scale_free_hazard
 
 log = structlog.get_logger("watcher.learned")
 
 RUNTIMES_KEY = "policy.runtimes"
 # Timed out or not found says nothing about run times.
 _LEARNED = frozenset(TERMINAL_STATUSES.values()) | frozenset(EXPORT_TERMINAL_STATUSES.values())
+HEADROOM = 0.9  # the share of the rate schedules may ask for: first polls and retries need the rest
+SAMPLE = 400  # running jobs priced per account and update
+MAX_RUNNING = 250_000  # running jobs remembered (about 200 B each); the longest unseen go first
 
 
 def account_of(job: JobState) -> str:
@@ -92,12 +108,26 @@ def run_time(job: JobState, outcome_time: float) -> float | None:
     return seconds if math.isfinite(seconds) and 0 <= seconds <= HIGH_S else None
 
 
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A job `wait_for` saw running: its kind, when its run began, when it was seen and the wait it got."""
+
+    key: Key
+    start: float
+    added_at: float
+    seen_at: float
+    wait: float
+
+
 class LearnedSchedules:
-    """The run-time summary of one replica, synced with the store, and the waits it implies."""
+    """The run-time summary of one replica, synced with the store, the waits it implies, and the price
+    of delay a scarce rate budget sets."""
 
     def __init__(
         self, store: StateStore, *, min_samples: int = MIN_SAMPLES, half_life: float = HALF_LIFE,
         flush_every: int = 50, flush_after: float = 300.0, attempts: int = 5,
+        policy: PollPolicy | None = None, max_rate: float | None = None, shared_rate: bool = False,
+        clock: Clock | None = None, rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.min_samples = min_samples
@@ -108,6 +138,15 @@ class LearnedSchedules:
         self.pending: list[tuple[Key, float]] = []
         self._last_flush: float | None = None
         self._max_pending = max(1000, 10 * flush_every)
+        self.policy = policy or PollPolicy()  # what update_price prices (wait_for is handed the engine's)
+        self.max_rate = max_rate  # each account's budget, polls per second (None: no limit, no price)
+        self.shared_rate = shared_rate  # every replica spends the same budget (Redis): price our share
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()  # noqa: S311 - sampling, not cryptography
+        self.running: dict[str, Running] = {}  # job id -> last seen running; oldest sighting first
+        self.prices: dict[str, float] = {}  # account -> price of a second of delay, in polls (absent: none)
+        self._first_polls: dict[str, int] = {}  # account -> first polls seen since the last update
+        self._priced_at: float | None = None
 
     async def load(self) -> None:
         """Read the stored summary (at start, and whenever other replicas' samples should show)."""
@@ -116,6 +155,7 @@ class LearnedSchedules:
     async def observe(self, job: JobState, outcome_time: float) -> bool:
         """Add a finished job's run time (`job` as recorded: its outcome and last snapshot); written with
         the others when a flush is due. True if it counted."""
+        self.running.pop(job.id, None)
         seconds = run_time(job, outcome_time)
         if seconds is None:
             return False
@@ -146,17 +186,84 @@ class LearnedSchedules:
 
     def wait_for(self, job: JobState, now: float, policy: PollPolicy, snapshot: Snapshot | None = None) -> float | None:
         """The learned wait after a poll at `now` that saw `job` running (`snapshot`: that answer), for
-        `decide(..., learned_wait=)`; None with `learn` off, too few samples or a job far outside them."""
+        `decide(..., learned_wait=)`, stretched by its account's price of delay when there is one; None
+        (the proportional wait) with `learn` off, or with too few samples or a job far outside them and
+        no price. Notes the job as running, for `update_price`."""
         if not policy.learn:
             return None
         snap = snapshot or job.snapshot
-        start = self._start(job, snap, now)
-        hist = self.summary.lookup(job_key(job, snap), self.min_samples)
-        return next_poll_after(
-            hist, now - start, target=policy.target_delay, min_interval=policy.min_interval,
-            max_interval=policy.max_interval, deadline=max(job.added_at + policy.deadline - start, policy.min_interval),
-            min_samples=self.min_samples,
+        key = job_key(job, snap)
+        if job.polls == 0:  # new jobs' first polls come out of the rate before any schedule
+            self._first_polls[key[0]] = self._first_polls.get(key[0], 0) + 1
+        seen = Running(key, self._start(job, snap, now), job.added_at, now, 0.0)
+        wait = self._wait(seen, now, policy, self.prices.get(key[0]))
+        self.running.pop(job.id, None)
+        base = policy.growth * (now - job.added_at) if wait is None else wait
+        self.running[job.id] = replace(seen, wait=min(max(base, policy.min_interval), policy.max_interval))
+        while len(self.running) > MAX_RUNNING:
+            del self.running[next(iter(self.running))]
+        return wait
+
+    def _wait(self, job: Running, now: float, policy: PollPolicy, lam: float | None) -> float | None:
+        """The learned wait of a running job at price `lam` (None: the target's); else, with a price, the
+        proportional wait stretched by the square-root rule; else None."""
+        hist = self.summary.lookup(job.key, self.min_samples)
+        # One plan per summary, never per job: its horizon is the policy's deadline, not this job's
+        # (its start differs from its add by SendGrid's whole-second started_at), which `decide` keeps.
+        wait = next_poll_after(
+            hist, now - job.start, target=policy.target_delay, min_interval=policy.min_interval,
+            max_interval=policy.max_interval, deadline=policy.deadline, min_samples=self.min_samples, lam=lam,
         )
+        if wait is not None or lam is None:
+            return wait
+        age = now - job.added_at
+        return max(policy.growth * age, priced_wait(scale_free_hazard(age), lam))
+
+    async def update_price(self) -> None:
+        """Set each account's price of delay from a sample of the running jobs seen (see the module doc):
+        the largest whose schedules fit `HEADROOM` of the rate, less the new jobs' first polls; none while
+        the unstretched ones fit."""
+        now, policy = self.clock.now(), self.policy
+        since, self._priced_at = self._priced_at, now
+        first_polls, self._first_polls = self._first_polls, {}
+        if self.max_rate is None or not policy.learn:
+            self.prices = {}
+            return
+        self.forget_overdue(now)
+        share = 1.0
+        if self.shared_rate and self.running:
+            watching = (await self.store.counts()).watching
+            share = min(1.0, len(self.running) / watching) if watching > 0 else 1.0
+        by_account: dict[str, list[Running]] = {}
+        for job in self.running.values():
+            by_account.setdefault(job.key[0], []).append(job)
+        prices = {}
+        for account, jobs in by_account.items():
+            sample = jobs if len(jobs) <= SAMPLE else self.rng.sample(jobs, SAMPLE)
+            arriving = first_polls.get(account, 0) / (now - since) if since is not None and now > since else 0.0
+            rate = max(self.max_rate * HEADROOM * share - arriving, 0.0) * len(sample) / len(jobs)
+            lam = price_for(functools.partial(self._demand, sample, now, policy), rate)
+            if lam is not None:
+                prices[account] = lam
+        if prices != self.prices:
+            log.info("policy.price", prices={a or "default": round(p, 6) for a, p in prices.items()},
+                     running=len(self.running), share=round(share, 3))
+        self.prices = prices
+
+    def forget_overdue(self, now: float) -> None:
+        """Drop the jobs not seen again long after their wait (ended elsewhere, removed, or another replica's)."""
+        slack = 2 * self.policy.max_interval
+        for job_id in [i for i, j in self.running.items() if now > j.seen_at + 3 * j.wait + slack]:
+            del self.running[job_id]
+
+    def _demand(self, jobs: list[Running], now: float, policy: PollPolicy, lam: float) -> float:
+        """Polls per second `jobs` ask for at price `lam` (inf: unstretched), each wait as decide clamps it."""
+        waits = []
+        for job in jobs:
+            wait = self._wait(job, now, policy, None if math.isinf(lam) else lam)
+            base = policy.growth * (now - job.added_at) if wait is None else wait
+            waits.append(min(max(base, policy.min_interval), policy.max_interval))
+        return demand(waits)
 
     def first_wait(self, accounts: Iterable[str | None], policy: PollPolicy) -> float | None:
         """The learned wait before new jobs' first poll (only their accounts are known yet), for

@@ -176,12 +176,16 @@ def optimal_schedule(
 
 def next_poll_after(
     hist: Histogram | None, age: float, *, target: Target, min_interval: float, max_interval: float,
-    deadline: float, min_samples: int = MIN_SAMPLES,
+    deadline: float, min_samples: int = MIN_SAMPLES, lam: float | None = None,
 ) -> float | None:
     """The optimal wait after a poll at `age`; None (use the proportional policy) with fewer than
-    `min_samples` samples or for a job older than FAR_OUT of those seen."""
+    `min_samples` samples or for a job older than FAR_OUT of those seen. `lam`, a scarce budget's price
+    of delay (`watcher.stretch`), replaces the target's when it is lower (it only ever stretches)."""
     age = max(age, 0.0)
     if hist is None or hist.count < min_samples or hist.total <= 0 or age > hist.quantile(FAR_OUT):
         return None
-    at = _histogram_plan(hist.weights, target, min_interval, max_interval, deadline).next_after(age)
+    plan = _histogram_plan(hist.weights, target, min_interval, max_interval, deadline)
+    if lam is not None and lam < plan.lam:
+        plan = _priced_plan(hist.weights, lam, min_interval, max_interval, deadline)
+    at = plan.next_after(age)
     return None if at is None else at - age

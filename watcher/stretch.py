@@ -16,6 +16,11 @@ for the requests spent.
   delay for ``sum(1 / w) = rate`` gives ``w = c / sqrt(h)`` with one ``c`` for all (`multiplier`),
   with ``h = 1 / age`` (`scale_free_hazard`) when nothing is known.
 
+Both are one rule: a job ending at hazard ``h`` costs ``1 / w + lam * h * w / 2`` per second, least
+at ``w = sqrt(2 / (lam * h))`` (`priced_wait`), so the square-root rule's ``c`` is ``sqrt(2 / lam)``
+and one price serves jobs with and without a learned distribution (`price_for`; the running
+daemon keeps it in `watcher.learned.Pricing`).
+
 Pure: the caller supplies waits, ages, hazards and the rate; the multiplier is computed once
 per window over every running job and applied to each wait decided in it.
 """
@@ -25,23 +30,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-LAMS = tuple(10 ** (k / 8) for k in range(-40, 9))  # the prices of a second of delay tried, 1e-5 to 10 polls
+LAMS = tuple(10 ** (k / 8) for k in range(-40, 25))  # the prices of a second of delay tried, 1e-5 to 1000 polls
 _FLOOR = 1e-9  # a hazard of zero (a job that cannot end now) is stretched to the cap, not divided by
 
 
 def fitting_lam(ages: Sequence[float], wait_at: Callable[[float, float], float], rate: float, most: float) -> float:
     """The largest price of delay up to `most` (the target's) whose waits ``wait_at(lam, age)`` over the
     running jobs' `ages` ask at most `rate` polls per second; the smallest of `LAMS` if none does."""
-    if rate <= 0 or demand([wait_at(most, a) for a in ages]) <= rate:
-        return most
+    lam = price_for(lambda lam: demand([wait_at(lam, a) for a in ages]), rate, most)
+    return most if lam is None else lam
+
+
+def price_for(demand_at: Callable[[float], float], rate: float, most: float = math.inf) -> float | None:
+    """The largest price of delay below `most` whose schedules ask at most `rate` polls per second
+    (``demand_at(lam)``, growing with ``lam``); None when the schedules at `most` (unstretched) fit
+    already or there is no rate, the smallest of `LAMS` when none fits."""
+    if rate <= 0 or demand_at(most) <= rate:
+        return None
     fitting = [lam for lam in LAMS if lam < most]
+    if not fitting:
+        return None
     low, high = 0, len(fitting) - 1
-    if high < 0:
-        return most
     while low < high:  # demand grows with lam: the last lam that fits
         mid = (low + high + 1) // 2
-        low, high = (mid, high) if demand([wait_at(fitting[mid], a) for a in ages]) <= rate else (low, mid - 1)
+        low, high = (mid, high) if demand_at(fitting[mid]) <= rate else (low, mid - 1)
     return fitting[low]
+
+
+def priced_wait(hazard_rate: float, lam: float) -> float:
+    """The wait that costs least when a second of delay costs `lam` polls, for a job ending at `hazard_rate`."""
+    return math.sqrt(2.0 / (max(lam, _FLOOR) * max(hazard_rate, _FLOOR)))
 
 
 def scale_free_hazard(age: float, floor: float = 1.0) -> float:
