@@ -11,10 +11,11 @@ import pytest
 
 from tests.helpers import config_text, make_config
 from watcher.clock import ManualClock
+from watcher.cron import last_fire_at, previous_fire_at
 from watcher.errors import ConfigError
 from watcher.models import JobRef, Outcome, Snapshot
 from watcher.outcomes import Recipient
-from watcher.schedules import DigestJob, DigestSettings, last_fire_at, previous_fire_at, start_scheduler
+from watcher.schedules import DigestJob, DigestSettings, start_scheduler
 from watcher.store import SqliteStore, StateStore
 
 MORNING = DigestSettings("morning", "0 8 * * 1-5", ("chat",), "Europe/Berlin")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from watcher.schedules import cron_trigger, last_fire_at, previous_fire_at
+from watcher.cron import cron_trigger, last_fire_at, previous_fire_at
 
 
 def _within(seconds: float, call):  # type: ignore[no-untyped-def]

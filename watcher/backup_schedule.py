@@ -23,10 +23,11 @@ from apscheduler.schedulers.base import BaseScheduler
 from watcher.backups import BackupResult, BackupStore, run_backup
 from watcher.backups_config import BackupSettings
 from watcher.clock import Clock
+from watcher.cron import last_fire_at
 from watcher.events import iso
 from watcher.outcomes import Addressee
 from watcher.policy import PollPolicy
-from watcher.schedules import DIGEST_MISFIRE_GRACE, last_fire_at
+from watcher.schedules import DIGEST_MISFIRE_GRACE
 
 if TYPE_CHECKING:
     from watcher.accounts import Accounts

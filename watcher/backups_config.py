@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from watcher.schedules import cron_trigger, zone_ok
+from watcher.cron import cron_trigger, zone_ok
 from watcher.yamlloc import Path_, Problems
 
 #: A backup's name is a directory name under its destination: no colon, no separator, not `.` or `..`.

@@ -17,7 +17,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -25,6 +25,7 @@ import structlog
 
 from watcher import digests
 from watcher.clock import Clock
+from watcher.cron import cron_trigger, last_fire_at, previous_fire_at, zone_ok
 from watcher.events import iso
 from watcher.heartbeat import HEARTBEAT_INTERVAL
 from watcher.models import Batch, BatchPhase, Delivery, JobState
@@ -54,9 +55,6 @@ DIGEST_KEYS = frozenset({"name", "schedule", "timezone", "notify", "skip_empty"}
 MAX_DIGEST_BATCHES = 10_000
 #: How late APScheduler may still run a digest (a busy loop, a suspended laptop) before skipping it.
 DIGEST_MISFIRE_GRACE = 3600
-# Spans searched, shortest first, for a schedule's previous fire time: each search steps
-# through the fires in its span, so a per-minute schedule costs two steps, a yearly one a few.
-_LOOKBACK = tuple(timedelta(days=d) for d in (1 / 720, 1 / 12, 2, 8, 32, 367, 8 * 366))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,57 +69,6 @@ class DigestSettings:
 
     def trigger(self) -> CronTrigger:
         return cron_trigger(self.schedule, ZoneInfo(self.timezone))
-
-
-_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-
-
-def cron_trigger(schedule: str, timezone: Any) -> CronTrigger:
-    """A five-field crontab as standard cron reads it (ValueError when it is not one).
-
-    APScheduler 3's `from_crontab` numbers weekdays from Monday = 0, so "1-5" would run
-    Tuesday to Saturday; the weekday field is rewritten as day names (0 and 7 = Sunday) first.
-    Unlike Vixie cron, a day of month and a day of week both restricted must both match.
-    """
-    fields = schedule.split()
-    if len(fields) != 5:
-        raise ValueError(f"expected five fields (minute hour day month weekday), got {len(fields)}")
-    fields[4] = _weekdays(fields[4])
-    from apscheduler.triggers.cron import CronTrigger
-
-    return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
-
-
-def _weekdays(field: str) -> str:
-    """A crontab weekday field (numbers with Sunday = 0 or 7, names, lists, ranges, steps) as day names."""
-    if field in ("*", "?"):
-        return "*"
-    days: set[int] = set()
-    for part in field.split(","):
-        span, slash, step_text = part.partition("/")
-        if slash and (not step_text.isdigit() or int(step_text) == 0):
-            raise ValueError(f"invalid step in the weekday field {field!r}")
-        step = int(step_text) if slash else 1
-        if span == "*":
-            low, high = 0, 6
-        elif "-" in span:
-            first, last = span.split("-", 1)
-            low, high = _day(first), _day(last)
-        else:
-            low = _day(span)
-            high = 6 if slash else low
-        if high < low:
-            raise ValueError(f"a weekday range must go forwards, got {span!r}")
-        days.update(day % 7 for day in range(low, high + 1, step))
-    return ",".join(_CRON_DAYS[day] for day in sorted(days))
-
-
-def _day(text: str) -> int:
-    if text.isdigit() and int(text) <= 7:
-        return int(text)
-    if text.lower()[:3] in _CRON_DAYS and len(text) == 3:
-        return _CRON_DAYS.index(text.lower())
-    raise ValueError(f"unknown weekday {text!r} (0-7 or sun-sat)")
 
 
 def parse_digests(raw: Any, problems: Problems, names: set[str]) -> list[DigestSettings]:
@@ -170,14 +117,6 @@ def _parse_digest(raw: Any, path: Path_, problems: Problems, names: set[str]) ->
     return DigestSettings(str(name), str(schedule), notify, str(zone), bool(skip_empty))
 
 
-def zone_ok(zone: str) -> bool:
-    try:
-        ZoneInfo(zone)
-    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
-        return False
-    return True
-
-
 def _notify(raw: Any, path: Path_, problems: Problems, names: set[str]) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
@@ -187,34 +126,6 @@ def _notify(raw: Any, path: Path_, problems: Problems, names: set[str]) -> tuple
         if item not in names:
             problems.add(path, f"unknown notifier {item!r} (configured: {', '.join(sorted(names)) or 'none'})")
     return tuple(dict.fromkeys(items))
-
-
-# --- fire times ---------------------------------------------------------------------------
-
-
-def previous_fire_at(trigger: CronTrigger, fire: datetime) -> datetime | None:
-    """The schedule's last fire time strictly before `fire` (None: none within eight years)."""
-    for span in _LOOKBACK:
-        last: datetime | None = None
-        at = trigger.get_next_fire_time(None, fire - span)
-        while at is not None and at < fire:
-            last = at
-            # One second later in UTC: wall-clock arithmetic drops the `fold` of an hour a DST change
-            # repeats, and the trigger would hand back the same fire forever.
-            following = trigger.get_next_fire_time(None, at.astimezone(UTC) + timedelta(seconds=1))
-            # Never step back (a trigger bug must not hang us); compared in UTC, as datetimes of one zone
-            # compare by wall clock, and both 02:30s of a repeated hour would look equal.
-            if following is not None and following.astimezone(UTC) <= at.astimezone(UTC):
-                break
-            at = following
-        if last is not None:
-            return last
-    return None
-
-
-def last_fire_at(trigger: CronTrigger, now: datetime) -> datetime | None:
-    """The schedule's latest fire time at or before `now`: the fire a late-running job belongs to."""
-    return previous_fire_at(trigger, now + timedelta(microseconds=1))
 
 
 # --- building and sending -------------------------------------------------------------------
