@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import random
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,8 +15,9 @@ import pytest
 
 from tests.helpers import WebhookReceiver, write_jobs
 from tests.serving import TOKEN, all_settled, bearer, eventually, running_daemon, server_config_text, serving_api
-from watcher.clock import ManualClock
-from watcher.models import JobRef
+from watcher.clock import ManualClock, SystemClock
+from watcher.learned import LearnedSchedules
+from watcher.models import JobRef, JobState, Outcome, Snapshot
 from watcher.server import COOKIE
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
@@ -237,3 +240,31 @@ async def test_status_page_shows_batches_and_opens_one(tmp_path: Path) -> None:
     assert '<a href="/?batch=nightly%3A2026-11-27">nightly:2026-11-27</a>' in dumps["closed"]
     assert (["other", "nightly:2026-11-27"], {"other": ["other-job-1"]}) == (list(pinned.rows), pinned.opened)
     assert (["other"], "finished") == (list(finished.rows), finished.rows["other"][1])
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="needs Debian's chromium at /usr/bin/chromium")
+async def test_status_page_shows_a_running_jobs_expected_finish(tmp_path: Path) -> None:
+    """Once the daemon has learned how long such jobs take (300 upserts of about 10 minutes), a job running
+    for a minute shows, under its next poll, that it is expected to end in about 9 minutes; without a summary
+    the cell shows the next poll alone."""
+    clock = SystemClock()
+    async with serving_api(clock=clock) as (server, host):
+        now = clock.now()
+        learned, rng = LearnedSchedules(host.store), random.Random(4)
+        for k in range(300):
+            seconds = rng.lognormvariate(math.log(600), 0.3)
+            done = JobState(id=f"old-{k}", labels={}, notify=None, added_at=now - 9000, next_poll_at=0,
+                            snapshot=Snapshot(status="completed", job_type="upsert"), outcome=Outcome.COMPLETED)
+            await learned.observe(done, now - 9000 + seconds)
+        assert await learned.flush(now)
+        await host.store.add_job(JobRef("run-1"), now=now - 60, first_poll_at=now + 30)
+        before = await dump_dom(f"{server.url}/?token={TOKEN}", tmp_path / "chromium-profile-1")
+        host.learned = learned  # type: ignore[assignment]
+        after = await dump_dom(f"{server.url}/?token={TOKEN}", tmp_path / "chromium-profile-2")
+    cells = []
+    for dom in (before, after):
+        table = _Table()
+        table.feed(dom)
+        cells.append({row[0]: row for row in table.rows}["run-1"][3])
+    assert re.fullmatch(r"in \d+ s", cells[0]), cells[0]
+    assert re.fullmatch(r"in \d+ s expected to end in (8|9|10) min", cells[1]), cells[1]
