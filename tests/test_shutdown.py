@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,3 +136,44 @@ async def test_a_poll_in_flight_at_stop_is_recorded_within_the_grace(tmp_path: P
         await store.close()
     assert job is not None
     assert "completed" == job.state
+
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_a_state_file_locked_by_another_process_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """Another process holds the SQLite write lock when the daemon is stopped with 20 jobs claimed. Each
+    write would wait BUSY_TIMEOUT_MS (5 s) with the event loop blocked, one after another; shutting down,
+    the first waits briefly and the rest not at all: the exit comes within the grace and its margin, and
+    the claims not given back expire with their leases."""
+    ids = [f"locked-{i:02d}" for i in range(20)]
+    db = tmp_path / "state.db"
+    async with FakeSendGrid() as fake:
+        for job_id in ids:
+            fake.script_job(job_id, outcome="pending")
+        config = make_config(tmp_path, config_text(
+            fake.base_url, f"sqlite:///{db}", jobs_file=write_jobs(tmp_path / "jobs.yaml", ids),
+            polling="initial_delay: 0s\n  min_interval: 50ms\n  max_interval: 100ms\n  deadline: 1h",
+        ))
+        daemon = Daemon(config)
+        running = asyncio.create_task(daemon.run(install_signals=False))
+        await eventually(lambda: all(fake.polls[job_id] >= 2 for job_id in ids), timeout=15, what="each job polled")
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _HOLD_LOCK, str(db), stdout=asyncio.subprocess.PIPE)
+        try:
+            assert holder.stdout is not None
+            assert b"locked\n" == await asyncio.wait_for(holder.stdout.readline(), 10)
+            started = time.monotonic()
+            daemon.stop()
+            assert 0 == await asyncio.wait_for(running, 120)
+            took = time.monotonic() - started
+        finally:
+            holder.kill()
+            await holder.wait()
+    assert took < config.shutdown_grace + SHUTDOWN_MARGIN + 1.0, f"the exit took {took:.1f} s"

@@ -324,6 +324,7 @@ class Daemon:
     async def _shutdown(self, tasks: list[asyncio.Task[None]], began: float) -> None:
         grace = self.config.shutdown_grace
         self._close_by = asyncio.get_running_loop().time() + grace + SHUTDOWN_MARGIN
+        self.store.hurry()  # no write may now wait long for another process: the exit stays bounded
         await self.heartbeat()
         engine, outbox = self._require(self.engine), self._require(self.outbox)
         polls_cut, deliveries_cut, _ = await asyncio.gather(

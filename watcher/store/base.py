@@ -49,6 +49,10 @@ class StateStore(Protocol):
 
     async def close(self) -> None: ...
 
+    def hurry(self) -> None:
+        """Shutting down: from now on no call may wait long for anything outside this process
+        (SQLite: another process's write lock; Redis calls have their own timeouts)."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be used now (SQLite: also when its
         file was deleted or replaced since `open`), StoreBroken when it never will."""

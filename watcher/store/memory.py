@@ -49,6 +49,9 @@ class MemoryStore(MemoryOutbox):
     async def close(self) -> None:
         """Nothing to release; the data stays for another open()."""
 
+    def hurry(self) -> None:
+        """Nothing outside this process to wait for."""
+
     async def ping(self) -> None:
         """Always reachable."""
 

@@ -197,6 +197,9 @@ class RedisConnection:
                 start += indexed
             await client.set(self._key("schema"), str(SCHEMA_VERSION))
 
+    def hurry(self) -> None:
+        """Every call already has its socket and connect timeouts (socket_timeout)."""
+
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None

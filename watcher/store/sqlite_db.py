@@ -19,6 +19,8 @@ from watcher.errors import StoreBroken, StoreUnavailable
 from watcher.store.sqlite_schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
+#: Shutting down (`hurry`): how long a write waits for another process's lock, once.
+HURRY_BUSY_MS = 200
 
 # Primary result codes (the low byte of an extended code: SQLITE_IOERR_WRITE is an IOERR).
 _TRANSIENT_CODES = frozenset(
@@ -65,6 +67,8 @@ class SqliteDatabase:
         self._conn: sqlite3.Connection | None = None
         self._opened: tuple[int, int] | None = None  # the file open() found, for replacements
         self._broken: StoreBroken | None = None
+        self._hurried = False  # shutting down: writes do not wait long for another process's lock
+        self._lock_refused = False  # ... and one already found it held: none waits again
 
     @property
     def _on_disk(self) -> bool:
@@ -108,6 +112,16 @@ class SqliteDatabase:
             self._conn.close()
             self._conn = None
 
+    def hurry(self) -> None:
+        """Shutting down: a write waits at most HURRY_BUSY_MS for another process's lock, and once one
+        found it held none waits again. Each wait blocks the event loop (sqlite3 is synchronous), so
+        without this, N claims given back under a lock held elsewhere would take N x BUSY_TIMEOUT_MS;
+        a claim not given back simply expires with its lease."""
+        self._hurried = True
+        if self._conn is not None:
+            with self._errors():
+                self._conn.execute(f"PRAGMA busy_timeout = {HURRY_BUSY_MS}")
+
     async def ping(self) -> None:
         """Raise StoreUnavailable when the file cannot be read or is not the one opened."""
         with self._errors():
@@ -137,6 +151,8 @@ class SqliteDatabase:
             if kind is StoreBroken:
                 self._broken = StoreBroken(f"state file {self.path} is not a usable SQLite database: {exc}")
                 raise self._broken from exc
+            if self._hurried and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY:
+                self._lock_refused = True
             raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
 
     @contextmanager
@@ -144,6 +160,9 @@ class SqliteDatabase:
         """One write transaction, taking the lock at BEGIN so it cannot deadlock later."""
         with self._errors():
             conn = self._db
+            if self._lock_refused:
+                raise StoreUnavailable(f"SQLite store {self.path}: locked by another process; "
+                                       "shutting down without waiting for it")
             self._check_file()
             self._rollback(conn)  # a transaction a failed ROLLBACK left open would block BEGIN
             conn.execute("BEGIN IMMEDIATE")
