@@ -35,7 +35,11 @@ class Account:
     session: aiohttp.ClientSession
     budget: RateBudget
     client: SendGridClient
-    budget_is_shared: bool = False  # a Redis window all replicas draw from (else this process's own)
+
+    @property
+    def budget_is_shared(self) -> bool:
+        """A Redis window all replicas draw from (else this process's own)."""
+        return not isinstance(self.budget, LocalRateBudget)
 
 
 class Accounts:
@@ -96,7 +100,7 @@ class Accounts:
         stack.push_async_callback(session.close)
         budget = self._budget(stack, name, settings)
         client = SendGridClient(settings, session=session, budget=budget, clock=self.clock)
-        return Account(name, settings, session, budget, client, not isinstance(budget, LocalRateBudget))
+        return Account(name, settings, session, budget, client)
 
     def _budget(self, stack: contextlib.AsyncExitStack, name: str, settings: SendGridSettings) -> RateBudget:
         # The state URL may carry `?prefix=`, which redis-py rejects on connect: use the URL and

@@ -31,7 +31,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from watcher.api_jobs import JobIntake, json_answer
 from watcher.clock import Clock
-from watcher.csvimport import MAX_BYTES, PlanError, measure_csv, parse_pairs, plan_import
+from watcher.csvimport import MAX_BYTES, PlanError, measure_csv, parse_labels, parse_pairs, plan_import
 from watcher.errors import KeyRefused, TryLater
 from watcher.httpinput import ApiError
 from watcher.lifecycle import AccountLike, Lifecycle, LifecycleError, SendGridRefused, import_csv
@@ -180,7 +180,7 @@ class ImportRoutes:
     async def _import(self, path: Path, fields: Mapping[str, list[str]]) -> web.Response:
         try:
             maps = parse_pairs(fields.get("map", []), "map")
-            labels = _labels(fields.get("label", []))
+            labels = parse_labels(fields.get("label", []), "label")
             ref_batch = fields.get("batch", [None])[0]
             measured = await asyncio.to_thread(measure_csv, path, max_bytes=self._max_upload)
         except PlanError as exc:
@@ -302,15 +302,6 @@ def _refuse_cross_site(request: web.Request) -> None:
     """A form another site posts: browsers say so in Sec-Fetch-Site (and in Origin, which the guard checks)."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise ApiError(403, "cross_origin", "requests from another site may not start imports")
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    labels = parse_pairs(items, "label")
-    try:
-        check_label_text(labels)
-    except ValueError as exc:
-        raise PlanError(str(exc)) from None
-    return labels
 
 
 def _ref(job_id: str | None, labels: dict[str, str], batch: str | None, kind: JobKind, account: str) -> JobRef:

@@ -75,7 +75,8 @@ class ExportLifecycle(Protocol):
         self, *, list_ids: Sequence[str] = (), segment_ids: Sequence[str] = (), file_type: str = "csv"
     ) -> str: ...
 
-    async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> tuple[int, str]: ...
+    async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> tuple[int, str]:
+        """The file at `url` written to `dest` and synced: (bytes, sha256 hex)."""
 
 
 class BackupStore(Protocol):
@@ -283,8 +284,7 @@ async def _download_all(
             raise BackupFailed(f"downloading file {index + 1} of the export {export_id} failed: {exc}"
                                f"{_full(into)}") from None
         name = f"contacts-{index + 1:03d}.{file_type}{'.gz' if is_gzip(part) else ''}"
-        os.rename(part, into / name)
-        _fsync(into / name)
+        os.rename(part, into / name)  # written and synced by download; the directory is synced at the end
         files.append(BackupFile(name, size, digest))
     return files
 
@@ -319,6 +319,3 @@ def _full(directory: Path) -> str:
         return ""
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as source:
-        os.fsync(source.fileno())

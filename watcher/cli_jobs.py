@@ -90,12 +90,12 @@ def _measured(csv_path: str) -> MeasuredFile:
 
 async def _import(config: Config, args: argparse.Namespace, measured: MeasuredFile) -> int:
     from watcher.clock import SystemClock
-    from watcher.csvimport import parse_pairs, plan_import
+    from watcher.csvimport import parse_labels, parse_pairs, plan_import
     from watcher.lifecycle import Lifecycle, import_csv
     from watcher.models import JobKind
 
     path = Path(args.csv)
-    maps, labels = parse_pairs(args.maps, "--map"), _labels(args.labels)
+    maps, labels = parse_pairs(args.maps, "--map"), parse_labels(args.labels, "--label")
     async with _accounts(config) as accounts:
         account = accounts.get(args.account)
         lifecycle = Lifecycle(account, clock=SystemClock())
@@ -131,15 +131,6 @@ def _accounts(config: Config) -> Any:
     from watcher.clock import SystemClock
 
     return Accounts.open(config, clock=SystemClock(), store_url=config.state.url)
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    from watcher.csvimport import parse_pairs
-    from watcher.sources.base import check_label_text
-
-    labels = parse_pairs(items, "--label")
-    check_label_text(labels)
-    return labels
 
 
 def _ref(job_id: str, labels: dict[str, str], batch: str | None, kind: Any, account: str) -> JobRef:
@@ -203,20 +194,15 @@ async def track(config: Config, ref: JobRef) -> bool:
 
 
 async def _track_in_store(config: Config, ref: JobRef) -> None:
-    from watcher.cli_commands import keeps_nothing
+    from watcher.cli_commands import keeps_nothing, opened
     from watcher.clock import SystemClock
     from watcher.sources.base import Intake
-    from watcher.store import open_store
 
     if keeps_nothing(config.state.url):
         raise ValueError(f"{ref.id} started but is not tracked: state.url is {config.state.url}, which keeps "
                          "nothing; add it to the daemon (`add`) yourself")
-    store = open_store(config.state.url)
-    await store.open()
-    try:
+    async with opened(config) as store:
         await Intake(store, config.polling, SystemClock(), config.notifier_names).add(ref)
-    finally:
-        await store.close()
     print(f"{ref.id}: tracked in the state store")
 
 
@@ -290,11 +276,9 @@ async def _follow_api(config: Config, ref: JobRef, show: _Progress) -> str:
 
 
 async def _follow_store(config: Config, ref: JobRef, show: _Progress) -> str:
-    from watcher.store import open_store
+    from watcher.cli_commands import opened
 
-    store = open_store(config.state.url)
-    await store.open()
-    try:
+    async with opened(config) as store:
         while True:
             job = await store.get_job(ref.id)
             if job is not None:
@@ -303,8 +287,6 @@ async def _follow_store(config: Config, ref: JobRef, show: _Progress) -> str:
                 if job.outcome is not None:
                     return job.state
             await asyncio.sleep(config.polling.min_interval)
-    finally:
-        await store.close()
 
 
 async def _follow_sendgrid(config: Config, account: Account, ref: JobRef, show: _Progress) -> str:

@@ -357,6 +357,18 @@ def parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
     return parsed
 
 
+def parse_labels(items: Sequence[str], option: str) -> dict[str, str]:
+    """`K=V` labels (`--label`, the form's `label` fields), checked as every job's labels are; PlanError."""
+    from watcher.sources.base import check_label_text
+
+    labels = parse_pairs(items, option)
+    try:
+        check_label_text(labels)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    return labels
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8 text (save the file as UTF-8)"

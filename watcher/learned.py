@@ -53,7 +53,7 @@ from watcher.learning import (
 )
 from watcher.models import EXPORT_TERMINAL_STATUSES, TERMINAL_STATUSES, JobState, Snapshot, terminal_statuses
 from watcher.optimal import next_poll_after
-from watcher.policy import PollPolicy
+from watcher.policy import PollPolicy, base_interval
 from watcher.store.base import StateStore
 from watcher.stretch import demand, price_for, priced_wait, scale_free_hazard
 
@@ -188,18 +188,19 @@ class LearnedSchedules:
         """The learned wait after a poll at `now` that saw `job` running (`snapshot`: that answer), for
         `decide(..., learned_wait=)`, stretched by its account's price of delay when there is one; None
         (the proportional wait) with `learn` off, or with too few samples or a job far outside them and
-        no price. Notes the job as running, for `update_price`."""
+        no price. With a `max_rate`, notes the job as running, for `update_price`."""
         if not policy.learn:
             return None
         snap = snapshot or job.snapshot
         key = job_key(job, snap)
-        if job.polls == 0:  # new jobs' first polls come out of the rate before any schedule
-            self._first_polls[key[0]] = self._first_polls.get(key[0], 0) + 1
         seen = Running(key, self._start(job, snap, now), job.added_at, now, 0.0)
         wait = self._wait(seen, now, policy, self.prices.get(key[0]))
+        if self.max_rate is None:  # no rate to fit, never a price: nothing to note for update_price
+            return wait
+        if job.polls == 0:  # new jobs' first polls come out of the rate before any schedule
+            self._first_polls[key[0]] = self._first_polls.get(key[0], 0) + 1
         self.running.pop(job.id, None)
-        base = policy.growth * (now - job.added_at) if wait is None else wait
-        self.running[job.id] = replace(seen, wait=min(max(base, policy.min_interval), policy.max_interval))
+        self.running[job.id] = replace(seen, wait=base_interval(policy, now - job.added_at, wait))
         while len(self.running) > MAX_RUNNING:
             del self.running[next(iter(self.running))]
         return wait
@@ -261,8 +262,7 @@ class LearnedSchedules:
         waits = []
         for job in jobs:
             wait = self._wait(job, now, policy, None if math.isinf(lam) else lam)
-            base = policy.growth * (now - job.added_at) if wait is None else wait
-            waits.append(min(max(base, policy.min_interval), policy.max_interval))
+            waits.append(base_interval(policy, now - job.added_at, wait))
         return demand(waits)
 
     def first_wait(self, accounts: Iterable[str | None], policy: PollPolicy) -> float | None:

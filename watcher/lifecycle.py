@@ -44,7 +44,7 @@ from watcher.lifecycle_requests import (
 )
 from watcher.net import AnswerStatus, BodyTooLarge, OutboundPolicy, capped_chunks, read_capped, shown_url
 from watcher.ratelimit import RateBudget, retry_after_seconds
-from watcher.sendgrid import USER_AGENT, SendGridSettings
+from watcher.sendgrid import SendGridSettings, api_headers
 from watcher.strictjson import strict_json
 
 #: Tries of one API request, upload or download before its last failure is raised.
@@ -108,10 +108,10 @@ class Lifecycle:
 
     def __init__(self, account: AccountLike, *, clock: Clock) -> None:
         self.account = account
-        self._settings = account.settings
         self._clock = clock
         self._policy = OutboundPolicy.of(account.settings)
         self._base = account.settings.base_url.rstrip("/")
+        self._headers = api_headers(account.settings)  # the key: to the API only, never to upload or download URLs
         self._timeout = aiohttp.ClientTimeout(total=account.settings.request_timeout)
         self._transfer_timeout = aiohttp.ClientTimeout(
             sock_connect=account.settings.request_timeout, sock_read=TRANSFER_READ_TIMEOUT)
@@ -187,7 +187,7 @@ class Lifecycle:
             raise TryLater("rate budget unavailable") from exc
         try:
             async with self.account.session.request(
-                method, f"{self._base}{path}", json=body, headers=self._api_headers(), timeout=self._timeout,
+                method, f"{self._base}{path}", json=body, headers=self._headers, timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
                 self.account.budget.observe(response.headers, response.status)
@@ -202,13 +202,6 @@ class Lifecycle:
             raise _Again(TryLater(f"{what}: {_no_answer(exc)} at {shown_url(self._base)}")) from None
         finally:
             self.account.budget.release()
-
-    def _api_headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
-                   "Authorization": f"Bearer {self._settings.api_key.reveal()}"}
-        if self._settings.on_behalf_of:
-            headers["On-Behalf-Of"] = self._settings.on_behalf_of
-        return headers
 
     # --- answered URLs: the upload and the downloads ---------------------------------
 
@@ -245,7 +238,7 @@ class Lifecycle:
             return await self._retried(one_try)
 
     async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> tuple[int, str]:
-        """GET an export file into `dest` (written whole or not at all): (bytes, sha256 hex).
+        """GET an export file into `dest` (written whole and synced, or not at all): (bytes, sha256 hex).
 
         Streamed, redirects checked hop by hop, retried from the start on transient failures;
         UrlExpired on 403, BodyTooLarge past `max_bytes`, DownloadFailed at once when `dest` cannot be

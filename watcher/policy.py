@@ -197,12 +197,18 @@ def decide(
     return Reschedule(min(now + delay, deadline_at), job.polls, streak, job.snapshot)
 
 
-def running_interval(policy: PollPolicy, age: float, draw: float, learned_wait: float | None = None) -> float:
-    """Wait after a poll that saw the job still running, `age` seconds after it was added: the learned
-    wait when there is one (and `learn` is on), else ``growth * age``; jittered, within [min, max]_interval."""
+def base_interval(policy: PollPolicy, age: float, learned_wait: float | None = None) -> float:
+    """The wait, before jitter, after a poll that saw the job still running `age` seconds after it was
+    added: the learned wait when there is one (and `learn` is on), else ``growth * age``; within
+    [min, max]_interval. The price of delay (watcher.learned) sums these, so it prices what is polled."""
     learned = policy.learn and learned_wait is not None and math.isfinite(learned_wait)
     base = learned_wait if learned and learned_wait is not None else policy.growth * age
-    base = min(max(base, policy.min_interval), policy.max_interval)
+    return min(max(base, policy.min_interval), policy.max_interval)
+
+
+def running_interval(policy: PollPolicy, age: float, draw: float, learned_wait: float | None = None) -> float:
+    """Wait after a poll that saw the job still running: `base_interval`, jittered, within [min, max]_interval."""
+    base = base_interval(policy, age, learned_wait)
     return min(max(base * _jitter(policy, draw), policy.min_interval), policy.max_interval)
 
 

@@ -79,6 +79,16 @@ class SendGridSettings:
             raise ValueError(f"base_url {problem}")
 
 
+def api_headers(settings: SendGridSettings) -> CIMultiDict[str]:
+    """The headers of every SendGrid API request (polls and the import/export lifecycle): JSON, our
+    User-Agent, the subuser, and the API key, revealed only here."""
+    headers = CIMultiDict({"Accept": "application/json", "User-Agent": USER_AGENT})
+    if settings.on_behalf_of:
+        headers["On-Behalf-Of"] = settings.on_behalf_of
+    headers["Authorization"] = f"Bearer {settings.api_key.reveal()}"
+    return headers
+
+
 class _Known:
     """What the client remembers of a job polled lately: its (valid) id's URL, and its last
     200 body with the Snapshot parsed from it. A running job mostly answers the same bytes
@@ -122,13 +132,8 @@ class SendGridClient:
         self._base_url = settings.base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
-        self._static_headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if settings.on_behalf_of:
-            self._static_headers["On-Behalf-Of"] = settings.on_behalf_of
         # One headers object for every request (aiohttp copies it into each request).
-        self._headers = _Headers(
-            CIMultiDict({**self._static_headers, "Authorization": f"Bearer {settings.api_key.reveal()}"})
-        )
+        self._headers = _Headers(api_headers(settings))
         self._known: dict[str, _Known] = {}  # imports
         self._known_exports: dict[str, _Known] = {}
         self._policy = OutboundPolicy.of(settings)  # judges the URLs an export answers with

@@ -19,7 +19,7 @@ for the requests spent.
 Both are one rule: a job ending at hazard ``h`` costs ``1 / w + lam * h * w / 2`` per second, least
 at ``w = sqrt(2 / (lam * h))`` (`priced_wait`), so the square-root rule's ``c`` is ``sqrt(2 / lam)``
 and one price serves jobs with and without a learned distribution (`price_for`; the running
-daemon keeps it in `watcher.learned.Pricing`).
+daemon keeps it in `LearnedSchedules.prices`, watcher.learned).
 
 Pure: the caller supplies waits, ages, hazards and the rate; the multiplier is computed once
 per window over every running job and applied to each wait decided in it.

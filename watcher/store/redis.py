@@ -138,7 +138,7 @@ class RedisStore(RedisBatches):
 
     async def record_poll(self, job_id: str, update: PollUpdate, *, token: str, now: float) -> bool:
         """Store a non-final poll and end the lease; False when `token` holds no live lease."""
-        return bool(await self._run("record_poll", now, *self._poll_args(job_id, token, update)))
+        return (await self.record_polls([(job_id, token, update)], now=now))[0]
 
     async def record_polls(self, updates: Sequence[tuple[str, str, PollUpdate]], *, now: float) -> list[bool]:
         """`record_poll` for each (job id, token, update): one script call (one EVALSHA) per CHUNK."""
@@ -276,7 +276,7 @@ class RedisStore(RedisBatches):
         self, delivery: Delivery, *, token: str, now: float, alerts: Sequence[Delivery] = ()
     ) -> bool:
         """Write the delivery's new state, end the lease and insert `alerts`, in one script."""
-        return bool(await self._run("record_delivery", now, *self._delivery_record_args(delivery, token, alerts)))
+        return (await self.record_deliveries([(delivery, token, alerts)], now=now))[0]
 
     async def record_deliveries(
         self, records: Sequence[tuple[Delivery, str, Sequence[Delivery]]], *, now: float

@@ -48,14 +48,12 @@ end
 """
 
 RECORD_SCRIPTS: dict[str, str] = {
-    "record_poll": "return record_poll(3)",
     # ARGV[3] number of polls, [4..] 6 fields each (record_poll's)
     "record_polls": """
 local out = {}
 for i = 0, tonumber(ARGV[3]) - 1 do out[i + 1] = record_poll(4 + i * 6) end
 return out
 """,
-    "record_delivery": "local ok = record_delivery(3); return ok",
     # ARGV[3] number of records, [4..] each record's fields (record_delivery's), one after another
     "record_deliveries": """
 local out, b = {}, 4
