@@ -224,3 +224,25 @@ def test_a_batch_of_exports_counts_ready_and_failure() -> None:
     data = batch_event(batch, jobs, now=NOW, summary_id="s", public_url=None)["data"]
     assert ("failure", {"failure": 1, "ready": 1}) == (data["status"], data["outcomes"])
     assert [{"job_id": "e-failure", "outcome": "failure", "errored_count": 0}] == data["not_completed"]
+
+
+async def test_the_default_account_named_by_a_job_shares_the_one_key_state(
+    sendgrid: tuple[LocalSendGrid, str], session: aiohttp.ClientSession
+) -> None:
+    """A job naming the default account (as POST /imports and the CLI record it) and one naming none are
+    polled with the same key: its refusal is one key state and one alert per recipient, not two."""
+    fake, base = sendgrid
+    refused = (401, {"errors": [{"message": "authorization required"}]})
+    for job_id in ("k-named", "k-unnamed"):
+        fake.answers[job_id] = [refused]
+    clock, store = ManualClock(NOW), MemoryStore()
+    await store.add_job(JobRef("k-named", kind=JobKind.EXPORT, account="main"), now=NOW, first_poll_at=NOW)
+    await store.add_job(JobRef("k-unnamed", kind=JobKind.EXPORT), now=NOW, first_poll_at=NOW)
+    main = client(base, session, clock, "SG.main")
+    engine = Engine(store=store, client=main, clients={"main": main}, default_account="main", policy=POLICY,
+                    clock=clock, owner="w", recipients=[Recipient("ops", 3600.0)])
+    await watch(engine, store, clock, 2)
+    alerts = [d.event["data"]["alert"] for d in await store.list_deliveries() if d.job_id is None]
+    assert ["key_refused"] == alerts
+    assert (await store.get_meta(KEY_STATE) or "").startswith("refused:")
+    assert await store.get_meta(f"{KEY_STATE}:main") is None

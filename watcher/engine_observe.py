@@ -44,6 +44,7 @@ class Observing:
     store: StateStore
     client: ImportSource  # the default account's: jobs with no account
     clients: dict[str, ImportSource]  # by account name
+    default_account: str | None  # the name of `client`'s account, when it has one
     recipients: dict[str, Recipient]
     clock: Clock
     stats: EngineStats
@@ -53,8 +54,8 @@ class Observing:
     _unknown_logged: set[tuple[str, str]]
 
     def _key_of(self, account: str | None) -> KeyAlerts:
-        """The key state of the job's account: the default one's is the one KEY_STATE, as ever."""
-        if account is None:
+        """The key state of the job's account: the default one's (named or not) is the one KEY_STATE."""
+        if account is None or account == self.default_account:
             return self.key
         if account not in self._account_keys:
             self._account_keys[account] = KeyAlerts(
