@@ -15,11 +15,12 @@ from watcher.clock import SystemClock
 from watcher.daemon import Daemon
 from watcher.engine import Engine
 from watcher.errors import StoreUnavailable
-from watcher.models import JobState, Snapshot
+from watcher.models import JobRef, JobState, Outcome, Snapshot
 from watcher.notify.outbox import Backoff
+from watcher.outcomes import Recipient, make_delivery
 from watcher.policy import PollPolicy
 from watcher.store import MemoryStore
-from watcher.supervise import Supervisor
+from watcher.supervise import Supervisor, nothing_left
 from watcher.testing.fake_sendgrid import FakeSendGrid
 
 FAST = Backoff(initial=0.05, maximum=0.2)
@@ -172,3 +173,39 @@ async def test_a_refused_write_makes_the_daemon_not_ready_until_a_write_works(tm
         await eventually(lambda: fake.polls["sw-1"] > polls_before + 2, timeout=5, what="polling goes on")
         daemon.stop()
         assert 0 == await asyncio.wait_for(running, 10)
+
+
+class SummarisedDuringCounts(MemoryStore):
+    """A store whose open batch is summarised by another replica right after `counts` has read it."""
+
+    summarise: Any = None
+
+    async def counts(self) -> Any:
+        counts = await super().counts()
+        if self.summarise is not None:
+            summarise, self.summarise = self.summarise, None
+            await summarise()
+        return counts
+
+
+async def test_until_idle_never_misses_a_summary_written_between_its_reads() -> None:
+    """`--until-idle` asks whether any batch is open before it counts the deliveries: a summary written
+    in between (its deliveries in the batch's last transaction) is then counted, never skipped."""
+    store, now = SummarisedDuringCounts(), 1000.0
+    await store.add_job(JobRef("b-1", batch="night"), now=now, first_poll_at=now)
+    (job,) = await store.claim_due_jobs(now=now, limit=1, owner="a", lease=60)
+    assert job.lease is not None
+    assert await store.record_outcome("b-1", token=job.lease.token, now=now, outcome=Outcome.COMPLETED,
+                                      snapshot=None, polls=1, detected_at=now, deliveries=[])
+
+    async def summarise() -> None:
+        (batch,) = await store.claim_settled_batches(now=now + 10, settle=1.0, limit=1, owner="b", lease=60)
+        assert batch.lease is not None
+        summary = make_delivery(Recipient("hook", 3600.0), {"type": "contact_import.batch_finished"}, now + 10,
+                                None, "night", "1")
+        assert await store.finish_batch("night", token=batch.lease.token, now=now + 10, summary_id="s-1",
+                                        deliveries=[summary])
+
+    store.summarise = summarise
+    assert not await nothing_left(store, [], [])  # the batch was open when asked
+    assert not await nothing_left(store, [], [])  # its summary is pending now

@@ -207,10 +207,11 @@ async def nothing_left(store: StateStore, sources: Sequence[object], loops: Sequ
     if not all([await check() for check in idle_checks if check is not None]):
         return False
     try:
-        counts = await store.counts()
-        # An open batch is summarised once settled: work still to come.
+        # An open batch is summarised once settled: work still to come. Asked before the counts: its
+        # summary's deliveries are written with its end, so counts read after it see them.
         if await store.list_batches(phase="open", limit=1):
             return False
+        counts = await store.counts()
     except (StoreUnavailable, StoreBroken):
         return False
     if any(loop is not None and loop.in_flight for loop in loops):
