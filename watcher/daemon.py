@@ -159,6 +159,13 @@ class Daemon:
         return part
 
     def stop(self) -> None:
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        """Ask the run to end. The store hurries at once, not when the shutdown task next runs: a write
+        started in between would otherwise wait BUSY_TIMEOUT_MS for another process's lock with the
+        event loop blocked (seen in CI: 5.2 s to exit where the grace and margin allow 4)."""
+        self.store.hurry()
         self.stop_event.set()
 
     def close_time_left(self) -> float:
@@ -312,7 +319,7 @@ class Daemon:
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if not self.stop_event.is_set():
             log.info("daemon.stopping", signal=sig.name, grace=self.config.shutdown_grace)
-            self.stop_event.set()
+            self._begin_stop()
             return
         log.warning("daemon.stopping_now", signal=sig.name)
         if self._close_by is not None:

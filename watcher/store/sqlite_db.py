@@ -96,7 +96,7 @@ class SqliteDatabase:
             conn = sqlite3.connect(self.path, isolation_level=None, uri=uri)
             try:
                 conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA busy_timeout = {HURRY_BUSY_MS if self._hurried else BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA cache_size = -16000")
