@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -81,7 +81,7 @@ def _stored(client: redis.Redis, key: str) -> dict[str, float | None]:
 
 
 def _expected(state: WindowState) -> dict[str, float | None]:
-    values = {field.name: getattr(state, field.name) for field in fields(WindowState)}
+    values = state._asdict()
     return {name: None if value is None else float(value) for name, value in values.items()}
 
 
@@ -103,7 +103,7 @@ def _replied(reply: list[bytes]) -> Reply:
 def _python_reply(answer: Answer | None, state: WindowState) -> Reply:
     if answer is None:
         return False, 0.0, False, 0, state.remaining, 0, state.reset_at
-    return answer.granted, answer.wait, answer.probe_out, answer.seq, state.remaining, answer.count, state.reset_at
+    return answer.granted, answer.wait, answer.probe_out, answer.seq, state.remaining, answer.slots, state.reset_at
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

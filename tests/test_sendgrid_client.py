@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from email.utils import formatdate
@@ -535,10 +536,14 @@ async def test_an_invalid_job_id_is_refused_every_time(client: SendGridClient, m
 @pytest.fixture
 async def slow_server() -> AsyncIterator[str]:
     """Serves /v3/marketing/contacts/imports/<id>: the body in pieces, with a pause, chunked;
-    for the id "huge-body", two pieces of 1 MiB."""
+    for the id "huge-body", two pieces of 1 MiB; for "gzip-bomb", a small gzip body of 2 MiB."""
     from aiohttp import web
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if request.match_info["job_id"] == "gzip-bomb":
+            # 2 MiB inflated from a few KiB, with an honest Content-Length of the compressed body.
+            packed = gzip.compress(b'{"status": "' + b"x" * (2 << 20) + b'"}')
+            return web.Response(body=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
         size = (1 << 20) if request.match_info["job_id"] == "huge-body" else 0
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -606,3 +611,15 @@ def test_plain_http_base_url_to_loopback_or_with_allow_insecure_is_fine() -> Non
     assert "http://127.0.0.1:8025" == SendGridSettings(api_key=Secret(KEY), base_url="http://127.0.0.1:8025").base_url
     mirror = SendGridSettings(api_key=Secret(KEY), base_url="http://mirror.internal", allow_insecure=True)
     assert "http://mirror.internal" == mirror.base_url
+
+
+async def test_a_compressed_body_is_capped_as_it_inflates(
+    session: aiohttp.ClientSession, budget: RecordingBudget, clock: ManualClock, slow_server: str
+) -> None:
+    """A gzip answer whose Content-Length is small is still capped at 1 MiB of what it inflates to:
+    the declared length counts the compressed bytes, so it only bounds an uncompressed body."""
+    settings = SendGridSettings(api_key=Secret(KEY), base_url=slow_server)
+    client = SendGridClient(settings, session=session, budget=budget, clock=clock)
+    with pytest.raises(TryLater) as info:
+        await client.get_import("gzip-bomb")
+    assert "malformed answer: body over 1 MiB" == str(info.value)

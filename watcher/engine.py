@@ -280,7 +280,7 @@ class Engine(Observing, ClaimLoop):
                     job = replace(job, stuck_at=now)
                 if may_hold and self._keeps(job, decision, now):
                     # Held, not written: the store keeps the last write, the lease fences it (engine_held).
-                    self._waiting.hold(replace(job, next_poll_at=decision.next_poll_at, polls=decision.polls))
+                    self._waiting.hold(job.polled(decision.next_poll_at, decision.polls))
                 else:
                     self._queue_record(job, decision.next_poll_at, decision, bound)
             else:

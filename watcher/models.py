@@ -214,6 +214,15 @@ class JobState:
     def ref(self) -> JobRef:
         return JobRef(self.id, self.labels, self.notify, self.batch, self.kind, self.account)
 
+    def polled(self, next_poll_at: float, polls: int) -> JobState:
+        """`replace(self, next_poll_at=..., polls=...)` at a third of its cost: a held job is copied
+        once per poll, and `dataclasses.replace` was 4 % of a poll's CPU (every field, by name)."""
+        return JobState(
+            self.id, self.labels, self.notify, self.added_at, next_poll_at, polls, self.transient_errors,
+            self.snapshot, self.outcome, self.detected_at, self.lease, self.batch, self.errors, self.stuck_at,
+            self.kind, self.account,
+        )  # fmt: skip
+
 
 class BatchPhase(StrEnum):
     """Where a batch stands: open while a job runs or joined lately, finished once summarised."""

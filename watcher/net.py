@@ -317,8 +317,11 @@ async def capped_chunks(
 
 async def read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     """The whole body; BodyTooLarge past `max_bytes` (declared or read)."""
-    if (response.content_length or 0) > max_bytes:
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
         raise BodyTooLarge(max_bytes)
+    if declared is not None and "Content-Encoding" not in response.headers:
+        return await response.read()  # exactly the declared length, as sent: one read, not a loop
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -141,13 +141,23 @@ async def test_timeout_is_retryable(http_server, start_notifier, make_delivery) 
 async def test_extra_headers_arrive_but_cannot_replace_signature_headers(
     http_server, start_notifier, make_delivery
 ) -> None:
-    """User headers are sent; a user `webhook-id` does not override the Delivery id."""
+    """User headers are sent; a user `webhook-id` or signature is dropped, not sent beside ours."""
     receiver = VerifyingReceiver(SECRET)
-    server = await http_server(handler=receiver.handle)
-    headers = {"X-Team": "growth", "Authorization": "Bearer abc123", "Webhook-Id": "forged"}
+    sent: list[tuple[list[str], list[str]]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        sent.append((request.headers.getall("webhook-id"), request.headers.getall("webhook-signature")))
+        return await receiver.handle(request)
+
+    server = await http_server(handler=handle)
+    headers = {"X-Team": "growth", "Authorization": "Bearer abc123", "Webhook-Id": "forged",
+               "WEBHOOK-SIGNATURE": "v1,forged"}  # fmt: skip
     hook = await start_notifier(notifier(server.url, headers=headers))
 
     await hook.send(make_delivery(sample_event("completed"), id="msg_real"))
+    ((ids, signatures),) = sent
+    assert ["msg_real"] == ids
+    assert 1 == len(signatures) and "forged" not in signatures[0]
 
     ((seen, _),) = receiver.received
     assert ("growth", "Bearer abc123", "msg_real") == (

@@ -18,6 +18,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 import aiohttp
@@ -165,6 +166,7 @@ class WebhookNotifier(BaseNotifier):
         Field("timeout", duration(0.001), default=10.0, doc="per request"),
         Field("allow_insecure", boolean, default=False, doc="allow http to non-loopback hosts"),
     )
+    _prepared: _Prepared | None = None  # set by start()
 
     @classmethod
     def check(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -203,30 +205,50 @@ class WebhookNotifier(BaseNotifier):
             }
         return shown
 
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        """Take the session, and work out once what every send uses: the settings do not change."""
+        await super().start(session)
+        self._prepared = self._prepare()
+
+    def _prepare(self) -> _Prepared:
+        target = str(self.settings["url"])
+        key: bytes | None = None
+        key_error: str | None = None
+        whsec = reveal(self.settings.get("secret"))
+        if whsec is not None:
+            try:
+                key = secret_key(whsec)
+            except ValueError as exc:
+                key_error = f"webhook secret: {exc}"
+        # User headers cannot replace the signature or the idempotency key.
+        extra = self.settings.get("headers") or {}
+        headers = {str(k): str(v) for k, v in extra.items() if str(k).lower() not in _OUR_HEADERS}
+        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
+        return _Prepared(target, shown_url(target), key, key_error, headers, timeout)
+
     async def send(self, delivery: Delivery) -> None:
         """POST once; return on 2xx, raise a retryable or permanent error otherwise."""
-        target = str(self.settings["url"])
+        ready = self._prepared if self._prepared is not None else self._prepare()
         try:
             body = webhook_body(delivery.event)
         except ValueError:
             raise PermanentDeliveryError("webhook: the event holds a number JSON cannot carry") from None
-        headers = self._headers(delivery.id, body)
-        log = _log.bind(notifier=self.name, delivery=delivery.id, url=shown_url(target))
-        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout") or 10.0))
+        headers = self._headers(ready, delivery.id, body)
+        target = ready.target
         try:
             async with self.session.post(
-                target, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                target, data=body, headers=headers, timeout=ready.timeout, allow_redirects=False
             ) as response:
                 status = response.status
-                text = "" if status < 300 else await read_some(response)
+                if status < 300:
+                    return  # delivered: the outbox logs it
+                text = await read_some(response)
                 answer_headers = dict(response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             error = network_error("webhook", exc)
-            log.info("notify.webhook_failed", error=str(error))
+            self._log(delivery).info("notify.webhook_failed", error=str(error))
             raise error from None
-        if status < 300:
-            log.debug("notify.webhook_delivered", status=status)
-            return
+        log = self._log(delivery)
         try:
             raise_for_answer("webhook receiver", status, scrub(text, target), answer_headers)
         except PermanentDeliveryError as exc:
@@ -236,7 +258,13 @@ class WebhookNotifier(BaseNotifier):
             log.info("notify.webhook_failed", status=status, error=str(exc), retry_after=exc.retry_after)
             raise
 
-    def _headers(self, msg_id: str, body: bytes) -> dict[str, str]:
+    def _log(self, delivery: Delivery) -> Any:
+        """Bound only when something is logged: a delivered send logs nothing here."""
+        shown = (self._prepared or self._prepare()).shown
+        return _log.bind(notifier=self.name, delivery=delivery.id, url=shown)
+
+    @staticmethod
+    def _headers(ready: _Prepared, msg_id: str, body: bytes) -> dict[str, str]:
         timestamp = int(time.time())
         ours = {
             "Content-Type": "application/json",
@@ -244,14 +272,24 @@ class WebhookNotifier(BaseNotifier):
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
         }
-        whsec = reveal(self.settings.get("secret"))
-        if whsec is not None:
-            try:
-                ours["webhook-signature"] = sign(secret_key(whsec), msg_id, timestamp, body)
-            except ValueError as exc:
-                raise PermanentDeliveryError(f"webhook secret: {exc}") from None
-        # User headers cannot replace the signature or the idempotency key.
-        taken = {k.lower() for k in ours}
-        extra = self.settings.get("headers") or {}
-        headers = {str(k): str(v) for k, v in extra.items() if str(k).lower() not in taken}
-        return {**headers, **ours}
+        if ready.key_error is not None:
+            raise PermanentDeliveryError(ready.key_error)
+        if ready.key is not None:
+            ours["webhook-signature"] = sign(ready.key, msg_id, timestamp, body)
+        return {**ready.headers, **ours}
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What every send of one webhook notifier uses, worked out once at start()."""
+
+    target: str
+    shown: str  # the URL as logs may show it
+    key: bytes | None  # the HMAC key; None: unsigned
+    key_error: str | None  # a malformed secret: every send is refused with this
+    headers: dict[str, str]  # the user's extra headers, minus ours
+    timeout: aiohttp.ClientTimeout
+
+
+#: Headers the notifier sets itself (lower case): user headers cannot replace them.
+_OUR_HEADERS = frozenset({"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"})
