@@ -192,3 +192,16 @@ def test_two_backups_of_one_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path, text)
     assert any("backups[1].name: backup 'b' is defined twice" in p for p in info.value.problems)
+
+
+async def test_a_repeated_hour_takes_one_backup(tmp_path: Path, fake: FakeSendGrid, stores: list[SqliteStore]) -> None:
+    """Berlin repeats 02:00-03:00 on 2026-10-25: "30 2 * * *" is fired at 00:30 and again at 01:30 UTC.
+    The second fire belongs to the first: one backup that night, and a restart after it catches nothing up."""
+    config = config_for(tmp_path, fake.base_url)
+    clock = ManualClock(utc(2026, 10, 25, 0, 30, 2).timestamp())
+    await run_jobs(config, stores[:1], clock, "fire")
+    clock.advance(3600)
+    await run_jobs(config, stores[:1], clock, "fire")
+    assert [None] == await run_jobs(config, stores[1:], clock, "catch_up")
+    assert 1 == len(fake.exports.exports)
+    assert "2026-10-25T00:30:00Z" == await stores[0].get_meta("backup:nightly")

@@ -152,3 +152,22 @@ def test_digest_settings_are_validated_with_their_line(tmp_path: Path, entry: st
         make_config(tmp_path, text)
     [problem] = info.value.problems
     assert f":{text.count(chr(10))}: {message}" in problem
+
+
+async def test_a_repeated_hour_sends_one_digest(stores: list[StateStore]) -> None:
+    """On the night Berlin repeats 02:00-03:00, APScheduler fires "30 2 * * *" at 00:30 and 01:30 UTC:
+    one digest, covering the day before; the next night's covers the 25 hours since the first fire."""
+    store = stores[0]
+    settings = DigestSettings("nightly", "30 2 * * *", ("chat",), "Europe/Berlin", skip_empty=False)
+    clock = ManualClock(utc(2026, 10, 25, 0, 30, 1).timestamp())
+    job = DigestJob(settings, store, RECIPIENTS, clock)
+    await job()
+    clock.advance(3600)  # 01:30:01 UTC, the second 02:30
+    await job()
+    [digest] = await store.list_deliveries()
+    assert ("2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z") == (digest.event["data"]["since"],
+                                                                digest.event["data"]["until"])
+    clock.advance(86400)  # 01:30:01 UTC the next night, 02:30 in winter time
+    await job()
+    assert ["2026-10-25T00:30:00Z"] == [d.event["data"]["since"] for d in await store.list_deliveries()
+                                        if d.event["data"]["until"] == "2026-10-26T01:30:00Z"]

@@ -76,7 +76,8 @@ def zone_ok(zone: str) -> bool:
 
 
 def previous_fire_at(trigger: CronTrigger, fire: datetime) -> datetime | None:
-    """The schedule's last fire time strictly before `fire` (None: none within eight years)."""
+    """The schedule's last fire time strictly before `fire` (None: none within eight years); a
+    repeated hour's second fire counts as its first (`first_occurrence`)."""
     for span in _LOOKBACK:
         last: datetime | None = None
         at = trigger.get_next_fire_time(None, fire - span)
@@ -91,8 +92,20 @@ def previous_fire_at(trigger: CronTrigger, fire: datetime) -> datetime | None:
                 break
             at = following
         if last is not None:
-            return last
+            return first_occurrence(trigger, last)
     return None
+
+
+def first_occurrence(trigger: CronTrigger, fire: datetime) -> datetime:
+    """The fire a run at `fire` belongs to. When autumn repeats an hour, APScheduler fires a schedule
+    set to a time in it twice; cron runs such a job once (unless its hour field is `*`: an hourly job
+    runs in both hours), and so do backups and digests: the repeat belongs to the first occurrence,
+    which the once-per-fire key then finds taken."""
+    if next(str(field) for field in trigger.fields if field.name == "hour") == "*":
+        return fire
+    local = fire.astimezone(trigger.timezone)
+    first = local.replace(fold=0)
+    return first if first.astimezone(UTC) < local.astimezone(UTC) else fire
 
 
 def last_fire_at(trigger: CronTrigger, now: datetime) -> datetime | None:
