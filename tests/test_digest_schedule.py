@@ -171,3 +171,19 @@ async def test_a_repeated_hour_sends_one_digest(stores: list[StateStore]) -> Non
     await job()
     assert ["2026-10-25T00:30:00Z"] == [d.event["data"]["since"] for d in await store.list_deliveries()
                                         if d.event["data"]["until"] == "2026-10-26T01:30:00Z"]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("digests:\n  - {name: m, schedule: '0 8 * * *', notify: [hook]}\n"
+         "  - {name: m, schedule: '0 9 * * *', notify: [hook]}\n", "digests[1].name: digest 'm' is defined twice"),
+        ("digests: {name: m}\n", "digests: expected a list of digests"),
+        ("backups: nightly\n", "backups: expected a list of backups"),
+    ],
+)  # fmt: skip
+def test_digests_and_backups_are_lists_of_distinct_names(tmp_path: Path, section: str, message: str) -> None:
+    text = config_text("https://api.sendgrid.com", "memory://", hook_url="https://h.example/x") + section
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, text)
+    assert [message] == [p.split(": ", 1)[1] for p in info.value.problems]

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 
 from watcher.cron import cron_trigger, zone_ok
-from watcher.yamlloc import Path_, Problems
+from watcher.yamlloc import Path_, Problems, named_entries
 
 #: A backup's name is a directory name under its destination: no colon, no separator, not `.` or `..`.
 BACKUP_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]{1,64}")
@@ -54,19 +54,10 @@ def parse_backups(
     raw: Any, problems: Problems, notifier_names: Collection[str], account_names: Collection[str]
 ) -> list[BackupSettings]:
     """Validate `backups:`; every problem located, unusable entries left out."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        problems.add(("backups",), "expected a list of backups")
-        return []
-    out: list[BackupSettings] = []
-    for i, item in enumerate(raw):
-        backup = _parse_backup(item, ("backups", i), problems, notifier_names, account_names)
-        if backup is not None and any(b.name == backup.name for b in out):
-            problems.add(("backups", i, "name"), f"backup {backup.name!r} is defined twice")
-        elif backup is not None:
-            out.append(backup)
-    return out
+    return named_entries(
+        raw, "backups", "backup", problems,
+        lambda item, path: _parse_backup(item, path, problems, notifier_names, account_names),
+    )  # fmt: skip
 
 
 def _parse_backup(

@@ -31,7 +31,7 @@ from watcher.heartbeat import HEARTBEAT_INTERVAL
 from watcher.models import Batch, BatchPhase, Delivery, JobState
 from watcher.outcomes import KEY_STATE, Addressee, make_delivery
 from watcher.store.base import HOUSEKEEPING_BATCH, StateStore
-from watcher.yamlloc import Path_, Problems
+from watcher.yamlloc import Path_, Problems, named_entries
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -73,19 +73,9 @@ class DigestSettings:
 
 def parse_digests(raw: Any, problems: Problems, names: set[str]) -> list[DigestSettings]:
     """Validate `digests:`; every problem located, unusable entries left out."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        problems.add(("digests",), "expected a list of digests")
-        return []
-    out: list[DigestSettings] = []
-    for i, item in enumerate(raw):
-        digest = _parse_digest(item, ("digests", i), problems, names)
-        if digest is not None and any(d.name == digest.name for d in out):
-            problems.add(("digests", i, "name"), f"digest {digest.name!r} is defined twice")
-        elif digest is not None:
-            out.append(digest)
-    return out
+    return named_entries(
+        raw, "digests", "digest", problems, lambda item, path: _parse_digest(item, path, problems, names)
+    )
 
 
 def _parse_digest(raw: Any, path: Path_, problems: Problems, names: set[str]) -> DigestSettings | None:

@@ -6,10 +6,10 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -99,6 +99,34 @@ class Problems:
 
     def __bool__(self) -> bool:
         return bool(self.messages)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+NamedT = TypeVar("NamedT", bound=_Named)
+
+
+def named_entries(
+    raw: Any, section: str, what: str, problems: Problems, parse: Callable[[Any, Path_], NamedT | None]
+) -> list[NamedT]:
+    """A section that lists named entries (`digests:`, `backups:`): each parsed by `parse` at its path,
+    a name given twice refused; every problem located, unusable entries left out."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.add((section,), f"expected a list of {what}s")
+        return []
+    out: list[NamedT] = []
+    for i, item in enumerate(raw):
+        entry = parse(item, (section, i))
+        if entry is not None and any(e.name == entry.name for e in out):
+            problems.add((section, i, "name"), f"{what} {entry.name!r} is defined twice")
+        elif entry is not None:
+            out.append(entry)
+    return out
 
 
 def dotted_path(path: Path_) -> str:
