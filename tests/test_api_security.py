@@ -188,3 +188,21 @@ async def test_malformed_multipart_imports_are_a_400_not_a_500(content_type: str
     assert (400, "invalid_form") == (response.status, answer["error"])
     assert problem in answer["message"] and "\n" not in answer["message"], answer["message"]
     assert [] == [e for e in logs if e["event"] == "http.handler_failed"]
+
+
+@pytest.mark.parametrize(("labels", "problem"), [
+    ({f"k{i}": "v" for i in range(65)}, "at most 64 labels per job, got 65"),
+    ({"note": "x" * 1001}, "label 'note': a value must be at most 1000 characters, got 1001"),
+])
+async def test_labels_past_their_bounds_are_400(labels: dict[str, str], problem: str) -> None:
+    """Every notification carries a job's labels; past their bounds a job is refused with a 400 naming
+    the bound, and nothing is stored. At the bounds (71 KB: a server with `max_body` above it) it is accepted."""
+    async with serving_api(max_body=128 * 1024) as (server, host), aiohttp.ClientSession(headers=bearer()) as http:
+        async with http.post(f"{server.url}/jobs", json={"id": "big-1", "labels": labels}) as response:
+            status, error = response.status, await response.json()
+        assert [] == await host.store.list_jobs()
+        widest = {f"{i:0>100}": "x" * 1000 for i in range(64)}
+        async with http.post(f"{server.url}/jobs", json={"id": "big-2", "labels": widest}) as response:
+            assert 202 == response.status
+    assert (400, "invalid_job") == (status, error["error"])
+    assert problem in error["message"]

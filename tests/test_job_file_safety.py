@@ -47,10 +47,16 @@ def test_only_small_regular_job_files_are_read(tmp_path: Path, kind: str) -> Non
         ("- {id: j1, labels: {n: .nan}}", "jobs[0]: `labels` must be a mapping of strings or finite numbers"),
         ("- {id: j1, labels: {n: -.inf}}", "jobs[0]: `labels` must be a mapping of strings or finite numbers"),
         ("- {id: j1, again: true}", "jobs[0]: unknown key 'again' (expected id, labels, notify, batch, kind, account)"),
+        ("- {id: j1, labels: {note: " + "x" * 1001 + "}}",
+         "jobs[0]: label 'note': a value must be at most 1000 characters, got 1001"),
+        ("- {id: j1, labels: {" + "k" * 101 + ": v}}", "jobs[0]: a label name must be 1 to 100 characters, got 101"),
+        ("- {id: j1, labels: {" + ", ".join(f"k{i}: v" for i in range(65)) + "}}",
+         "jobs[0]: at most 64 labels per job, got 65"),
     ],
 )
 def test_odd_job_entries_are_located_problems(tmp_path: Path, line: str, message: str) -> None:
-    """Numeric ids get a hint to quote them; NaN and infinite labels and `again` are refused."""
+    """Numeric ids get a hint to quote them; NaN and infinite labels, labels past their bounds (every
+    notification carries them: PagerDuty refuses an event over 512 KB) and `again` are refused."""
     path = tmp_path / "jobs.yaml"
     path.write_text(f"jobs:\n  {line}\n", encoding="utf-8")
     assert ([], [f"{path}:2: {message}"]) == load_job_file(path)

@@ -37,7 +37,7 @@ from watcher.httpinput import ApiError
 from watcher.lifecycle import AccountLike, Lifecycle, LifecycleError, SendGridRefused, import_csv
 from watcher.models import JobKind, JobRef
 from watcher.net import OutboundRefused
-from watcher.sources.base import check_label_text
+from watcher.sources.base import check_labels
 from watcher.status import job_views
 from watcher.store.base import StateStore
 from watcher.strictjson import strict_json
@@ -220,7 +220,7 @@ class ImportRoutes:
             raise ApiError(400, "invalid_export", "labels must be an object of strings")
         async with _sendgrid_errors():
             try:
-                check_label_text(labels)
+                check_labels(labels)
             except ValueError as exc:
                 raise ApiError(400, "invalid_export", str(exc)) from None
             account = self._account(body.get("account"))

@@ -97,13 +97,13 @@ async def _add(
 ) -> int:  # fmt: skip
     from watcher.clock import SystemClock
     from watcher.models import JobRef, parse_kind, validate_account_name
-    from watcher.sources.base import Intake, check_label_text, same_job
+    from watcher.sources.base import Intake, check_labels, same_job
 
     if keeps_nothing(config.state.url):
         raise ValueError(f"state.url is {config.state.url}: nothing `add` stores would be kept; "
                          "point state.url at the daemon's SQLite file or Redis")
     parsed = _labels(labels)
-    check_label_text(parsed)
+    check_labels(parsed)
     try:
         job_kind = parse_kind(kind)
     except ValueError as exc:

@@ -359,11 +359,11 @@ def parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
 
 def parse_labels(items: Sequence[str], option: str) -> dict[str, str]:
     """`K=V` labels (`--label`, the form's `label` fields), checked as every job's labels are; PlanError."""
-    from watcher.sources.base import check_label_text
+    from watcher.sources.base import check_labels
 
     labels = parse_pairs(items, option)
     try:
-        check_label_text(labels)
+        check_labels(labels)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
     return labels

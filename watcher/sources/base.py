@@ -159,7 +159,7 @@ def _parse(raw: Any, keys: tuple[str, ...], default_batch: str | None) -> tuple[
     ):
         raise ValueError("`labels` must be a mapping of strings or finite numbers")
     text_labels = {k: str(v) for k, v in labels.items()}
-    check_label_text(text_labels)
+    check_labels(text_labels)
     notify = raw.get("notify")
     if notify is not None:
         if isinstance(notify, str):
@@ -207,7 +207,20 @@ def _is_text(text: str) -> bool:
     return True
 
 
-def check_label_text(labels: Mapping[str, str]) -> None:
-    """Raise ValueError for a label that is not valid Unicode text."""
-    if not all(_is_text(k) and _is_text(v) for k, v in labels.items()):
-        raise ValueError("labels must be valid Unicode text (a lone surrogate is not)")
+#: Bounds on a job's labels: every notification carries them, and PagerDuty refuses an event over
+#: 512 KB (a dead delivery), Slack and Teams cut long messages; 64 labels of the longest fit in 70 KB.
+MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 64, 100, 1000
+
+
+def check_labels(labels: Mapping[str, str]) -> None:
+    """Raise ValueError for labels that are not valid Unicode text or pass MAX_LABELS, MAX_LABEL_KEY
+    or MAX_LABEL_VALUE (characters)."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels per job, got {len(labels)}")
+    for key, value in labels.items():
+        if not (_is_text(key) and _is_text(value)):
+            raise ValueError("labels must be valid Unicode text (a lone surrogate is not)")
+        if not 0 < len(key) <= MAX_LABEL_KEY:
+            raise ValueError(f"a label name must be 1 to {MAX_LABEL_KEY} characters, got {len(key)}")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {key!r}: a value must be at most {MAX_LABEL_VALUE} characters, got {len(value)}")
