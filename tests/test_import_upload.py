@@ -21,11 +21,12 @@ from watcher.clock import SystemClock
 from watcher.csvimport import parse_field_definitions, plan_import
 from watcher.errors import KeyRefused, TryLater
 from watcher.lifecycle import Lifecycle, SendGridRefused, UploadFailed, import_csv
-from watcher.lifecycle_requests import ImportStarted, error_text, parse_import_started
+from watcher.lifecycle_requests import ImportStarted, parse_import_started
 from watcher.net import OutboundRefused
 from watcher.ratelimit import LocalRateBudget
 from watcher.schema import Secret
 from watcher.sendgrid import SendGridClient, SendGridSettings
+from watcher.sendgrid_answers import error_message, error_text
 
 API_KEY = "SG.upload-test-key"
 HEADERS = (("Content-Encoding", "gzip"), ("Content-Type", "text/csv"), ("x-amz-server-side-encryption", "aws:kms"))
@@ -210,6 +211,16 @@ async def test_api_errors_are_one_line_each_shape() -> None:
             await lifecycle.start_import(field_mappings=["bad"])
     assert "list_ids: no such list" == error_text(b'{"errors": {"field": "list_ids", "message": "no such list"}}')
     assert "no message" == error_text(b"<html>")
+
+
+def test_error_answers_are_read_by_one_parser_that_redacts() -> None:
+    """A start's error text (every message, with its field) and a poll's error message (the first) come
+    from one parser: both on one line, and a known secret echoed back is masked in both."""
+    key = Secret("SG.echoed-back-key-1234567890")  # known secrets are masked wherever text is shown
+    body = ('{"errors": [{"field": "list_ids", "message": "bad\\n key ' + key.reveal() + '"},'
+            ' {"parameter": "x", "message": "two"}]}').encode()
+    assert "list_ids: bad key ********; x: two" == error_text(body)
+    assert "bad key ********" == error_message(body)
 
 
 @pytest.mark.parametrize(("answer", "expected"), [

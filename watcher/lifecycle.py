@@ -36,7 +36,6 @@ from watcher.lifecycle_requests import (
     FIELDS_PATH,
     IMPORTS_PATH,
     ImportStarted,
-    error_text,
     export_request,
     import_request,
     parse_import_started,
@@ -45,6 +44,7 @@ from watcher.lifecycle_requests import (
 from watcher.net import AnswerStatus, BodyTooLarge, OutboundPolicy, capped_chunks, read_capped, shown_url
 from watcher.ratelimit import RateBudget, retry_after_seconds
 from watcher.sendgrid import SendGridSettings, api_headers
+from watcher.sendgrid_answers import error_text
 from watcher.strictjson import strict_json
 
 #: Tries of one API request, upload or download before its last failure is raised.

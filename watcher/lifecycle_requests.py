@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from watcher.errors import TryLater
-from watcher.strictjson import strict_json
 
 FIELDS_PATH = "/v3/marketing/field_definitions"
 IMPORTS_PATH = "/v3/marketing/contacts/imports"
@@ -71,23 +70,6 @@ def parse_import_started(data: Any) -> ImportStarted:
             raise TryLater(f"malformed import answer: upload_headers sets {name}, which the upload itself sets")
         pairs.append((name, value))
     return ImportStarted(job_id, uri, tuple(pairs))
-
-
-def error_text(body: bytes) -> str:
-    """Every message of `{"errors": [...]}` or `{"errors": {...}}` on one line ("field: message; ...")."""
-    try:
-        data = strict_json(body)
-    except ValueError:
-        data = None
-    errors = data.get("errors") if isinstance(data, dict) else None
-    items = errors if isinstance(errors, list) else [errors]
-    texts = []
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("message"), str):
-            where = item.get("field") or item.get("parameter")
-            texts.append(f"{where}: {item['message']}" if isinstance(where, str) and where else item["message"])
-    text = " ".join("; ".join(texts).split())
-    return text[:_MESSAGE_CHARS] if text else "no message"
 
 
 def s3_error(body: bytes) -> str:

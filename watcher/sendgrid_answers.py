@@ -18,6 +18,8 @@ from watcher.strictjson import check_text
 
 #: Messages taken from a body are cut to this length.
 MAX_MESSAGE_CHARS = 200
+#: error_text: every message of an answer, on one line.
+MAX_ERRORS_CHARS = 300
 #: Counts above this are refused: no import is that big, and beyond it floats lose integers.
 MAX_COUNT = 2**53
 _COUNT_FIELDS = (
@@ -114,17 +116,31 @@ def _parse_results(results: Mapping[str, Any]) -> dict[str, Any]:
     return parsed
 
 
-def error_message(body: bytes) -> str | None:
-    """The first error message of `{"errors": [...]}` or `{"errors": {...}}`, if any."""
+def _errors(body: bytes) -> list[tuple[str | None, str]]:
+    """(field, message) of each item of SendGrid's `{"errors": [...]}` or `{"errors": {...}}`, in order,
+    messages redacted and on one line; [] when the body holds none."""
     try:
         data = load_json(body)
     except ValueError:
-        return None
+        return []
     errors = data.get("errors") if isinstance(data, dict) else None
-    if isinstance(errors, list):
-        errors = errors[0] if errors else None
-    if isinstance(errors, dict):
-        message = errors.get("message")
-        if isinstance(message, str) and message.strip():
-            return redact(message.strip())[:MAX_MESSAGE_CHARS]
-    return None
+    found: list[tuple[str | None, str]] = []
+    for item in errors if isinstance(errors, list) else [errors]:
+        if isinstance(item, dict) and isinstance(item.get("message"), str) and item["message"].strip():
+            where = item.get("field") or item.get("parameter")
+            message = redact(" ".join(item["message"].split()))
+            found.append((where if isinstance(where, str) and where else None, message))
+    return found
+
+
+def error_message(body: bytes) -> str | None:
+    """The first error message of an error answer, if any: what a poll reports."""
+    found = _errors(body)
+    return found[0][1][:MAX_MESSAGE_CHARS] if found else None
+
+
+def error_text(body: bytes) -> str:
+    """Every message of an error answer on one line ("field: message; ..."): what an import or export
+    start reports, where the field says which setting SendGrid refused."""
+    text = "; ".join(f"{where}: {message}" if where else message for where, message in _errors(body))
+    return text[:MAX_ERRORS_CHARS] if text else "no message"
