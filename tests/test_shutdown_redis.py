@@ -36,7 +36,9 @@ async def test_sigterm_with_redis_paused_exits_within_the_grace_and_margin(
             await eventually(lambda: fake.requests_total >= 20, timeout=20, what="polling on Redis", watch=[daemon])
             admin = redis.Redis(port=port, socket_timeout=5)
             try:
-                admin.execute_command("CLIENT", "PAUSE", "30000", "ALL")
+                # Longer than the exit may take (GRACE + SHUTDOWN_MARGIN), not more: Redis holds even
+                # CLIENT UNPAUSE until a PAUSE ALL ends, so a 30 s pause made the test take 31 s.
+                admin.execute_command("CLIENT", "PAUSE", str(int((GRACE + SHUTDOWN_MARGIN + 2) * 1000)), "ALL")
                 signalled = time.monotonic()
                 daemon.proc.send_signal(signal.SIGTERM)
                 await daemon.exits_with(0, timeout=20)
