@@ -46,7 +46,10 @@ from watcher.testing.fake_sendgrid import FakeSendGrid
 
 ARRIVAL_S = 5.0  # clock seconds between two new jobs, as in the simulator: a few dozen running at once
 WARMUP = 300
-TARGET_RATIO = 1.2 * 1.1  # the simulator's target, with a tenth for the real loop's latency and jitter
+#: The simulator's target, with a tenth for the real loop's latency and jitter, against the limit on the
+#: very same jobs: against the distribution's limit the seeded draw itself costs the simulator 1.33x (it
+#: held the target only by luck of the real loop's timing: 1.31x in one run, 1.37x and 1.33x in the next).
+TARGET_RATIO = 1.2 * 1.1
 
 
 class ScaledClock:
@@ -162,16 +165,17 @@ def run(mode: Mode) -> Figure:
     measured = asyncio.run(measure(mode))
     learning, default = measured["policies"]["learning"], measured["policies"]["default"]
     sim = measured["policies"]["learning, simulated"]
-    met = learning["vs_limit"] <= TARGET_RATIO and learning["delay_p95_s"] <= default["delay_p95_s"] * 1.1
+    met = learning["vs_limit_same_jobs"] <= TARGET_RATIO and learning["delay_p95_s"] <= default["delay_p95_s"] * 1.1
     return Figure(
         key="policy_daemon",
         title="The poll policy in the real daemon, polls counted at the fake SendGrid",
-        value=learning["vs_limit"],
-        unit="× the limit's polls/job",
-        baseline=default["vs_limit"],
+        value=learning["vs_limit_same_jobs"],
+        unit="× the limit's polls/job on the same jobs",
+        baseline=default["vs_limit_same_jobs"],
         baseline_label="the same daemon with polling.learn: false (proportional)",
-        ratio=round(learning["vs_limit"] / default["vs_limit"], 2),
-        target=f"learning ≤ {TARGET_RATIO:.2f}× the limit after {WARMUP} jobs, p95 delay about the default's",
+        ratio=round(learning["vs_limit_same_jobs"] / default["vs_limit_same_jobs"], 2),
+        target=(f"learning ≤ {TARGET_RATIO:.2f}× the limit on the same jobs after {WARMUP} jobs,"
+                " p95 delay about the default's"),
         met=None if mode.quick else met,
         summary=(
             f"learning {learning['polls_mean']:.1f} polls/job at {learning['delay_mean_s']:.1f} s"
