@@ -159,9 +159,6 @@ class Daemon:
         return part
 
     def stop(self) -> None:
-        self._begin_stop()
-
-    def _begin_stop(self) -> None:
         """Ask the run to end. The store hurries at once, not when the shutdown task next runs: a write
         started in between would otherwise wait BUSY_TIMEOUT_MS for another process's lock with the
         event loop blocked (seen in CI: 5.2 s to exit where the grace and margin allow 4)."""
@@ -319,7 +316,7 @@ class Daemon:
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if not self.stop_event.is_set():
             log.info("daemon.stopping", signal=sig.name, grace=self.config.shutdown_grace)
-            self._begin_stop()
+            self.stop()
             return
         log.warning("daemon.stopping_now", signal=sig.name)
         if self._close_by is not None:
