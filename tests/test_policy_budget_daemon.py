@@ -113,11 +113,12 @@ async def test_a_scarce_budget_stretches_instead_of_queueing(tmp_path: Path) -> 
     assert priced.polls_per_job < 0.5 * (await ample()).polls_per_job
 
 
-async def test_an_ample_budget_changes_nothing(tmp_path: Path) -> None:
-    """With far more rate than the jobs want, no price is ever set, and the jobs cost the polls they cost
-    without pricing."""
+async def test_an_ample_budget_changes_nothing() -> None:
+    """With far more rate than the jobs want, no price is ever set, and no poll waits at the budget.
+    The price is the only thing pricing changes in a schedule (`LearnedSchedules.wait_for`), so with none
+    the jobs are polled as without pricing (test_policy_price checks each wait stays the unpriced one). Their polls per job are not compared with an unpriced run:
+    two real-time runs differ by up to 12 % under coverage on a loaded machine (14.9 against 16.7 in CI),
+    which tested the machine, not the budget."""
     priced = await ample()
-    unpriced = await watch(tmp_path, max_rate=AMPLE, priced=False)
     assert len(priced.prices) >= 10 and all(p == {} for p in priced.prices)
     assert priced.worst_lag < 0.3
-    assert abs(priced.polls_per_job - unpriced.polls_per_job) <= 0.1 * unpriced.polls_per_job
