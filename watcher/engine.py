@@ -138,6 +138,12 @@ class Engine(Observing, ClaimLoop):
     async def _renew(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
         return await self.store.renew_jobs(leases, now=self.clock.now(), lease=self.lease)
 
+    @property
+    def settled(self) -> bool:
+        """No poll in flight, none claimed and waiting to start, no claim under way: what is due
+        now has been polled (a test's manual clock may move on)."""
+        return not self._inflight and not self._ready and not self._claiming
+
     def _room(self) -> int:
         """How many more jobs this engine may hold: max_concurrency in flight, plus the reserve."""
         return self.max_concurrency + self._reserve - len(self._inflight) - len(self._ready)
