@@ -29,8 +29,7 @@ from typing import Any, Protocol
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from watcher.api_jobs import JobIntake, json_answer
-from watcher.clock import Clock
+from watcher.api_jobs import RunningDaemon, json_answer
 from watcher.csvimport import MAX_BYTES, PlanError, measure_csv, parse_labels, parse_pairs, plan_import
 from watcher.errors import KeyRefused, TryLater
 from watcher.httpinput import ApiError
@@ -39,7 +38,6 @@ from watcher.models import JobKind, JobRef
 from watcher.net import OutboundRefused
 from watcher.sources.base import check_labels
 from watcher.status import job_views
-from watcher.store.base import StateStore
 from watcher.strictjson import strict_json
 
 #: Text parts of POST /imports and their most: a form is small; the file is the one big part.
@@ -67,15 +65,9 @@ class ImportAccounts(Protocol):
     def get(self, name: str | None) -> AccountLike: ...
 
 
-class StartingDaemon(Protocol):
+class StartingDaemon(RunningDaemon, Protocol):
     """The part of a running daemon these routes use."""
 
-    @property
-    def store(self) -> StateStore: ...
-    @property
-    def intake(self) -> JobIntake | None: ...
-    @property
-    def clock(self) -> Clock: ...
     @property
     def accounts(self) -> ImportAccounts | None: ...
 

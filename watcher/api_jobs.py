@@ -57,8 +57,8 @@ class Expecting(Protocol):
     def expected_finish(self, job: JobState, now: float) -> float | None: ...
 
 
-class JobsDaemon(Protocol):
-    """The part of a running daemon the job routes use."""
+class RunningDaemon(Protocol):
+    """The part of a running daemon every API route module uses."""
 
     @property
     def store(self) -> StateStore: ...
@@ -66,6 +66,11 @@ class JobsDaemon(Protocol):
     def intake(self) -> JobIntake | None: ...
     @property
     def clock(self) -> Clock: ...
+
+
+class JobsDaemon(RunningDaemon, Protocol):
+    """The part of a running daemon the job routes use."""
+
     @property
     def learned(self) -> Expecting | None: ...
 

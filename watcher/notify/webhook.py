@@ -228,7 +228,7 @@ class WebhookNotifier(BaseNotifier):
 
     async def send(self, delivery: Delivery) -> None:
         """POST once; return on 2xx, raise a retryable or permanent error otherwise."""
-        ready = self._prepared if self._prepared is not None else self._prepare()
+        ready = self._ready()
         try:
             body = webhook_body(delivery.event)
         except ValueError:
@@ -258,10 +258,13 @@ class WebhookNotifier(BaseNotifier):
             log.info("notify.webhook_failed", status=status, error=str(exc), retry_after=exc.retry_after)
             raise
 
+    def _ready(self) -> _Prepared:
+        """What start() worked out (or, sent without start(), worked out now)."""
+        return self._prepared if self._prepared is not None else self._prepare()
+
     def _log(self, delivery: Delivery) -> Any:
         """Bound only when something is logged: a delivered send logs nothing here."""
-        shown = (self._prepared or self._prepare()).shown
-        return _log.bind(notifier=self.name, delivery=delivery.id, url=shown)
+        return _log.bind(notifier=self.name, delivery=delivery.id, url=self._ready().shown)
 
     @staticmethod
     def _headers(ready: _Prepared, msg_id: str, body: bytes) -> dict[str, str]:
