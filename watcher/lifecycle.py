@@ -205,15 +205,16 @@ class Lifecycle:
 
     # --- answered URLs: the upload and the downloads ---------------------------------
 
-    async def upload(self, started: ImportStarted, csv_path: Path) -> int:
+    async def upload(self, started: ImportStarted, csv_path: Path, *, gzipped: bool | None = None) -> int:
         """The file in one raw PUT to upload_uri with exactly its upload_headers; the bytes sent.
 
-        A gzip file (an export's) goes as it is; any other is compressed on the fly.
+        A gzip file (an export's) goes as it is; any other is compressed on the fly. `gzipped`: what
+        the plan found (None: look at the file).
         """
         url = started.upload_uri
         self._policy.check_answered(url)  # before the file is read
         headers = dict(started.upload_headers)
-        already = is_gzip(csv_path)
+        already = is_gzip(csv_path) if gzipped is None else gzipped
         size = (await asyncio.to_thread(csv_path.stat)).st_size if already else await _gzip_size(csv_path)
         headers["Content-Length"] = str(size)
         skip = () if any(name.lower() == "content-type" for name in headers) else ("Content-Type",)
@@ -280,7 +281,7 @@ async def import_csv(
 ) -> ImportStarted:
     """Start the import of a planned file and upload it: the started job."""
     started = await lifecycle.start_import(field_mappings=plan.field_mappings, list_ids=list_ids)
-    await lifecycle.upload(started, csv_path)
+    await lifecycle.upload(started, csv_path, gzipped=plan.gzipped)
     return started
 
 
